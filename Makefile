@@ -1,0 +1,21 @@
+# The two commands a newcomer needs: `make demo` and `make test`. Each builds the host on first use
+# (.venv + ComfyUI 0.3.75 under .host/, see scripts/setup_host.sh) and is fast to re-run.
+PY := .venv/bin/python
+PYTEST_ARGS ?=
+
+.PHONY: host demo test bench clean-host
+
+host:
+	@bash scripts/setup_host.sh
+
+demo: host
+	$(PY) bench/demo.py
+
+test: host
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+bench: host
+	$(PY) bench/fbc_speed.py
+
+clean-host:
+	rm -rf .venv .host

@@ -1,0 +1,71 @@
+"""Shared set-up for the demo and the benchmarks: the host ComfyUI, the pack and timed KSampler runs."""
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests" / "support"))
+
+import comfy_env  # noqa: E402
+
+comfy_env.setup_comfy()
+PACK = comfy_env.load_pack()
+logging.getLogger().setLevel(logging.WARNING)  # keep ComfyUI's per-run model-loading lines out of the table
+
+import torch  # noqa: E402
+
+import tiny_models  # noqa: E402,F401  (re-exported for the scripts)
+from metrics import psnr  # noqa: E402
+from sampling import ksample  # noqa: E402
+
+run_log = PACK.nodes.run_log
+
+
+@dataclass
+class Result:
+    label: str
+    wall_s: float
+    calls: int
+    skipped: int
+    latent: torch.Tensor
+
+    @property
+    def computed(self) -> int:
+        return self.calls - self.skipped
+
+
+def timed(label: str, model: Any, tiny: Any, steps: int, cfg: float, patched: bool) -> Result:
+    """One KSampler run; wall time of the whole sample call. Counts come from the pack's run log."""
+    run_log.clear()
+    t0 = time.perf_counter()
+    out = ksample(model, tiny, steps=steps, cfg=cfg)
+    wall = time.perf_counter() - t0
+    run = run_log.last() if patched else None
+    calls = run["calls"] if run else steps
+    skipped = run["skipped_calls"] if run else 0
+    return Result(label, wall, calls, skipped, out)
+
+
+def measure(configs: list[tuple[str, Any, bool]], tiny: Any, steps: int, cfg: float, repeats: int) -> list[Result]:
+    """Time every (label, model, patched) config ``repeats`` times, interleaved so that load from elsewhere
+    on the machine hits all of them alike; each keeps its fastest run. Runs are deterministic, so the
+    latents and counts of all repeats are the same."""
+    best: dict[str, Result] = {}
+    for _ in range(repeats):
+        for label, model, patched in configs:
+            r = timed(label, model, tiny, steps, cfg, patched)
+            if label not in best or r.wall_s < best[label].wall_s:
+                best[label] = r
+    return [best[label] for label, _, _ in configs]
+
+
+def row(r: Result, ref: Result) -> str:
+    q = psnr(r.latent, ref.latent)
+    q_s = "identical" if q == float("inf") else f"{q:6.2f} dB"
+    return (f"{r.label:<34} {r.wall_s:8.2f}s  computed {r.computed:3d}/{r.calls:<3d} skipped {r.skipped:3d}  "
+            f"speedup {ref.wall_s / r.wall_s:5.2f}x  ideal {r.calls / max(r.computed, 1):5.2f}x  PSNR {q_s}")

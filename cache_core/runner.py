@@ -1,0 +1,228 @@
+"""The block-range executor shared by every method and host.
+
+A host creates one :class:`BlockCacheRunner` per sampling run, calls :meth:`~BlockCacheRunner.begin_call`
+before each model call (naming the CFG streams that make up the batch, in batch order),
+:meth:`~BlockCacheRunner.block` for every transformer block instead of calling the block directly, and
+:meth:`~BlockCacheRunner.end_call` afterwards.
+
+Per call: blocks [0, probe) run; then the policy votes per CFG stream. The call skips only when every stream
+votes skip (one decision for the whole batch, since a block cannot run for half of it); each stream keeps
+its own references and residuals, so per-sample results never mix. On a skip, blocks in the cached range
+pass their inputs through and the last cached block of each segment adds that segment's cached residual, so
+the output equals ``head_out + (tail_out_prev - head_out_prev)`` however the host joins segments (Flux
+concatenates text and image tokens between its double and single blocks).
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Callable, Hashable, Sequence
+
+import torch
+
+from .config import SigmaWindow
+from .layout import BlockLayout
+from .policy import Policy
+from .stats import CallRecord, RunStats
+
+log = logging.getLogger("dit_cache")
+
+Streams = dict[str, torch.Tensor]
+RunBlock = Callable[[Streams], Streams]
+
+
+@dataclass
+class CallInfo:
+    """One model call: its CFG streams in batch order as (key, label), and the current sigma if known."""
+
+    streams: Sequence[tuple[Hashable, str]]
+    sigma: float | None = None
+
+
+class _StreamState:
+    """Everything one CFG stream remembers between model calls of a run."""
+
+    def __init__(self, label: str, policy: Policy) -> None:
+        self.label = label
+        self.policy = policy
+        self.reset()
+
+    def reset(self) -> None:
+        self.signature: tuple | None = None
+        self.policy_state = self.policy.new_state()
+        self.residuals: dict[tuple[int, str], torch.Tensor] = {}
+        self.calls = 0
+        self.consecutive_skips = 0
+
+    def nbytes(self) -> int:
+        n = sum(t.numel() * t.element_size() for t in self.residuals.values())
+        return n + Policy.state_bytes(self.policy_state)
+
+
+@dataclass
+class _Call:
+    info: CallInfo
+    states: list[_StreamState]
+    skip: bool | None = None  # None until decided
+    head_in: torch.Tensor | None = None
+    probe_residual: torch.Tensor | None = None
+    seg_in: dict[int, Streams] = field(default_factory=dict)
+    new_residuals: dict[tuple[int, str], torch.Tensor] = field(default_factory=dict)
+    records: list[CallRecord] = field(default_factory=list)
+
+
+class BlockCacheRunner:
+    """Per-run cache state and the per-block logic (see the module docstring)."""
+
+    def __init__(
+        self,
+        layout: BlockLayout,
+        block_counts: Sequence[int],
+        policy: Policy,
+        stats: RunStats,
+        window: SigmaWindow = SigmaWindow(),
+    ) -> None:
+        if len(block_counts) != len(layout.segments):
+            raise ValueError(f"{len(block_counts)} block counts for {len(layout.segments)} segments")
+        self.layout = layout
+        self.policy = policy
+        self.stats = stats
+        self.window = window
+        self._offsets = [sum(block_counts[:i]) for i in range(len(block_counts))]
+        self.total_blocks = sum(block_counts)
+        lo, hi = policy.probe_blocks, self.total_blocks - policy.tail_blocks
+        if not 0 <= lo < hi <= self.total_blocks:
+            raise ValueError(
+                f"{policy.name}: {policy.probe_blocks} probe + {policy.tail_blocks} tail blocks leave nothing "
+                f"to cache in a model with {self.total_blocks} blocks"
+            )
+        self._cached = (lo, hi)
+        # per segment: first and last flat position inside the cached range (None: no cached block there)
+        self._seg_bounds: list[tuple[int, int] | None] = []
+        for s, n in enumerate(block_counts):
+            a, b = max(self._offsets[s], lo), min(self._offsets[s] + n, hi) - 1
+            self._seg_bounds.append((a, b) if a <= b else None)
+        self._streams: dict[Hashable, _StreamState] = {}
+        self._call: _Call | None = None
+
+    # ----------------------------------------------------------------------------------------- call life
+    def begin_call(self, info: CallInfo) -> None:
+        states = []
+        for key, label in info.streams:
+            st = self._streams.get(key)
+            if st is None:
+                st = self._streams[key] = _StreamState(label, self.policy)
+            states.append(st)
+        self._call = _Call(info=info, states=states)
+
+    def abort_call(self) -> None:
+        """Forget the call in progress (the model raised or was interrupted): nothing is committed."""
+        self._call = None
+
+    def end_call(self, wall_s: float) -> None:
+        call, self._call = self._call, None
+        if call is None or call.skip is None:
+            return  # the model never reached the decision (e.g. an interrupted call): nothing to commit
+        n = len(call.states)
+        computed = not call.skip
+        probe_chunks = call.probe_residual.chunk(n) if call.probe_residual is not None else [None] * n
+        new_chunks = {k: v.chunk(n) for k, v in call.new_residuals.items()} if computed else {}
+        for j, st in enumerate(call.states):
+            self.policy.commit(st.policy_state, probe_chunks[j], computed)
+            if computed:
+                st.residuals = {k: v[j] for k, v in new_chunks.items()}
+                st.consecutive_skips = 0
+            else:
+                st.consecutive_skips += 1
+            st.calls += 1
+        self.stats.add_call(call.records, call.skip, wall_s)
+        self.stats.cache_bytes = max(self.stats.cache_bytes, sum(s.nbytes() for s in self._streams.values()))
+
+    # ----------------------------------------------------------------------------------------- blocks
+    def block(self, segment: int, index: int, inputs: Streams, run: RunBlock) -> Streams:
+        """Stand in for block ``index`` of ``segment``: run it via ``run`` or apply the cache."""
+        call = self._call
+        if call is None:
+            return run(inputs)
+        p = self._offsets[segment] + index
+        hidden = self.layout.hidden
+        if p == 0:
+            self._check_signatures(call, inputs)
+            call.head_in = inputs[hidden].clone()  # blocks may update their input in place (ComfyUI's Flux does)
+        lo, hi = self._cached
+        if p < lo:
+            out = run(inputs)
+            if p == lo - 1:
+                head_out = out[hidden]
+                if head_out.shape == call.head_in.shape:
+                    call.probe_residual = head_out - call.head_in
+                self._decide(call)
+            return out
+        if call.skip is None:
+            self._decide(call)  # methods that decide before any block runs
+        if p >= hi:
+            return run(inputs)
+        outputs = self.layout.segments[segment].outputs
+        first, last = self._seg_bounds[segment]
+        if call.skip:
+            if p == last:
+                return {k: inputs[k] + self._cached_residual(call, segment, k) for k in outputs}
+            return {k: inputs[k] for k in outputs}
+        if p == first:
+            call.seg_in[segment] = {k: inputs[k].clone() for k in outputs}
+        out = run(inputs)
+        if p == last:
+            for k in outputs:
+                call.new_residuals[(segment, k)] = out[k] - call.seg_in[segment][k]
+        return out
+
+    # ----------------------------------------------------------------------------------------- internals
+    def _check_signatures(self, call: _Call, inputs: Streams) -> None:
+        n = len(call.states)
+        sig = tuple(
+            (k, (v.shape[0] // n,) + tuple(v.shape[1:]), v.dtype, v.device)
+            for k, v in sorted(inputs.items()) if isinstance(v, torch.Tensor)
+        )
+        for st in call.states:
+            if st.signature is not None and st.signature != sig:
+                log.info("[dit-cache] %s: %s stream input changed (%s), cache reset", self.policy.name, st.label, sig)
+                st.reset()
+            st.signature = sig
+
+    def _decide(self, call: _Call) -> None:
+        n = len(call.states)
+        chunks = call.probe_residual.chunk(n) if call.probe_residual is not None else [None] * n
+        gate = self.policy.gate
+        in_window = self.window.contains(call.info.sigma)
+        votes: list[tuple[bool, str, float | None]] = []
+        for j, st in enumerate(call.states):
+            metric = self.policy.metric(st.policy_state, chunks[j])
+            if not st.residuals:
+                vote = (False, "no_cache")
+            elif not in_window:
+                vote = (False, "window")
+            elif st.calls < gate.warmup_steps:
+                vote = (False, "warmup")
+            elif 0 <= gate.max_consecutive_skips <= st.consecutive_skips:
+                vote = (False, "max_skips")
+            else:
+                vote = (self.policy.wants_skip(st.policy_state, metric), "metric")
+            votes.append((*vote, metric))
+        call.skip = all(v[0] for v in votes)
+        for st, (wanted, reason, metric) in zip(call.states, votes):
+            if wanted and not call.skip:
+                reason = "batch"  # this stream could skip, another stream in the same batch could not
+            call.records.append(CallRecord(
+                stream=st.label, call_index=st.calls, sigma=call.info.sigma, skipped=call.skip,
+                metric=metric, threshold=self.policy.threshold, reason=reason,
+            ))
+
+    def _cached_residual(self, call: _Call, segment: int, stream: str) -> torch.Tensor:
+        parts = [st.residuals[(segment, stream)] for st in call.states]
+        return parts[0] if len(parts) == 1 else torch.cat(parts, dim=0)
+
+    def stream_labels(self) -> list[str]:
+        return [s.label for s in self._streams.values()]
+
+    def describe(self) -> dict[str, Any]:
+        return {"cached_range": self._cached, "total_blocks": self.total_blocks}

@@ -1,0 +1,71 @@
+"""Statistics of one sampling run: one record per CFG stream per model call."""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+@dataclass
+class CallRecord:
+    """What the cache decided for one CFG stream in one model call."""
+
+    stream: str
+    call_index: int  # calls of this stream so far in the run (the step index for one-call-per-step samplers)
+    sigma: float | None
+    skipped: bool
+    metric: float | None  # the method's decision metric (None where it was not computed)
+    threshold: float
+    reason: str  # why: "metric", "warmup", "window", "max_skips", "no_cache", "batch"
+    wall_s: float = 0.0  # wall time of the whole model call this stream took part in
+
+
+@dataclass
+class RunStats:
+    """All records of one sampling run of one patched model."""
+
+    method: str
+    settings: dict[str, Any]
+    model: str
+    started: float = field(default_factory=time.time)
+    records: list[CallRecord] = field(default_factory=list)
+    calls: int = 0
+    skipped_calls: int = 0
+    wall_s: float = 0.0
+    cache_bytes: int = 0
+
+    def add_call(self, records: list[CallRecord], skipped: bool, wall_s: float) -> None:
+        for r in records:
+            r.wall_s = wall_s
+        self.records.extend(records)
+        self.calls += 1
+        self.skipped_calls += int(skipped)
+        self.wall_s += wall_s
+
+    @property
+    def computed_calls(self) -> int:
+        return self.calls - self.skipped_calls
+
+    @property
+    def ideal_speedup(self) -> float:
+        """Model calls over calls that ran the full block stack (what the skips could save at most)."""
+        return self.calls / self.computed_calls if self.computed_calls else 1.0
+
+    def streams(self) -> list[str]:
+        seen: dict[str, None] = {}
+        for r in self.records:
+            seen.setdefault(r.stream, None)
+        return list(seen)
+
+    def summary(self) -> str:
+        return (
+            f"{self.method}: skipped {self.skipped_calls}/{self.calls} model calls "
+            f"(ideal {self.ideal_speedup:.2f}x), streams {','.join(self.streams()) or '-'}, "
+            f"{self.wall_s:.2f}s in the model"
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["computed_calls"] = self.computed_calls
+        d["ideal_speedup"] = self.ideal_speedup
+        return d

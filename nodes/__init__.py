@@ -1,0 +1,17 @@
+"""ComfyUI nodes of dit-cache (V3 schema) and the extension entry point."""
+from __future__ import annotations
+
+from comfy_api.latest import ComfyExtension, io
+
+from .fbc_node import ApplyFirstBlockCache
+
+NODES: list[type[io.ComfyNode]] = [ApplyFirstBlockCache]
+
+
+class DitCacheExtension(ComfyExtension):
+    async def get_node_list(self) -> list[type[io.ComfyNode]]:
+        return list(NODES)
+
+
+async def comfy_entrypoint() -> DitCacheExtension:
+    return DitCacheExtension()

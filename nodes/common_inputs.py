@@ -1,0 +1,32 @@
+"""Inputs every cache node shares (schedule window, skip limits), with their tooltips."""
+from __future__ import annotations
+
+from comfy_api.latest import io
+
+
+def gate_inputs() -> list:
+    return [
+        io.Float.Input(
+            "start_percent", default=0.0, min=0.0, max=1.0, step=0.01,
+            tooltip="Where in the schedule skipping may begin (0 = first step, 1 = last); earlier steps always "
+                    "compute. Converted to a sigma with the model's own schedule.",
+        ),
+        io.Float.Input(
+            "end_percent", default=1.0, min=0.0, max=1.0, step=0.01,
+            tooltip="Where in the schedule skipping stops; later steps always compute.",
+        ),
+        io.Int.Input(
+            "max_consecutive_skips", default=-1, min=-1, max=1000,
+            tooltip="After this many skipped steps in a row the next step is computed. -1 = no limit.",
+        ),
+        io.Int.Input(
+            "warmup_steps", default=0, min=0, max=1000,
+            tooltip="The first steps of each CFG stream (cond/uncond) always compute.",
+        ),
+    ]
+
+
+def validate_window(start_percent: float, end_percent: float) -> bool | str:
+    if start_percent >= end_percent:
+        return f"start_percent ({start_percent}) must be smaller than end_percent ({end_percent})"
+    return True

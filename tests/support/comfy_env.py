@@ -1,0 +1,38 @@
+"""Import the test host's ComfyUI as a library (CPU mode) and load this pack as the package ``dit_cache``."""
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import sys
+from pathlib import Path
+from types import ModuleType
+
+REPO = Path(__file__).resolve().parents[2]
+COMFY_DIR = Path(os.environ.get("DITCACHE_COMFYUI", REPO / ".host" / "ComfyUI"))
+
+
+def setup_comfy() -> None:
+    """Put ComfyUI on sys.path and switch it to CPU before anything imports comfy.model_management."""
+    if not (COMFY_DIR / "main.py").exists():
+        raise RuntimeError(f"ComfyUI not found at {COMFY_DIR}: run scripts/setup_host.sh (make test does)")
+    if str(COMFY_DIR) not in sys.path:
+        sys.path.insert(0, str(COMFY_DIR))
+    import comfy.options
+    comfy.options.enable_args_parsing(False)
+    import comfy.cli_args
+    comfy.cli_args.args.cpu = True
+    logging.getLogger().setLevel(logging.INFO)
+
+
+def load_pack(name: str = "dit_cache") -> ModuleType:
+    """Import the pack from the repository root the way ComfyUI does, under an importable name."""
+    if name in sys.modules:
+        return sys.modules[name]
+    setup_comfy()
+    spec = importlib.util.spec_from_file_location(name, REPO / "__init__.py",
+                                                  submodule_search_locations=[str(REPO)])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
