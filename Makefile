@@ -3,15 +3,19 @@
 PY := .venv/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: host demo test bench clean-host
+.PHONY: host browser demo test bench clean-host
 
 host:
 	@bash scripts/setup_host.sh
 
+# Debian chromium + playwright-core (in .host/node) for the panel's browser test; instant when installed
+browser:
+	@bash scripts/setup_browser.sh
+
 demo: host
 	$(PY) bench/demo.py
 
-test: host
+test: host browser
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 bench: host

@@ -8,6 +8,8 @@ reuse cached residuals and keeps per-run, per-CFG-stream state and statistics.
 from .config import CacheWindow
 from .fbc import FirstBlockCacheConfig, FirstBlockCachePolicy
 from .layout import BlockLayout, Segment, layout_for_class_names
+from .magcache import MagCacheCalibratePolicy, MagCacheConfig, MagCachePolicy
+from .teacache import TeaCacheConfig, TeaCachePolicy
 from .runner import BlockCacheRunner, CallInfo
 from .stats import CallRecord, RunStats
 
@@ -19,7 +21,12 @@ __all__ = [
     "CallRecord",
     "FirstBlockCacheConfig",
     "FirstBlockCachePolicy",
+    "MagCacheCalibratePolicy",
+    "MagCacheConfig",
+    "MagCachePolicy",
     "RunStats",
     "Segment",
+    "TeaCacheConfig",
+    "TeaCachePolicy",
     "layout_for_class_names",
 ]

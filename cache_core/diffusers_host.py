@@ -31,6 +31,7 @@ import torch
 
 from .config import CacheWindow, SigmaWindow
 from .fbc import FirstBlockCacheConfig, FirstBlockCachePolicy
+from .magcache import MagCacheConfig, MagCachePolicy
 from .layout import DIFFUSERS_LAYOUTS, BlockLayout, Segment, layout_for_module
 from .policy import Policy
 from .runner import BlockCacheRunner, CallInfo, Streams
@@ -45,7 +46,8 @@ _MARKER = "_dit_cache"  # instance attribute naming the DiffusersCache applied t
 _MISSING = object()
 
 # Method configs -> their policy class; a Policy instance is accepted as is.
-_POLICIES: dict[type, Callable[[Any], Policy]] = {FirstBlockCacheConfig: FirstBlockCachePolicy}
+_POLICIES: dict[type, Callable[[Any], Policy]] = {FirstBlockCacheConfig: FirstBlockCachePolicy,
+                                                  MagCacheConfig: MagCachePolicy}
 
 
 def policy_for(method: Policy | FirstBlockCacheConfig) -> Policy:
@@ -178,6 +180,7 @@ class DiffusersCache:
         """
         finished = self.stats
         if finished.calls:
+            self._runner.finish(True)  # end-of-run hook (e.g. MagCacheCalibratePolicy hands over its ratios)
             log.info("[dit-cache] %s", finished.summary())
             self.last_stats = finished
         self._new_run()

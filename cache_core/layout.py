@@ -26,6 +26,10 @@ class Segment:
     outputs: tuple[str, ...]
     inputs: dict[str, str] = field(default_factory=dict)
     returns: tuple[str, ...] = ()
+    # Where the first block's hidden tokens sit in these blocks' hidden stream when the host joined other
+    # tokens to it: "all" (not joined), "last" (ComfyUI Flux/Chroma single blocks get cat(txt, img)) or
+    # "first" (HunyuanVideo: cat(img, txt)). Whole-stack residuals (MagCache calibration) take those tokens.
+    hidden_tokens: str = "all"
 
 
 @dataclass(frozen=True)
@@ -33,10 +37,13 @@ class BlockLayout:
     """How one model family's blocks are laid out (see :class:`Segment`)."""
 
     family: str
-    class_names: tuple[str, ...]  # diffusion-model classes (own name or a base's) this layout describes
+    # diffusion-model classes (own name or a base's; "module.QualName" where two hosts' classes share a name)
+    class_names: tuple[str, ...]
     segments: tuple[Segment, ...]
     hidden: str = "img"  # stream the decision metrics read
     mechanism: str = "patches_replace"  # ComfyUI: "patches_replace" (dit) or "object_patch" (block lists)
+    # TeaCache's per-call signal: a name in cache_core/signals.py (block 0's timestep-modulated input), or None
+    signal: str | None = None
 
     def __post_init__(self) -> None:
         if not self.segments:
@@ -48,17 +55,87 @@ class BlockLayout:
 
 _DOUBLE_SINGLE = (
     Segment("double_block", "double_blocks", ("img", "txt")),
-    Segment("single_block", "single_blocks", ("img",)),
+    Segment("single_block", "single_blocks", ("img",), hidden_tokens="last"),
 )
 
-# ComfyUI's diffusion-model classes (comfy.ldm.*), matched by class name along the MRO.
+# ComfyUI's diffusion-model classes (comfy.ldm.*), matched by class name along the MRO (a name with dots is
+# matched against "module.QualName", for class names two families share). Read from ComfyUI 0.3.75's forwards.
+# Per family: which stream the decision reads (``hidden``) and how segments join, so a method's cached
+# residual per segment is right however the host reshapes streams between segments.
+# patches_replace["dit"] families: the block patch gets ``args`` with the streams named in ``outputs`` and
+# returns a dict with them.
 COMFY_LAYOUTS: tuple[BlockLayout, ...] = (
-    BlockLayout("flux", ("Flux",), _DOUBLE_SINGLE),
-    BlockLayout("chroma", ("Chroma",), _DOUBLE_SINGLE),
-    BlockLayout("wan", ("WanModel",), (Segment("double_block", "blocks", ("img",)),)),
+    # Flux.1 / Kontext / Flux.2 (comfy.ldm.flux.model.Flux): double blocks return (img, txt); then
+    # img = cat(txt, img) feeds the single blocks (their "img" is the joint sequence). Kontext's reference
+    # latents are concatenated to the image tokens before the blocks: the same layout, longer "img".
+    BlockLayout("flux", ("Flux",), _DOUBLE_SINGLE, signal="double_stream_img_mod"),
+    # Chroma (comfy.ldm.chroma.model.Chroma, and ChromaRadiance): as Flux, vec = per-block modulations.
+    BlockLayout("chroma", ("Chroma",), _DOUBLE_SINGLE, signal="double_stream_img_mod"),
+    # SD3 / SD3.5 (comfy.ldm.modules.diffusionmodules.mmdit.MMDiT via OpenAISignatureMMDITWrapper):
+    # joint_blocks patched as "double_block" with img/txt; the last block's context is pre-only and returns
+    # txt=None (the host glue passes such a stream through). One segment, no join.
+    BlockLayout("sd3", ("OpenAISignatureMMDITWrapper", "comfy.ldm.modules.diffusionmodules.mmdit.MMDiT"),
+                (Segment("double_block", "joint_blocks", ("img", "txt")),)),
+    # AuraFlow (comfy.ldm.aura.mmdit.MMDiT): double_layers return (c, x); then cx = cat(c, x) feeds the
+    # single_layers (their "img" is the joint sequence).
+    BlockLayout("auraflow", ("comfy.ldm.aura.mmdit.MMDiT",),
+                (Segment("double_block", "double_layers", ("img", "txt")),
+                 Segment("single_block", "single_layers", ("img",), hidden_tokens="last"))),
+    # Wan 2.1 / 2.2 T2V, I2V (36 channels in: noise + mask + image latent, concatenated before patch
+    # embedding), FLF, VACE (VaceWanModel), Camera: one segment, img only (text is cross-attention input).
+    # VACE adds its hints to img between blocks, outside the block calls.
+    BlockLayout("wan", ("WanModel",), (Segment("double_block", "blocks", ("img",)),), signal="vec"),
+    # HunyuanVideo 1.0 / 1.5, HunyuanImage 2.1 (comfy.ldm.hunyuan_video.model.HunyuanVideo): as Flux but the
+    # join is img = cat(img, txt).
+    BlockLayout("hunyuan_video", ("HunyuanVideo",),
+                (_DOUBLE_SINGLE[0], Segment("single_block", "single_blocks", ("img",), hidden_tokens="first"))),
+    # LTXV (comfy.ldm.lightricks.model.LTXVModel): transformer_blocks return img only.
+    BlockLayout("ltxv", ("LTXVModel",), (Segment("double_block", "transformer_blocks", ("img",)),)),
+    # Mochi (comfy.ldm.genmo...AsymmDiTJoint): blocks return (img, txt); the last block does not update txt.
+    BlockLayout("mochi", ("AsymmDiTJoint",), (Segment("double_block", "blocks", ("img", "txt")),)),
+    # Qwen-Image / Qwen-Image-Edit (edit reference latents are concatenated to img before the blocks).
     BlockLayout("qwen_image", ("QwenImageTransformer2DModel",),
-                (Segment("double_block", "transformer_blocks", ("img", "txt")),)),
+                (Segment("double_block", "transformer_blocks", ("img", "txt")),), signal="qwen_img_mod"),
+    # Families whose forward has no patches_replace["dit"]: the block ModuleList is swapped through
+    # ModelPatcher.add_object_patch for one whose iteration yields proxies; ``inputs`` names each stream's
+    # parameter in the block's forward, ``returns`` the order of the returned tuple.
+    # HiDream (HiDreamImageTransformer2DModel): double_stream_blocks(image_tokens, text_tokens=cat(initial
+    # text, llama layer k)) -> (img, txt), the host keeps the first part of txt; then img = cat(img, txt)
+    # and each single block gets cat(img, llama layer k), the host cuts the appended part off afterwards.
+    BlockLayout("hidream", ("HiDreamImageTransformer2DModel",),
+                (Segment("double_stream", "double_stream_blocks", ("img", "txt"),
+                         inputs={"img": "image_tokens", "txt": "text_tokens"}, returns=("img", "txt")),
+                 Segment("single_stream", "single_stream_blocks", ("img",),
+                         inputs={"img": "image_tokens"}, returns=("img",), hidden_tokens="first")),
+                mechanism="object_patch"),
+    # Lumina 2 / Z-Image (comfy.ldm.lumina.model.NextDiT): the refiners run first (not cached), then
+    # ``layers`` over the joint caption+image sequence x.
+    BlockLayout("lumina2", ("NextDiT",),
+                (Segment("layer", "layers", ("img",), inputs={"img": "x"}, returns=("img",)),),
+                mechanism="object_patch"),
+    # Cosmos Predict2 (comfy.ldm.cosmos.predict2.MiniTrainDIT): blocks(x_B_T_H_W_D, ...) -> x.
+    BlockLayout("cosmos_predict2", ("MiniTrainDIT",),
+                (Segment("block", "blocks", ("img",), inputs={"img": "x_B_T_H_W_D"}, returns=("img",)),),
+                mechanism="object_patch"),
 )
+
+# How each ComfyUI family's forward joins its segments' streams (the runner caches a residual per segment and
+# stream, so any join is fine; this records what the layouts above rely on). Decisions read ``hidden`` ("img").
+COMFY_JOINS: dict[str, str] = {
+    "flux": "single blocks' img = cat(txt, img) of the double blocks' outputs",
+    "chroma": "single blocks' img = cat(txt, img) of the double blocks' outputs",
+    "sd3": "one segment; the last block returns txt=None (passed through)",
+    "auraflow": "single layers' img = cat(txt, img) of the double layers' outputs",
+    "wan": "one segment; text is a cross-attention input; VACE adds hints to img between blocks",
+    "hunyuan_video": "single blocks' img = cat(img, txt) of the double blocks' outputs",
+    "ltxv": "one segment; text is a cross-attention input",
+    "mochi": "one segment; the last block leaves txt as it was",
+    "qwen_image": "one segment (edit reference latents are part of img)",
+    "hidream": "double blocks' txt input = cat(text, llama layer k), the host keeps the first part; single blocks' "
+               "img = cat(img, txt, llama layer k), the host cuts the appended llama tokens off after each block",
+    "lumina2": "one segment over the joint caption+image sequence, after the (uncached) refiners",
+    "cosmos_predict2": "one segment over the B,T,H,W,D video tokens",
+}
 
 _DIFFUSERS_MMDIT = ("hidden_states", "encoder_hidden_states")
 
@@ -93,5 +170,6 @@ def layout_for_class_names(names: Iterable[str], layouts: Iterable[BlockLayout])
 
 
 def layout_for_module(module: object, layouts: Iterable[BlockLayout]) -> BlockLayout | None:
-    """The layout for ``module``'s class or its nearest base class that has one."""
-    return layout_for_class_names((c.__name__ for c in type(module).__mro__), layouts)
+    """The layout for ``module``'s class or its nearest base class that has one ("module.QualName" first)."""
+    names = (n for c in type(module).__mro__ for n in (f"{c.__module__}.{c.__qualname__}", c.__name__))
+    return layout_for_class_names(names, layouts)

@@ -10,6 +10,28 @@ from .config import CacheWindow, check_int
 
 
 @dataclass(frozen=True)
+class RunInfo:
+    """What the host knows about a sampling run: its sigma schedule (steps + 1 values, the last one the
+    end), or None (e.g. diffusers pipelines driven without sigmas)."""
+
+    sigmas: tuple[float, ...] | None = None
+
+    @property
+    def steps(self) -> int | None:
+        return len(self.sigmas) - 1 if self.sigmas else None
+
+
+@dataclass(frozen=True)
+class StreamCall:
+    """One CFG stream's part in a model call: how many calls of this stream came before, the sigma and the
+    stream's label ("cond", "uncond", ...)."""
+
+    call_index: int
+    sigma: float | None
+    label: str = ""
+
+
+@dataclass(frozen=True)
 class Gate:
     """Settings that decide when a method may skip at all.
 
@@ -55,6 +77,28 @@ class Policy:
 
     def settings(self) -> dict[str, Any]:
         return {}
+
+    # ---- optional hooks (defaults do nothing; FBC needs none of them) -------------------------------------
+    # Methods that decide before any block runs (probe_blocks = 0) may read a per-call signal that the host
+    # extracts at the first block (see cache_core/signals.py); the runner passes it to metric/commit as
+    # the probe tensor.
+    wants_signal: bool = False
+    # Methods that need the residual of the whole block stack (last block's hidden output minus the first
+    # block's hidden input, per CFG stream) on computed calls get it in :meth:`observe_stack_residual`.
+    wants_stack_residual: bool = False
+
+    def new_run_state(self, run: "RunInfo") -> Any:
+        """State of one CFG stream for a run; ``run`` says what the host knows about the run's schedule."""
+        return self.new_state()
+
+    def begin_stream_call(self, state: Any, info: "StreamCall") -> None:
+        """Called for every stream of a call before :meth:`metric`."""
+
+    def observe_stack_residual(self, state: Any, residual: torch.Tensor) -> None:
+        """The stream's whole-stack hidden residual of a computed call (only if ``wants_stack_residual``)."""
+
+    def finish_run(self, streams: list[tuple[str, Any]], completed: bool) -> None:
+        """End of a run: every stream's (label, state), in first-seen order."""
 
     @staticmethod
     def state_bytes(state: Any) -> int:

@@ -22,7 +22,7 @@ import torch
 
 from .config import SigmaWindow
 from .layout import BlockLayout
-from .policy import Policy
+from .policy import Policy, RunInfo, StreamCall
 from .stats import CallRecord, RunStats
 
 log = logging.getLogger("dit_cache")
@@ -42,14 +42,15 @@ class CallInfo:
 class _StreamState:
     """Everything one CFG stream remembers between model calls of a run."""
 
-    def __init__(self, label: str, policy: Policy) -> None:
+    def __init__(self, label: str, policy: Policy, run: RunInfo) -> None:
         self.label = label
         self.policy = policy
+        self.run = run
         self.reset()
 
     def reset(self) -> None:
         self.signature: tuple | None = None
-        self.policy_state = self.policy.new_state()
+        self.policy_state = self.policy.new_run_state(self.run)
         self.residuals: dict[tuple[int, str], torch.Tensor] = {}
         self.calls = 0
         self.consecutive_skips = 0
@@ -68,6 +69,7 @@ class _Call:
     probe_residual: torch.Tensor | None = None
     seg_in: dict[int, Streams] = field(default_factory=dict)
     new_residuals: dict[tuple[int, str], torch.Tensor] = field(default_factory=dict)
+    stack_residual: torch.Tensor | None = None  # whole-stack hidden residual (policies that want it)
     records: list[CallRecord] = field(default_factory=list)
 
 
@@ -81,6 +83,7 @@ class BlockCacheRunner:
         policy: Policy,
         stats: RunStats,
         window: SigmaWindow = SigmaWindow(),
+        run: RunInfo = RunInfo(),
     ) -> None:
         if len(block_counts) != len(layout.segments):
             raise ValueError(f"{len(block_counts)} block counts for {len(layout.segments)} segments")
@@ -88,6 +91,7 @@ class BlockCacheRunner:
         self.policy = policy
         self.stats = stats
         self.window = window
+        self.run = run
         self._offsets = [sum(block_counts[:i]) for i in range(len(block_counts))]
         self.total_blocks = sum(block_counts)
         lo, hi = policy.probe_blocks, self.total_blocks - policy.tail_blocks
@@ -111,7 +115,7 @@ class BlockCacheRunner:
         for key, label in info.streams:
             st = self._streams.get(key)
             if st is None:
-                st = self._streams[key] = _StreamState(label, self.policy)
+                st = self._streams[key] = _StreamState(label, self.policy, self.run)
             states.append(st)
         self._call = _Call(info=info, states=states)
 
@@ -127,7 +131,10 @@ class BlockCacheRunner:
         computed = not call.skip
         probe_chunks = call.probe_residual.chunk(n) if call.probe_residual is not None else [None] * n
         new_chunks = {k: v.chunk(n) for k, v in call.new_residuals.items()} if computed else {}
+        stack_chunks = call.stack_residual.chunk(n) if computed and call.stack_residual is not None else None
         for j, st in enumerate(call.states):
+            if stack_chunks is not None:
+                self.policy.observe_stack_residual(st.policy_state, stack_chunks[j])
             self.policy.commit(st.policy_state, probe_chunks[j], computed)
             if computed:
                 st.residuals = {k: v[j] for k, v in new_chunks.items()}
@@ -139,8 +146,13 @@ class BlockCacheRunner:
         self.stats.cache_bytes = max(self.stats.cache_bytes, sum(s.nbytes() for s in self._streams.values()))
 
     # ----------------------------------------------------------------------------------------- blocks
-    def block(self, segment: int, index: int, inputs: Streams, run: RunBlock) -> Streams:
-        """Stand in for block ``index`` of ``segment``: run it via ``run`` or apply the cache."""
+    def block(self, segment: int, index: int, inputs: Streams, run: RunBlock,
+              signal: Callable[[], torch.Tensor] | None = None) -> Streams:
+        """Stand in for block ``index`` of ``segment``: run it via ``run`` or apply the cache.
+
+        ``signal`` (first block only, optional): computes the per-call signal a policy with ``wants_signal``
+        decides on (e.g. TeaCache's timestep-modulated input of block 0); it becomes the probe tensor.
+        """
         call = self._call
         if call is None:
             return run(inputs)
@@ -149,6 +161,8 @@ class BlockCacheRunner:
         if p == 0:
             self._check_signatures(call, inputs)
             call.head_in = inputs[hidden].clone()  # blocks may update their input in place (ComfyUI's Flux does)
+            if self.policy.wants_signal and signal is not None and self.policy.probe_blocks == 0:
+                call.probe_residual = signal()
         lo, hi = self._cached
         if p < lo:
             out = run(inputs)
@@ -174,6 +188,8 @@ class BlockCacheRunner:
         if p == last:
             for k in outputs:
                 call.new_residuals[(segment, k)] = out[k] - call.seg_in[segment][k]
+        if p == self.total_blocks - 1 and self.policy.wants_stack_residual:
+            call.stack_residual = self._stack_residual(call, segment, out[hidden])
         return out
 
     # ----------------------------------------------------------------------------------------- internals
@@ -196,6 +212,7 @@ class BlockCacheRunner:
         in_window = self.window.contains(call.info.sigma)
         votes: list[tuple[bool, str, float | None]] = []
         for j, st in enumerate(call.states):
+            self.policy.begin_stream_call(st.policy_state, StreamCall(st.calls, call.info.sigma, st.label))
             metric = self.policy.metric(st.policy_state, chunks[j])
             if not st.residuals:
                 vote = (False, "no_cache")
@@ -216,6 +233,30 @@ class BlockCacheRunner:
                 stream=st.label, call_index=st.calls, sigma=call.info.sigma, skipped=call.skip,
                 metric=metric, threshold=self.policy.threshold, reason=reason,
             ))
+
+    def _stack_residual(self, call: _Call, segment: int, tail_out: torch.Tensor) -> torch.Tensor | None:
+        """Last block's hidden output minus the first block's hidden input. Where the host joined other tokens
+        to the last segment's hidden stream, ``Segment.hidden_tokens`` says which tokens are the head's."""
+        head_in = call.head_in
+        if tail_out.shape == head_in.shape:
+            return tail_out - head_in
+        where = self.layout.segments[segment].hidden_tokens
+        n = head_in.shape[1] if head_in.ndim >= 2 else 0
+        if (where in ("last", "first") and tail_out.ndim == head_in.ndim >= 2 and tail_out.shape[1] > n
+                and tail_out.shape[0] == head_in.shape[0] and tail_out.shape[2:] == head_in.shape[2:]):
+            return (tail_out[:, -n:] if where == "last" else tail_out[:, :n]) - head_in
+        log.warning("[dit-cache] %s: last block output %s does not match the first block input %s; "
+                    "no whole-stack residual this call", self.policy.name, tuple(tail_out.shape),
+                    tuple(head_in.shape))
+        return None
+
+    def stream_states(self) -> list[tuple[str, Any]]:
+        """(label, policy state) of every stream of the run, in first-seen order."""
+        return [(s.label, s.policy_state) for s in self._streams.values()]
+
+    def finish(self, completed: bool) -> None:
+        """End of the run: let the policy see every stream's final state."""
+        self.policy.finish_run(self.stream_states(), completed)
 
     def _cached_residual(self, call: _Call, segment: int, stream: str) -> torch.Tensor:
         parts = [st.residuals[(segment, stream)] for st in call.states]

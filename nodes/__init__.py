@@ -4,8 +4,10 @@ from __future__ import annotations
 from comfy_api.latest import ComfyExtension, io
 
 from .fbc_node import ApplyFirstBlockCache
+from .magcache_nodes import ApplyMagCache, MagCacheCalibrate
+from .teacache_node import ApplyTeaCache
 
-NODES: list[type[io.ComfyNode]] = [ApplyFirstBlockCache]
+NODES: list[type[io.ComfyNode]] = [ApplyFirstBlockCache, ApplyMagCache, MagCacheCalibrate, ApplyTeaCache]
 
 
 class DitCacheExtension(ComfyExtension):

@@ -1,27 +1,34 @@
 """ComfyUI glue: patch a cloned ModelPatcher so its DiT blocks go through the shared cache core.
 
 Only ComfyUI's public extension points are used: ``ModelPatcher.clone``, keyed wrappers
-(OUTER_SAMPLE for the run's life, DIFFUSION_MODEL for each model call) and ``patches_replace["dit"]`` block
+(OUTER_SAMPLE for the run's life, APPLY_MODEL for each model call) and ``patches_replace["dit"]`` block
 replacements. A replacement that another pack set earlier on the same block is kept and called inside ours.
+Families whose forward has no ``patches_replace["dit"]`` (HiDream, Lumina 2 / Z-Image, Cosmos Predict2) get
+their block ModuleLists swapped with ``ModelPatcher.add_object_patch`` for a :class:`CachedBlockList`: the
+same modules under the same names (weights, LoRA patches and offloading see no difference), whose iteration
+yields proxies that call the runner. ComfyUI restores the original lists when it unpatches the model.
 Per-run state lives in a copy of the guider's model options made for that run, so two clones, two samplers or
 an interrupted run never share or leave state behind.
 """
 from __future__ import annotations
 
+import inspect
 import logging
 import time
 import uuid
 from typing import Any, Callable
 
 import comfy.model_patcher
+import torch
 from comfy.patcher_extension import WrappersMP
 
 from ..cache_core.config import SigmaWindow
-from ..cache_core.layout import COMFY_LAYOUTS, BlockLayout, layout_for_module
-from ..cache_core.policy import Policy
+from ..cache_core.layout import COMFY_LAYOUTS, BlockLayout, Segment, layout_for_module
+from ..cache_core.policy import Policy, RunInfo
+from ..cache_core.signals import signal_fn
 from ..cache_core.runner import BlockCacheRunner, CallInfo
 from ..cache_core.stats import RunStats
-from . import run_log
+from . import stats_server
 
 log = logging.getLogger("dit_cache")
 
@@ -34,12 +41,13 @@ class CacheSpec:
     """What a cache node attached to a model: the method's policy and the model's block layout."""
 
     def __init__(self, policy: Policy, layout: BlockLayout, block_counts: list[int], model_name: str,
-                 node_label: str) -> None:
+                 node_label: str, node_id: str | None = None) -> None:
         self.policy = policy
         self.layout = layout
         self.block_counts = block_counts
         self.model_name = model_name
         self.node_label = node_label
+        self.node_id = node_id  # the cache node's id in the prompt graph (the statistics panel matches on it)
         self.id = uuid.uuid4().hex[:8]
 
 
@@ -47,7 +55,7 @@ def diffusion_model_of(model: Any) -> Any:
     return model.get_model_object("diffusion_model")
 
 
-def apply_cache(model: Any, policy: Policy, node_label: str) -> Any:
+def apply_cache(model: Any, policy: Policy, node_label: str, node_id: str | None = None) -> Any:
     """A clone of ``model`` whose blocks run through ``policy``; ``model`` itself is left untouched.
 
     An unsupported model logs a warning and is returned unchanged. A model that already carries a dit-cache
@@ -65,41 +73,114 @@ def apply_cache(model: Any, policy: Policy, node_label: str) -> Any:
             f"{node_label}: this model already has {existing.policy.name} from '{existing.node_label}' applied. "
             f"Use one dit-cache node per model (remove one of them, or feed this node the model before the other)."
         )
-    if layout.mechanism != "patches_replace":
-        log.warning("[dit-cache] %s: %s needs %s patching, not available yet; model left unchanged",
-                    node_label, type(dm).__name__, layout.mechanism)
-        return model
     counts = [len(getattr(dm, seg.attr)) for seg in layout.segments]
     m = model.clone()
-    spec = CacheSpec(policy, layout, counts, type(dm).__name__, node_label)
+    if node_id is None:  # nodes without the hidden unique_id input: the node ComfyUI is executing
+        node_id = stats_server.executing_node_id()
+    spec = CacheSpec(policy, layout, counts, type(dm).__name__, node_label, node_id)
     m.model_options.setdefault("transformer_options", {})[SPEC_KEY] = spec
-    existing_replace = m.model_options["transformer_options"].get("patches_replace", {}).get("dit", {})
-    for s, seg in enumerate(layout.segments):
-        for i in range(counts[s]):
-            prev = existing_replace.get((seg.kind, i))
-            m.set_model_patch_replace(_block_patch(s, i, seg.outputs, prev), "dit", seg.kind, i)
+    head_signal = _head_signal(policy, layout, dm)  # raises (before sampling) if the family has no signal
+    if layout.mechanism == "object_patch":
+        for s, seg in enumerate(layout.segments):
+            key = f"diffusion_model.{seg.attr}"
+            # get_model_object returns another pack's object patch of this list if there is one: we wrap it
+            m.add_object_patch(key, CachedBlockList(m.get_model_object(key), s, seg))
+    else:
+        existing_replace = m.model_options["transformer_options"].get("patches_replace", {}).get("dit", {})
+        for s, seg in enumerate(layout.segments):
+            for i in range(counts[s]):
+                prev = existing_replace.get((seg.kind, i))
+                sig = head_signal if (s, i) == (0, 0) else None
+                m.set_model_patch_replace(_block_patch(s, i, seg.outputs, prev, sig), "dit", seg.kind, i)
     m.add_wrapper_with_key(WrappersMP.OUTER_SAMPLE, WRAPPER_KEY, _outer_sample_wrapper)
-    m.add_wrapper_with_key(WrappersMP.DIFFUSION_MODEL, WRAPPER_KEY, _diffusion_model_wrapper)
+    # APPLY_MODEL (BaseModel.apply_model, every family) rather than DIFFUSION_MODEL, which some forwards of
+    # ComfyUI 0.3.75 (SD3's MMDiT, Mochi) do not run their wrappers for
+    m.add_wrapper_with_key(WrappersMP.APPLY_MODEL, WRAPPER_KEY, _model_call_wrapper)
     return m
 
 
-def _block_patch(segment: int, index: int, outputs: tuple[str, ...], prev: Callable | None) -> Callable:
+def _head_signal(policy: Policy, layout: BlockLayout, dm: Any) -> Callable[[dict], Any] | None:
+    """For policies deciding on a per-call signal (TeaCache): the layout's signal of the first block."""
+    if not policy.wants_signal:
+        return None
+    fn = signal_fn(layout.signal)
+    if fn is None:
+        raise ValueError(f"{policy.name}: no first-block signal is known for {layout.family} models yet")
+    head = getattr(dm, layout.segments[0].attr)[0]
+    return lambda args: fn(head, args)
+
+
+def _block_patch(segment: int, index: int, outputs: tuple[str, ...], prev: Callable | None,
+                 head_signal: Callable[[dict], Any] | None = None) -> Callable:
     def patch(args: dict, extra: dict) -> dict:
         original = extra["original_block"]
 
         def run(streams: dict) -> dict:
             a = dict(args)
             a.update(streams)
-            if prev is not None:
-                return prev(a, {"original_block": original})
-            return original(a)
+            out = prev(a, {"original_block": original}) if prev is not None else original(a)
+            return _fill_dropped(out, a, outputs)
 
         runner: BlockCacheRunner | None = (args.get("transformer_options") or {}).get(RUN_KEY)
         if runner is None:
             return run({})
-        return runner.block(segment, index, {k: args[k] for k in outputs}, run)
+        signal = (lambda: head_signal(args)) if head_signal is not None else None
+        return runner.block(segment, index, {k: args[k] for k in outputs}, run, signal)
 
     return patch
+
+
+def _fill_dropped(out: dict, inputs: dict, outputs: tuple[str, ...]) -> dict:
+    """Pass through a stream a block returns as None (SD3's last joint block has no text output)."""
+    for k in outputs:
+        if out.get(k) is None and k in inputs:
+            out[k] = inputs[k]
+    return out
+
+
+class CachedBlockList(torch.nn.ModuleList):
+    """A block ModuleList for ``add_object_patch``: the same modules under the same names as ``blocks``, but
+    iterating yields :class:`_BlockProxy` callables that route each block through the current run's runner.
+
+    Indexing still returns the real modules, so ``get_model_object`` / weight patching keys are unchanged.
+    """
+
+    def __init__(self, blocks: torch.nn.ModuleList, segment: int, seg: Segment) -> None:
+        super().__init__(list(blocks))
+        self._dit_cache_segment = segment
+        self._dit_cache_seg = seg
+
+    def __iter__(self):  # type: ignore[override]
+        for i, block in enumerate(self._modules.values()):
+            yield _BlockProxy(block, self._dit_cache_segment, i, self._dit_cache_seg)
+
+
+class _BlockProxy:
+    """Calls one block through the runner: streams read from / written to the parameters the layout names."""
+
+    def __init__(self, block: Any, segment: int, index: int, seg: Segment) -> None:
+        self.block, self.segment, self.index, self.seg = block, segment, index, seg
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        signature = inspect.signature(self.block.forward)
+        bound = signature.bind(*args, **kwargs)
+        runner: BlockCacheRunner | None = (bound.arguments.get("transformer_options") or {}).get(RUN_KEY)
+        if runner is None:
+            return self.block(*args, **kwargs)
+        seg = self.seg
+        inputs = {k: bound.arguments[name] for k, name in seg.inputs.items()
+                  if isinstance(bound.arguments.get(name), torch.Tensor)}
+
+        def run(streams: dict) -> dict:
+            b = signature.bind(*args, **kwargs)
+            for k, v in streams.items():
+                b.arguments[seg.inputs[k]] = v
+            res = self.block(*b.args, **b.kwargs)
+            out = dict(zip(seg.returns, res)) if len(seg.returns) > 1 else {seg.returns[0]: res}
+            return _fill_dropped(out, streams, seg.outputs)
+
+        out = runner.block(self.segment, self.index, inputs, run)
+        return tuple(out[k] for k in seg.returns) if len(seg.returns) > 1 else out[seg.returns[0]]
 
 
 def _sigma_window(spec: CacheSpec, model_sampling: Any) -> SigmaWindow:
@@ -115,8 +196,10 @@ def _outer_sample_wrapper(executor: Any, *args: Any, **kwargs: Any) -> Any:
     t_opts = guider.model_options["transformer_options"]
     spec: CacheSpec = t_opts[SPEC_KEY]
     stats = RunStats(method=spec.policy.name, settings=spec.policy.settings(), model=spec.model_name)
+    sigmas = args[3] if len(args) > 3 else kwargs.get("sigmas")  # CFGGuider.outer_sample(noise, latent, sampler, sigmas, ...)
+    run_info = RunInfo(tuple(float(x) for x in sigmas.reshape(-1)) if sigmas is not None else None)
     runner = BlockCacheRunner(spec.layout, spec.block_counts, spec.policy, stats,
-                              _sigma_window(spec, guider.model_patcher.get_model_object("model_sampling")))
+                              _sigma_window(spec, guider.model_patcher.get_model_object("model_sampling")), run_info)
     t_opts[RUN_KEY] = runner
     t0 = time.perf_counter()
     ok = False
@@ -126,9 +209,14 @@ def _outer_sample_wrapper(executor: Any, *args: Any, **kwargs: Any) -> Any:
         return out
     finally:
         guider.model_options = orig_options
+        try:
+            runner.finish(ok)  # e.g. MagCache Calibrate saves its file here
+        except Exception:  # a failing end-of-run hook must not hide the run's own result or error
+            log.exception("[dit-cache] %s: end-of-run step failed", spec.node_label)
         run = stats.to_dict()
-        run.update(node=spec.node_label, spec_id=spec.id, completed=ok, run_wall_s=time.perf_counter() - t0)
-        run_log.record(run)
+        run.update(node=spec.node_label, node_id=spec.node_id, spec_id=spec.id, completed=ok,
+                   run_wall_s=time.perf_counter() - t0)
+        stats_server.publish(run)  # run_log.record + push to the page that queued the prompt
         log.info("[dit-cache] %s%s", stats.summary(), "" if ok else " (run interrupted)")
 
 
@@ -145,7 +233,7 @@ def _stream_labels(t_opts: dict, n_chunks: int) -> list[tuple[Any, str]]:
     return streams
 
 
-def _diffusion_model_wrapper(executor: Any, *args: Any, **kwargs: Any) -> Any:
+def _model_call_wrapper(executor: Any, *args: Any, **kwargs: Any) -> Any:
     t_opts = kwargs.get("transformer_options")
     if t_opts is None:
         t_opts = args[-1] if args and isinstance(args[-1], dict) else {}
@@ -156,6 +244,7 @@ def _diffusion_model_wrapper(executor: Any, *args: Any, **kwargs: Any) -> Any:
     sigma = float(sigmas.reshape(-1)[0]) if sigmas is not None else None
     n_chunks = len(t_opts.get("cond_or_uncond") or [0])
     runner.begin_call(CallInfo(_stream_labels(t_opts, n_chunks), sigma))
+    first_record = len(runner.stats.records)
     t0 = time.perf_counter()
     try:
         out = executor(*args, **kwargs)
@@ -163,4 +252,5 @@ def _diffusion_model_wrapper(executor: Any, *args: Any, **kwargs: Any) -> Any:
         runner.abort_call()
         raise
     runner.end_call(time.perf_counter() - t0)
+    stats_server.publish_step(t_opts.get(SPEC_KEY), runner.stats, first_record)  # live panel; no-op without a page
     return out

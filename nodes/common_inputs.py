@@ -1,10 +1,11 @@
-"""Inputs every cache node shares (schedule window, skip limits), with their tooltips."""
+"""Inputs the cache nodes share (schedule window, skip limits), with their tooltips."""
 from __future__ import annotations
 
 from comfy_api.latest import io
 
 
-def gate_inputs() -> list:
+def window_inputs() -> list:
+    """start_percent / end_percent: the part of the schedule where a method may skip."""
     return [
         io.Float.Input(
             "start_percent", default=0.0, min=0.0, max=1.0, step=0.01,
@@ -15,10 +16,21 @@ def gate_inputs() -> list:
             "end_percent", default=1.0, min=0.0, max=1.0, step=0.01,
             tooltip="Where in the schedule skipping stops; later steps always compute.",
         ),
-        io.Int.Input(
-            "max_consecutive_skips", default=-1, min=-1, max=1000,
-            tooltip="After this many skipped steps in a row the next step is computed. -1 = no limit.",
-        ),
+    ]
+
+
+def max_consecutive_skips_input() -> io.Int.Input:
+    return io.Int.Input(
+        "max_consecutive_skips", default=-1, min=-1, max=1000,
+        tooltip="After this many skipped steps in a row the next step is computed. -1 = no limit.",
+    )
+
+
+def gate_inputs() -> list:
+    """The window, the consecutive-skip limit and the warm-up (methods using the full :class:`Gate`)."""
+    return [
+        *window_inputs(),
+        max_consecutive_skips_input(),
         io.Int.Input(
             "warmup_steps", default=0, min=0, max=1000,
             tooltip="The first steps of each CFG stream (cond/uncond) always compute.",

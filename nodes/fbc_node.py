@@ -34,6 +34,7 @@ class ApplyFirstBlockCache(io.ComfyNode):
                 *gate_inputs(),
             ],
             outputs=[io.Model.Output(tooltip="The model with First Block Cache attached.")],
+            hidden=[io.Hidden.unique_id],  # the node's graph id: the statistics panel shows runs per node
         )
 
     @classmethod
@@ -49,4 +50,6 @@ class ApplyFirstBlockCache(io.ComfyNode):
         config = FirstBlockCacheConfig(threshold=threshold, warmup_steps=warmup_steps,
                                        max_consecutive_skips=max_consecutive_skips,
                                        start_percent=start_percent, end_percent=end_percent)
-        return io.NodeOutput(apply_cache(model, FirstBlockCachePolicy(config), "Apply FirstBlockCache"))
+        node_id = cls.hidden.unique_id if cls.hidden is not None else None
+        return io.NodeOutput(apply_cache(model, FirstBlockCachePolicy(config), "Apply FirstBlockCache",
+                                         None if node_id is None else str(node_id)))

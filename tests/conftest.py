@@ -19,6 +19,18 @@ def pack():
     return PACK
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models gain nothing from intra-op threads, and on a busy 2-core machine (another process using the
+    cores) two-thread OpenMP barriers slow them down tenfold or more. Restored after the module."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(autouse=True)
 def _clear_run_log():
     PACK.nodes.run_log.clear()

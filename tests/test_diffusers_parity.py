@@ -115,13 +115,7 @@ def tiny_wan() -> Tiny:
 BUILDERS = {"flux": tiny_flux, "wan": tiny_wan}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    # Tiny models gain nothing from intra-op threads, and on a busy 2-core machine they cost ~50x per call.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module", params=list(BUILDERS))

@@ -182,15 +182,7 @@ def test_existing_block_patch_of_another_pack_is_kept():
 
 
 def test_unsupported_model_is_returned_unchanged_with_a_warning(caplog):
-    import comfy.model_patcher
-    import comfy.supported_models
-
-    config = comfy.supported_models.SD15(dict(
-        image_size=8, in_channels=4, out_channels=4, model_channels=32, num_res_blocks=[1, 1], channel_mult=[1, 2],
-        transformer_depth=[0, 1], transformer_depth_middle=1, transformer_depth_output=[0, 0, 1, 1],
-        context_dim=768, num_head_channels=16, use_linear_in_transformer=False, adm_in_channels=None,
-        use_temporal_attention=False, use_spatial_transformer=True, legacy=False, use_checkpoint=False))
-    model = comfy.model_patcher.ModelPatcher(config.get_model({}), torch.device("cpu"), torch.device("cpu"))
+    model = tiny_models.build_sd15_unet()
     with caplog.at_level(logging.WARNING, logger="dit_cache"):
         out = apply_fbc(model, 0.1)
     assert out is model

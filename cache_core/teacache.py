@@ -1,0 +1,137 @@
+"""TeaCache: skip the whole block stack while the first block's timestep-modulated input barely changed.
+
+Rule (TeaCache paper, arXiv 2411.19108; ali-vilab/TeaCache): per CFG stream, with m_t the first block's
+modulated input (the family's signal, cache_core/signals.py) ``delta = mean|m_t - m_{t-1}| / mean|m_{t-1}|``
+(m updated every call), ``acc += poly(delta)`` (the family's published rescaling polynomial, highest power
+first; "raw" = no rescaling); skip while ``acc < threshold``, else compute and set ``acc = 0``. The first and
+last steps always compute. Skipped calls reuse the residual of the whole block stack.
+
+Coefficients: ``COEFFICIENTS`` below, numbers from ali-vilab/TeaCache as collected in
+shared/reference/methods.md. "auto" picks one by (family, hidden size) — data, not model names — and falls
+back to "raw" (with the reason in the run settings) where nothing published fits the signal we read.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import torch
+
+from .config import CacheWindow, check_int, check_range
+from .policy import Gate, Policy, RunInfo, StreamCall
+
+# Published rescaling polynomials (ali-vilab/TeaCache; highest power first).
+COEFFICIENTS: dict[str, tuple[float, ...]] = {
+    "flux": (4.98651651e2, -2.83781631e2, 5.58554382e1, -3.82021401, 2.64230861e-1),  # TeaCache4FLUX
+    "hunyuan_video": (7.33226126e2, -4.01131952e2, 6.75869174e1, -3.14987800, 9.61237896e-2),
+    "ltx_video": (2.14700694e1, -1.28016453e1, 2.31279151, 7.92487521e-1, 9.69274326e-3),
+    "mochi": (-3.51241319e3, 8.11675948e2, -6.09400215e1, 2.42429681, 3.05291719e-3),
+    "lumina2": (393.76566581, -603.50993606, 209.10239044, -23.00726601, 0.86377344),
+    "hidream": (-3.13605009e4, -7.12425503e2, 4.91363285e1, 8.26515490, 1.08053901e-1),
+    "cosmos": (2.71156237e2, -9.19775607e1, 2.24437250, 2.08355751, 1.41776330e-1),
+}
+# "auto": which published set fits a layout family's signal. Our Wan signal is e0 (the block's modulation
+# input); the Wan 2.1 sets in methods.md were fitted on e, so Wan gets "raw". Qwen-Image and Chroma have
+# no published set in our sources.
+AUTO_BY_FAMILY: dict[str, str] = {"flux": "flux", "hunyuan_video": "hunyuan_video", "ltxv": "ltx_video",
+                                  "mochi": "mochi", "lumina2": "lumina2", "hidream": "hidream",
+                                  "cosmos_predict2": "cosmos"}
+CHOICES = ("auto", "raw", *COEFFICIENTS)
+
+
+def resolve_coefficients(choice: str, family: str) -> tuple[str, tuple[float, ...] | None]:
+    """(name, coefficients or None for raw) for a node choice and a layout family."""
+    if choice == "auto":
+        name = AUTO_BY_FAMILY.get(family, "raw")
+    else:
+        name = choice
+    if name == "raw":
+        return "raw", None
+    if name not in COEFFICIENTS:
+        raise ValueError(f"unknown TeaCache coefficients {choice!r}; choose one of {', '.join(CHOICES)}")
+    return name, COEFFICIENTS[name]
+
+
+@dataclass(frozen=True)
+class TeaCacheConfig:
+    """threshold: accumulated (rescaled) relative L1 change that still skips (TeaCache4FLUX: 0.25 ≈ 1.5x,
+    0.4 ≈ 1.8x, 0.6 ≈ 2.0x, 0.8 ≈ 2.25x). coefficients: rescaling polynomial, None = raw relative L1."""
+
+    threshold: float = 0.4
+    coefficients: Sequence[float] | None = None
+    coefficients_name: str = "raw"
+    max_consecutive_skips: int = -1
+    start_percent: float = 0.0
+    end_percent: float = 1.0
+    gate: Gate = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        check_range("threshold", self.threshold, 0.0, 100.0)
+        check_int("max_consecutive_skips", self.max_consecutive_skips, -1)
+        if self.coefficients is not None:
+            if not self.coefficients or not all(math.isfinite(float(c)) for c in self.coefficients):
+                raise ValueError("TeaCache coefficients must be a non-empty list of finite numbers")
+        object.__setattr__(self, "gate", Gate(0, self.max_consecutive_skips,
+                                              CacheWindow(self.start_percent, self.end_percent)))
+
+    def rescale(self, x: float) -> float:
+        if self.coefficients is None:
+            return x
+        y = 0.0
+        for c in self.coefficients:
+            y = y * x + float(c)
+        return y
+
+
+class _TeaState:
+    def __init__(self, run: RunInfo) -> None:
+        self.run = run
+        self.prev: torch.Tensor | None = None
+        self.acc = 0.0
+        self.pending: float | None = None
+        self.last_step = False
+
+
+class TeaCachePolicy(Policy):
+    name = "TeaCache"
+    probe_blocks = 0
+    tail_blocks = 0
+    wants_signal = True
+
+    def __init__(self, config: TeaCacheConfig) -> None:
+        self.config = config
+        self.threshold = config.threshold
+        self.gate = config.gate
+
+    def new_run_state(self, run: RunInfo) -> _TeaState:
+        return _TeaState(run)
+
+    def begin_stream_call(self, state: _TeaState, info: StreamCall) -> None:
+        sig = state.run.sigmas
+        # the last step always computes: the call at (or after) the schedule's last start sigma
+        state.last_step = bool(sig and len(sig) >= 2 and info.sigma is not None and info.sigma <= sig[-2])
+
+    def metric(self, state: _TeaState, probe: torch.Tensor | None) -> float | None:
+        state.pending = None
+        if probe is None or state.prev is None or state.prev.shape != probe.shape:
+            return None
+        prev = state.prev
+        delta = ((probe.float() - prev).abs().mean() / prev.abs().mean().clamp_min(1e-12)).item()
+        state.pending = state.acc + self.config.rescale(delta)
+        return state.pending
+
+    def wants_skip(self, state: _TeaState, metric: float | None) -> bool:
+        return (metric is not None and math.isfinite(metric) and metric < self.config.threshold
+                and not state.last_step)
+
+    def commit(self, state: _TeaState, probe: torch.Tensor | None, computed: bool) -> None:
+        state.acc = 0.0 if computed or state.pending is None else state.pending
+        if probe is not None:
+            state.prev = probe.detach().float()
+
+    def settings(self) -> dict[str, Any]:
+        c = self.config
+        return {"threshold": c.threshold, "coefficients": c.coefficients_name,
+                "max_consecutive_skips": c.max_consecutive_skips, "start_percent": c.start_percent,
+                "end_percent": c.end_percent}

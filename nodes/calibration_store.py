@@ -1,0 +1,97 @@
+"""Where MagCache calibrations live in ComfyUI: a ``magcache`` model folder registered with ``folder_paths``.
+
+Default: ``<ComfyUI>/models/magcache``. An ``extra_model_paths.yaml`` entry ``magcache: <path>`` (read by
+ComfyUI before custom nodes load) comes first, so new calibrations are saved there. The "Apply MagCache"
+dropdown lists the built-in presets (``preset: <name>``) and every ``.safetensors`` file of the folder(s),
+read afresh each time the node list is requested, so a new file appears without restarting ComfyUI.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import folder_paths
+
+from ..cache_core import calibration as cal_io
+from ..cache_core.layout import COMFY_LAYOUTS, BlockLayout, layout_for_module
+
+log = logging.getLogger("dit_cache")
+
+FOLDER = "magcache"
+EXTENSION = ".safetensors"
+
+
+def register() -> None:
+    """Register the folder (idempotent); keeps paths that extra_model_paths.yaml gave it first."""
+    default = os.path.join(folder_paths.models_dir, FOLDER)
+    if FOLDER in folder_paths.folder_names_and_paths:
+        folder_paths.add_model_folder_path(FOLDER, default)  # appended after the YAML's paths
+        folder_paths.folder_names_and_paths[FOLDER][1].add(EXTENSION)
+    else:
+        folder_paths.folder_names_and_paths[FOLDER] = ([default], {EXTENSION})
+
+
+def save_dir() -> Path:
+    register()
+    return Path(folder_paths.get_folder_paths(FOLDER)[0])
+
+
+def choices() -> list[str]:
+    """Dropdown entries: presets first, then saved calibration files (relative names)."""
+    register()
+    files = [f for f in folder_paths.get_filename_list(FOLDER) if f.endswith(EXTENSION)]
+    return [cal_io.PRESET_PREFIX + n for n in cal_io.preset_names()] + files
+
+
+def resolve(choice: str) -> cal_io.Calibration:
+    """The calibration a dropdown entry names; CalibrationError (a ValueError) names the file if unusable."""
+    if choice.startswith(cal_io.PRESET_PREFIX):
+        return cal_io.load_preset(choice[len(cal_io.PRESET_PREFIX):])
+    register()
+    path = folder_paths.get_full_path(FOLDER, choice)
+    if path is None:
+        raise cal_io.CalibrationError(f"MagCache calibration file '{choice}' is not in "
+                                      f"{', '.join(folder_paths.get_folder_paths(FOLDER))}")
+    cal = cal_io.load(path)
+    cal.name = choice
+    return cal
+
+
+class ModelIdentity:
+    """What a calibration records about, and is checked against, a model."""
+
+    def __init__(self, layout: BlockLayout, model_class: str, block_hash: str, weights_hint: str) -> None:
+        self.layout, self.model_class, self.block_hash, self.weights_hint = layout, model_class, block_hash, weights_hint
+
+
+def identify(model: Any) -> ModelIdentity | None:
+    """The layout, class, block-shape hash and a short weights fingerprint of a ModelPatcher's DiT (or None)."""
+    dm = model.get_model_object("diffusion_model")
+    layout = layout_for_module(dm, COMFY_LAYOUTS)
+    if layout is None:
+        return None
+    shapes = [(f"{seg.attr}.{n}", tuple(p.shape)) for seg in layout.segments
+              for n, p in getattr(dm, seg.attr).named_parameters()]
+    first = next(getattr(dm, layout.segments[0].attr).parameters())
+    sample = first.detach().reshape(-1)[:4096].float().cpu().contiguous()
+    hint = hashlib.sha256(sample.numpy().tobytes()).hexdigest()[:8]
+    return ModelIdentity(layout, type(dm).__name__, cal_io.block_shape_hash(shapes), hint)
+
+
+def new_file_path(prefix: str, family: str, steps: int, hint: str) -> Path:
+    """A free file name ``<prefix>_<family>_<steps>steps_<weights hint>_<counter>.safetensors``: two models
+    of one family (Wan 2.2 high/low noise) differ in the hint, repeated runs in the counter."""
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", prefix).strip("._") or "magcache"
+    folder = save_dir()
+    stem = f"{safe}_{family}_{steps}steps_{hint}"
+    n = 1
+    while (folder / f"{stem}_{n:05d}{EXTENSION}").exists() or (folder / f"{stem}_{n:05d}{EXTENSION}.part").exists():
+        n += 1
+    return folder / f"{stem}_{n:05d}{EXTENSION}"
+
+
+register()

@@ -1,0 +1,112 @@
+"""Every caching method of the pack, for the support matrix (tests/test_matrix.py): one entry per method.
+
+An entry says how to put the method on a ComfyUI model (a ``ModelPatcher``) at the three settings the matrix
+samples with, and which families it can apply to:
+
+- ``aggressive``: must skip at least one model call on every family it applies to;
+- ``mild``: the output must stay finite and within ``mild_min_psnr`` dB of the uncached output;
+- ``disabled``: the output must be bit-identical to the uncached one.
+
+The settings are the same for every family (what a user would set), not tuned per family. A family outside
+``families`` must be refused clearly: ``apply`` logs a warning naming the method and returns the model itself,
+or raises ValueError naming the method (what a node does in ``execute``, before sampling). Either way the input
+model is left unchanged; the matrix shows "does not apply".
+Adding a method = adding one :class:`Method` to :data:`METHODS`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+SETTINGS = ("aggressive", "mild", "disabled")
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str  # column title in the README matrix
+    node_id: str
+    # (ModelPatcher, setting, family) -> ModelPatcher; must not change its input. ``family`` is the tiny-model
+    # family key (tests/support/tiny_models.py; "sd15" for the unknown-model check), for methods that need
+    # per-family data such as a calibration
+    apply: Callable[[Any, str, str], Any]
+    # matrix family keys (tests/support/matrix_families.py) the method can apply to; None = every DiT family
+    families: frozenset[str] | None = None
+    mild_min_psnr: float = 30.0  # dB, final latent against the uncached one
+
+
+def _fbc(model: Any, setting: str, family: str) -> Any:
+    from dit_cache.nodes.fbc_node import ApplyFirstBlockCache
+
+    # thresholds on the FBC metric mean|r - r_ref| / mean|r_ref|; 0 disables the cache (model unchanged).
+    # The tiny models' metric runs 0.01-0.45 per step (see tiny_models.smooth_time_embedding)
+    threshold = {"aggressive": 0.3, "mild": 0.15, "disabled": 0.0}[setting]
+    return ApplyFirstBlockCache.execute(model, threshold, 0.0, 1.0, -1, 0).result[0]
+
+
+# --- MagCache: needs a calibration of the model, made the way a user makes it (MagCache Calibrate + a sampler
+# run with the matrix's steps and CFG), once per model and kept in a temporary calibration folder.
+_calibrations: dict[int, str] = {}
+_calibration_dir: list[str] = []
+
+
+def _calibration_for(model: Any, family: str) -> str:
+    import tempfile
+
+    import folder_paths
+    import tiny_models
+    from sampling import ksample
+
+    from dit_cache.nodes import calibration_store, run_log
+    from dit_cache.nodes.magcache_nodes import MagCacheCalibrate
+
+    key = id(model.model)
+    if key not in _calibrations:
+        if not _calibration_dir:
+            calibration_store.register()
+            _calibration_dir.append(tempfile.mkdtemp(prefix="dit-cache-matrix-"))
+            folder_paths.folder_names_and_paths[calibration_store.FOLDER][0].insert(0, _calibration_dir[0])
+        tiny = tiny_models.TinyModel(family, "tiny", model, tiny_models.FAMILIES[family]["tiny"], 0)
+        earlier = run_log.recent()  # the calibration run is not part of the cell's runs
+        ksample(MagCacheCalibrate.execute(model, "matrix").result[0], tiny, cfg=tiny.spec.cfg)
+        saved = [r for r in run_log.recent() if "calibration" in r][-1]["calibration"]["file"]
+        run_log.clear()
+        for r in earlier:
+            run_log.record(r)
+        _calibrations[key] = saved
+    return _calibrations[key]
+
+
+def _magcache(model: Any, setting: str, family: str) -> Any:
+    from dit_cache.nodes.calibration_store import identify
+    from dit_cache.nodes.magcache_nodes import ApplyMagCache
+
+    # (threshold, K): the error budget on the accumulated magnitude ratio; 0 disables (model unchanged)
+    threshold, k = {"aggressive": (0.3, 3), "mild": (0.02, 2), "disabled": (0.0, 3)}[setting]
+    calibration = _calibration_for(model, family) if setting != "disabled" and identify(model) else "none"
+    return ApplyMagCache.execute(model, calibration, threshold, k, 0.2, 0.0, 1.0, "schedule").result[0]
+
+
+def _teacache(model: Any, setting: str, family: str) -> Any:
+    from dit_cache.nodes.teacache_node import ApplyTeaCache
+
+    # accumulated (rescaled) relative L1 change of block 0's modulated input; 0 disables
+    threshold = {"aggressive": 0.6, "mild": 0.1, "disabled": 0.0}[setting]
+    return ApplyTeaCache.execute(model, threshold, "auto", 0.0, 1.0, -1).result[0]
+
+
+def _families_with_signal() -> frozenset[str]:
+    """Matrix rows whose layout says how to read TeaCache's first-block signal."""
+    from matrix_families import ROWS
+
+    from dit_cache.cache_core.layout import COMFY_LAYOUTS
+    from dit_cache.cache_core.signals import signal_fn
+
+    with_signal = {lay.family for lay in COMFY_LAYOUTS if lay.signal and signal_fn(lay.signal) is not None}
+    return frozenset(r.key for r in ROWS if r.layout in with_signal)
+
+
+METHODS: dict[str, Method] = {
+    "fbc": Method("First Block Cache", "DitCache.ApplyFirstBlockCache", _fbc),
+    "magcache": Method("MagCache", "DitCache.ApplyMagCache", _magcache),
+    "teacache": Method("TeaCache", "DitCache.ApplyTeaCache", _teacache, families=_families_with_signal()),
+}

@@ -1,0 +1,110 @@
+"""MagCache pieces without a host: ratio interpolation, calibration files, presets, model checks."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from diffusers.hooks.mag_cache import FLUX_MAG_RATIOS, nearest_interp
+
+from dit_cache.cache_core import calibration as cal_io
+from dit_cache.cache_core.magcache import MagCacheConfig, MagRatioCurve, schedule_position
+from dit_cache.cache_core.policy import RunInfo, StreamCall
+
+RATIOS = [1.0, 1.2, 1.1, 1.05, 1.0, 0.98, 0.95, 0.9]
+
+
+def test_schedule_interpolation_keeps_calibrated_steps_and_total_change():
+    curve = MagRatioCurve(RATIOS)
+    assert curve.resampled(len(RATIOS)) == pytest.approx(RATIOS)
+    total = math.prod(RATIOS)
+    for n in (4, 5, 15, 28, 50):
+        r = curve.resampled(n)
+        assert len(r) == n and r[0] == 1.0
+        assert math.prod(r) == pytest.approx(total, rel=1e-9)  # the whole run's magnitude change is kept
+    # twice as many steps: each calibrated step is split in two whose product is the calibrated ratio
+    fine = curve.resampled(2 * len(RATIOS) - 1)
+    for i in range(1, len(RATIOS)):
+        assert fine[2 * i - 1] * fine[2 * i] == pytest.approx(RATIOS[i])
+
+
+@pytest.mark.parametrize("n", [6, 12, 20, 28, 40])
+def test_nearest_matches_diffusers(n):
+    curve = MagRatioCurve(FLUX_MAG_RATIOS.tolist())
+    theirs = nearest_interp(FLUX_MAG_RATIOS, n).tolist()
+    assert [curve.nearest(i, n) for i in range(n)] == pytest.approx(theirs)
+
+
+def test_position_from_sigmas_handles_several_calls_per_step():
+    run = RunInfo((1.0, 0.75, 0.5, 0.25, 0.0))
+    assert schedule_position(run, StreamCall(0, 1.0), 28) == 0.0
+    assert schedule_position(run, StreamCall(1, 0.75), 28) == pytest.approx(1 / 3)
+    assert schedule_position(run, StreamCall(2, 0.625), 28) == pytest.approx(1.5 / 3)  # a mid-step call
+    assert schedule_position(run, StreamCall(3, 0.25), 28) == 1.0
+    assert schedule_position(RunInfo(), StreamCall(3, None), 7) == pytest.approx(0.5)
+
+
+def test_config_validation():
+    with pytest.raises(ValueError, match="at least 2"):
+        MagCacheConfig(ratios=[1.0])
+    with pytest.raises(ValueError, match="positive"):
+        MagCacheConfig(ratios=[1.0, -1.0])
+    with pytest.raises(ValueError, match="interpolation"):
+        MagCacheConfig(ratios=RATIOS, interpolation="cubic")
+    c = MagCacheConfig(ratios={"cond": RATIOS, "uncond": RATIOS[::-1]})
+    assert c.curve_for("cond2").ratios == RATIOS and c.curve_for("uncond").ratios == RATIOS[::-1]
+
+
+def _cal(**kw):
+    base = dict(ratios={"cond": RATIOS, "uncond": RATIOS}, family="flux", steps=len(RATIOS), model_class="Flux",
+                block_hash="abc", sampler="euler", scheduler="simple", sigmas=[1.0 - i / 8 for i in range(9)])
+    base.update(kw)
+    return cal_io.Calibration(**base)
+
+
+def test_file_round_trip_and_metadata(tmp_path):
+    path = cal_io.save(tmp_path / "a.safetensors", _cal())
+    got = cal_io.load(path)
+    assert got.ratios["cond"] == pytest.approx(RATIOS) and set(got.ratios) == {"cond", "uncond"}
+    assert (got.family, got.steps, got.sampler, got.scheduler, got.block_hash) == ("flux", 8, "euler", "simple", "abc")
+    assert got.pack_version == cal_io.pack_version() != "unknown"
+    assert got.date and len(got.sigmas) == 9 and got.name == "a.safetensors"
+    assert not list(tmp_path.glob("*.part"))
+
+
+def test_corrupt_truncated_and_foreign_files_name_the_file(tmp_path):
+    good = cal_io.save(tmp_path / "good.safetensors", _cal()).read_bytes()
+    (tmp_path / "trunc.safetensors").write_bytes(good[: len(good) // 2])
+    (tmp_path / "junk.safetensors").write_bytes(b"not a safetensors file at all")
+    for name in ("trunc.safetensors", "junk.safetensors"):
+        with pytest.raises(cal_io.CalibrationError, match=f"{name}.*corrupt or truncated"):
+            cal_io.load(tmp_path / name)
+    from safetensors.torch import save_file
+    save_file({"x": torch.ones(2)}, str(tmp_path / "other.safetensors"))
+    with pytest.raises(cal_io.CalibrationError, match="other.safetensors.*not a dit-cache"):
+        cal_io.load(tmp_path / "other.safetensors")
+    with pytest.raises(cal_io.CalibrationError, match="missing.safetensors.*does not exist"):
+        cal_io.load(tmp_path / "missing.safetensors")
+
+
+def test_model_checks():
+    cal = _cal(name="x.safetensors")
+    cal_io.check_model(cal, "flux", "abc")
+    with pytest.raises(ValueError, match="calibrated for a flux model, this model is wan"):
+        cal_io.check_model(cal, "wan", "abc")
+    with pytest.raises(ValueError, match="other block shapes"):
+        cal_io.check_model(cal, "flux", "def")
+    cal_io.check_model(_cal(block_hash=""), "flux", "anything")  # presets: family only
+
+
+def test_presets_load_and_cite_their_source():
+    names = cal_io.preset_names()
+    assert {"flux_dev", "wan21_t2v_1.3b", "wan21_t2v_14b"} <= set(names)
+    for n in names:
+        p = cal_io.load_preset(n)
+        assert p.source and p.family and p.steps >= 20
+    assert cal_io.load_preset("flux_dev").ratios["cond"] == pytest.approx(FLUX_MAG_RATIOS.tolist())
+    wan = cal_io.load_preset("wan21_t2v_14b")
+    assert set(wan.ratios) == {"cond", "uncond"} and wan.steps == 50
+    with pytest.raises(cal_io.CalibrationError, match="does not exist"):
+        cal_io.load_preset("nope")

@@ -1,0 +1,212 @@
+"""The support matrix: every method (tests/support/methods_registry.py) x every DiT family of the host
+(tests/support/matrix_families.py), each a short real ComfyUI sample of a tiny real model.
+
+Per cell: at least one skipped model call at the aggressive setting; finite and close to uncached (PSNR) at
+the mild one; bit-identical when disabled; the input model unchanged afterwards (object patches undone).
+A family a method cannot apply to must be refused with a warning and the model returned unchanged.
+The results go to tests/out/matrix.json and the README's matrix must equal the table rendered from them.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+import matrix_families
+import tiny_models
+from matrix_families import ROWS, Row
+from methods_registry import METHODS, Method
+from metrics import psnr
+from sampling import ksample
+
+from dit_cache.cache_core.layout import COMFY_LAYOUTS
+from dit_cache.nodes import run_log
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS_FILE = ROOT / "tests" / "out" / "matrix.json"
+TESTED = [r for r in ROWS if r.tiny]
+CELLS = [(m, r) for m in METHODS for r in TESTED]
+RESULTS: dict[str, dict[str, dict]] = {}
+
+_models: dict[tuple[str, int], tiny_models.TinyModel] = {}
+
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def _tiny(family: str, seed: int = 0) -> tiny_models.TinyModel:
+    if (family, seed) not in _models:
+        _models[(family, seed)] = tiny_models.build(family, seed=seed)
+    return _models[(family, seed)]
+
+
+def _two_model_sample(high, low, tiny: tiny_models.TinyModel, cfg: float, steps: int = 20) -> torch.Tensor:
+    """Wan 2.2 A14B as its workflows run it: two KSamplerAdvanced nodes, the high-noise model for the first
+    half of the steps (leftover noise kept), the low-noise model for the rest (no new noise)."""
+    import comfy.sample
+
+    noise = tiny.noise(1)
+    pos, neg = tiny.conditioning(1), tiny.conditioning(2)
+    x = comfy.sample.sample(high, noise, steps, cfg, "euler", "simple", pos, neg, torch.zeros_like(noise),
+                            start_step=0, last_step=steps // 2, force_full_denoise=False, seed=0, disable_pbar=True)
+    return comfy.sample.sample(low, torch.zeros_like(noise), steps, cfg, "euler", "simple", pos, neg, x,
+                               disable_noise=True, start_step=steps // 2, last_step=steps,
+                               force_full_denoise=True, seed=0, disable_pbar=True)
+
+
+def _run_cell(method: Method, row: Row, setting: str | None) -> tuple[torch.Tensor, list[dict]]:
+    """Sample the row's model(s) with ``method`` at ``setting`` (None: uncached); the runs it logged."""
+    run_log.clear()
+    tiny = _tiny(row.tiny)
+    cfg = tiny.spec.cfg
+    if row.two_models:
+        high, low = tiny.patcher, _tiny(row.tiny, seed=1).patcher
+        if setting is not None:
+            high, low = method.apply(high, setting, row.tiny), method.apply(low, setting, row.tiny)
+        out = _two_model_sample(high, low, tiny, cfg)
+    else:
+        model = tiny.patcher if setting is None else method.apply(tiny.patcher, setting, row.tiny)
+        out = ksample(model, tiny, cfg=cfg)
+    return out, run_log.recent()
+
+
+@pytest.mark.parametrize("method_key,row", CELLS, ids=[f"{m}-{r.key}" for m, r in CELLS])
+def test_method_on_family(method_key: str, row: Row, caplog) -> None:
+    method = METHODS[method_key]
+    result: dict = {"status": "fail"}
+    RESULTS.setdefault(method_key, {})[row.key] = result
+    if method.families is not None and row.key not in method.families:
+        # refused: a warning and the model itself back, or a ValueError from the node (before sampling)
+        tiny = _tiny(row.tiny)
+        try:
+            with caplog.at_level(logging.WARNING, logger="dit_cache"):
+                out = method.apply(tiny.patcher, "aggressive", row.tiny)
+            message = caplog.text
+            assert out is tiny.patcher, f"{method.name} must return {row.name} unchanged"
+        except ValueError as e:
+            message = str(e)
+        assert method.name.split()[0].lower() in message.lower(), f"unclear refusal: {message!r}"
+        assert not tiny.patcher.object_patches and "dit_cache" not in tiny.patcher.model_options.get(
+            "transformer_options", {})
+        result["status"] = "not_applicable"
+        return
+
+    ref, _ = _run_cell(method, row, None)
+    expected_runs = 2 if row.two_models else 1
+
+    out, runs = _run_cell(method, row, "aggressive")
+    assert len(runs) == expected_runs and all(r["completed"] for r in runs), runs
+    skipped = [r["skipped_calls"] for r in runs]
+    calls = [r["calls"] for r in runs]
+    assert all(s > 0 for s in skipped), f"{method.name} on {row.name}: no skip at the aggressive setting {runs}"
+    assert torch.isfinite(out).all()
+    if row.two_models:  # each model has its own state: two runs, two specs
+        assert len({r["spec_id"] for r in runs}) == 2
+
+    out, runs = _run_cell(method, row, "mild")
+    assert torch.isfinite(out).all()
+    quality = psnr(out, ref)
+    assert quality >= method.mild_min_psnr, f"{method.name} on {row.name}: PSNR {quality:.1f} dB at mild"
+    mild_skipped = [r["skipped_calls"] for r in runs]
+
+    out, _ = _run_cell(method, row, "disabled")
+    assert torch.equal(out, ref), f"{method.name} on {row.name}: not bit-identical when disabled"
+    again, _ = _run_cell(method, row, None)
+    assert torch.equal(again, ref), f"{row.name}: the input model was changed by applying {method.name}"
+
+    result.update(status="pass", aggressive_skipped=skipped, calls=calls, mild_skipped=mild_skipped,
+                  mild_psnr=None if math.isinf(quality) else round(quality, 1))
+
+
+@pytest.mark.parametrize("method_key", list(METHODS))
+def test_unknown_model_is_returned_unchanged_with_a_warning(method_key: str, caplog) -> None:
+    """An SD1.5 UNet is no DiT: every method warns, naming the class, and returns the model itself."""
+    model = tiny_models.build_sd15_unet()
+    for setting in ("aggressive", "mild"):
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="dit_cache"):
+            out = METHODS[method_key].apply(model, setting, "sd15")
+        assert out is model
+        assert "UNetModel" in caplog.text
+
+
+OBJECT_PATCH_ROWS = [r for r in TESTED if next(
+    lay for lay in COMFY_LAYOUTS if lay.family == r.layout).mechanism == "object_patch"]
+
+
+@pytest.mark.parametrize("row", OBJECT_PATCH_ROWS, ids=[r.key for r in OBJECT_PATCH_ROWS])
+def test_object_patched_block_lists(row: Row) -> None:
+    """Families without patches_replace["dit"]: blocks routed through the swapped list give the same bits when
+    nothing is skipped; the list keeps the modules' names, so a weight patch (what a LoRA does) still lands."""
+    from dit_cache.nodes.fbc_node import ApplyFirstBlockCache
+
+    tiny = _tiny(row.tiny)
+    cfg = tiny.spec.cfg
+    ref = ksample(tiny.patcher, tiny, cfg=cfg)
+    never = ApplyFirstBlockCache.execute(tiny.patcher, 1e-9, 0.0, 1.0, -1, 0).result[0]
+    assert torch.equal(ksample(never, tiny, cfg=cfg), ref)
+    run = run_log.last()
+    assert run["skipped_calls"] == 0 and run["calls"] == 20
+    assert all(r["metric"] is not None for r in run["records"] if r["call_index"] > 0)  # blocks went through us
+    layout = next(lay for lay in COMFY_LAYOUTS if lay.family == row.layout)
+    cached = METHODS["fbc"].apply(tiny.patcher, "aggressive", row.tiny)
+    assert type(cached.get_model_object(f"diffusion_model.{layout.segments[0].attr}")).__name__ == "CachedBlockList"
+    lora = cached.clone()
+    key = next(k for k in lora.model_state_dict() if k.startswith(f"diffusion_model.{layout.segments[-1].attr}.1.")
+               and k.endswith(".weight") and lora.get_model_object(k).ndim == 2)
+    w = lora.get_model_object(key)
+    lora.add_patches({key: (torch.ones_like(w) * 0.05,)}, 1.0)
+    out_lora = ksample(lora, tiny, cfg=cfg)
+    assert run_log.last()["skipped_calls"] > 0
+    assert not torch.equal(out_lora, ksample(cached, tiny, cfg=cfg))
+    assert torch.equal(ksample(tiny.patcher, tiny, cfg=cfg), ref)  # original lists restored on unpatch
+
+
+def test_every_host_dit_family_has_a_row() -> None:
+    """Each layout the pack ships is a matrix row, and each row's layout and ComfyUI class exist."""
+    import comfy.supported_models
+
+    from dit_cache.cache_core.layout import COMFY_JOINS
+
+    layouts = {lay.family for lay in COMFY_LAYOUTS}
+    assert layouts <= {r.layout for r in ROWS}
+    assert set(COMFY_JOINS) == layouts  # every layout says how its segments join
+    for r in ROWS:
+        if r.layout is not None:
+            assert r.layout in layouts, r
+            assert hasattr(comfy.supported_models, r.comfy_class), r
+        if r.tiny:
+            assert r.tiny in tiny_models.FAMILIES, r
+        else:
+            assert r.reason, r
+
+
+def rendered(results: dict) -> str:
+    return matrix_families.render(results, {k: m.name for k, m in METHODS.items()},
+                                  matrix_families.layout_columns(COMFY_LAYOUTS))
+
+
+def _complete() -> bool:
+    return all(r.key in RESULTS.get(m, {}) for m, r in CELLS)
+
+
+def test_results_file_is_written() -> None:
+    """After a full matrix run: tests/out/matrix.json (read by scripts/gen_support_matrix.py)."""
+    if not _complete():
+        pytest.skip("only part of the matrix ran in this session")
+    RESULTS_FILE.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS_FILE.write_text(json.dumps(RESULTS, indent=1, sort_keys=True) + "\n")
+    assert json.loads(RESULTS_FILE.read_text()) == RESULTS
+
+
+def test_readme_matrix_matches_results() -> None:
+    """The README's matrix is exactly what scripts/gen_support_matrix.py renders from this run's results."""
+    if not _complete():
+        pytest.skip("only part of the matrix ran in this session")
+    block = matrix_families.readme_block((ROOT / "README.md").read_text())
+    assert block is not None, "README.md lacks the support-matrix markers"
+    assert block == rendered(RESULTS), "README matrix is stale: run scripts/gen_support_matrix.py"
