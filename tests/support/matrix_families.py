@@ -43,11 +43,9 @@ ROWS: tuple[Row, ...] = (
     Row("qwen_image", "Qwen-Image", "QwenImage", "qwen_image", "qwen_image"),
     Row("qwen_image_edit", "Qwen-Image Edit (reference latents)", "QwenImage", "qwen_image", "qwen_image_edit"),
     Row("cosmos_predict2", "Cosmos Predict2", "CosmosT2IPredict2", "cosmos_predict2", "cosmos_predict2"),
-    Row("mochi", "Mochi", "GenmoMochi", "mochi", None,
-        reason="the host's Mochi block asserts the full 10B layer sizes: no CPU-sized model can be built"),
+    Row("mochi", "Mochi", "GenmoMochi", "mochi", "mochi"),
     Row("hunyuan_image21", "HunyuanImage 2.1", "HunyuanImage21", "hunyuan_video", "hunyuan_image21"),
-    Row("hunyuan_video15", "HunyuanVideo 1.5", "HunyuanVideo15", "hunyuan_video", None,
-        reason="same class and layout as HunyuanVideo; no tiny model of its vision / byT5 inputs yet"),
+    Row("hunyuan_video15", "HunyuanVideo 1.5", "HunyuanVideo15", "hunyuan_video", "hunyuan_video15"),
     Row("kandinsky5", "Kandinsky 5", "-", None, None, reason="not in ComfyUI 0.3.75"),
 )
 

@@ -98,11 +98,6 @@ _LUMINA_TINY = dict(image_model="lumina2", patch_size=2, in_channels=16, dim=64,
 _HV_TINY = dict(image_model="hunyuan_video", in_channels=16, out_channels=16, vec_in_dim=32, context_in_dim=32,
                 hidden_size=64, mlp_ratio=4.0, num_heads=4, depth=2, depth_single_blocks=3, axes_dim=[4, 6, 6],
                 theta=256, patch_size=[1, 2, 2], qkv_bias=True, guidance_embed=True)
-# DiT families of the host that get no tiny model, with the reason (the support matrix says "not tested").
-NOT_BUILDABLE: dict[str, str] = {
-    "mochi": "the host's AsymmetricJointBlock asserts Mochi's full 10B sizes (mlp width 1536*8), "
-             "too slow to sample on a CPU test machine",
-}
 
 FAMILIES.update({
     "flux_kontext": {"tiny": dataclasses.replace(
@@ -145,6 +140,22 @@ FAMILIES.update({
         "HunyuanImage21", dict(_HV_TINY, vec_in_dim=None, in_channels=64, out_channels=64, patch_size=[1, 1],
                                guidance_embed=False, axes_dim=[8, 8]),
         latent=(64, 8, 8), context=(8, 32), time_embed_in=("time_in.in_layer.weight",), cfg=4.0)},
+    # Mochi's block asserts hidden_size_x * mlp_ratio_x == 1536 * 8 (the released MLP width), so a tiny Mochi
+    # keeps that product with a narrow hidden size and a wide ratio (64 x 192)
+    "mochi": {"tiny": FamilySpec(
+        "GenmoMochi",
+        dict(image_model="mochi_preview", depth=3, patch_size=2, num_heads=2, hidden_size_x=64, hidden_size_y=32,
+             mlp_ratio_x=192.0, mlp_ratio_y=4.0, learn_sigma=False, in_channels=12, qk_norm=True, qkv_bias=False,
+             out_bias=True, attn_drop=0.0, patch_embed_bias=True, posenc_preserve_area=True,
+             timestep_mlp_bias=True, attend_to_padding=False, timestep_scale=1000.0, use_t5=True, t5_feat_dim=32,
+             t5_token_length=8),
+        latent=(12, 2, 8, 8), context=(8, 32), time_embed_in=("t_embedder.mlp.0.weight",), cfg=4.0,
+        cond_values=(("attention_mask", "ones_long"),))},
+    # HunyuanVideo 1.5: the HunyuanVideo class with a vision-token projection and 32-channel latents; img_in
+    # also takes the image-conditioning latent and mask (zeros for text-to-video): 32 + 32 + 1 channels
+    "hunyuan_video15": {"tiny": FamilySpec(
+        "HunyuanVideo15", dict(_HV_TINY, vision_in_dim=16, in_channels=65, out_channels=32),
+        latent=(32, 2, 8, 8), context=(8, 32), pooled=32, guidance=6.0, time_embed_in=("time_in.in_layer.weight",))},
     "ltxv": {"tiny": FamilySpec(
         "LTXV",
         dict(image_model="ltxv", in_channels=128, cross_attention_dim=64, attention_head_dim=16,
@@ -242,7 +253,7 @@ def _required_target(family: str) -> Callable | type | None:
     if family in ("flux", "flux_kontext"):
         import comfy.ldm.flux.model as flux_model
         return flux_model.FluxParams
-    if family in ("hunyuan_video", "hunyuan_image21"):
+    if family in ("hunyuan_video", "hunyuan_image21", "hunyuan_video15"):
         import comfy.ldm.hunyuan_video.model as hv_model
         return hv_model.HunyuanVideoParams
     if family == "chroma":
