@@ -108,9 +108,11 @@ class BlockCacheRunner:
             self._seg_bounds.append((a, b) if a <= b else None)
         self._streams: dict[Hashable, _StreamState] = {}
         self._call: _Call | None = None
+        self.model_calls = 0  # calls begun, whether or not any block reached the runner
 
     # ----------------------------------------------------------------------------------------- call life
     def begin_call(self, info: CallInfo) -> None:
+        self.model_calls += 1
         states = []
         for key, label in info.streams:
             st = self._streams.get(key)

@@ -218,6 +218,10 @@ def _outer_sample_wrapper(executor: Any, *args: Any, **kwargs: Any) -> Any:
                    run_wall_s=time.perf_counter() - t0)
         stats_server.publish(run)  # run_log.record + push to the page that queued the prompt
         log.info("[dit-cache] %s%s", stats.summary(), "" if ok else " (run interrupted)")
+        if runner.model_calls and not stats.calls:
+            log.warning("[dit-cache] %s: the model ran %d times but none of its blocks went through the cache "
+                        "(%s's forward bypassed the block patches, or another node replaced them after this "
+                        "one): nothing was skipped", spec.node_label, runner.model_calls, spec.model_name)
 
 
 def _stream_labels(t_opts: dict, n_chunks: int) -> list[tuple[Any, str]]:

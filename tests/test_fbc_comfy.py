@@ -187,3 +187,18 @@ def test_unsupported_model_is_returned_unchanged_with_a_warning(caplog):
         out = apply_fbc(model, 0.1)
     assert out is model
     assert "UNetModel is not a supported DiT model" in caplog.text
+
+
+def test_blocks_that_bypass_the_cache_are_reported(caplog):
+    """If the blocks never reach the cache (a forward that ignores patches_replace, or a node that replaced
+    the block patches after ours), the run says so instead of silently skipping nothing."""
+    tiny = tiny_models.build("flux")
+    model = apply_fbc(tiny.patcher, 0.5).clone()
+    for kind, n in (("double_block", 2), ("single_block", 4)):
+        for i in range(n):
+            model.set_model_patch_replace(lambda args, extra: extra["original_block"](args), "dit", kind, i)
+    with caplog.at_level(logging.WARNING, logger="dit_cache"):
+        out = ksample(model, tiny)
+    assert torch.equal(out, ksample(tiny.patcher, tiny))
+    assert "none of its blocks went through the cache" in caplog.text
+    assert run_log.last()["calls"] == 0
