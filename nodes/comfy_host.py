@@ -147,12 +147,11 @@ class CachedBlockList(torch.nn.ModuleList):
 
     def __init__(self, blocks: torch.nn.ModuleList, segment: int, seg: Segment) -> None:
         super().__init__(list(blocks))
-        self._dit_cache_segment = segment
-        self._dit_cache_seg = seg
+        # built once per patched model (a plain list: the proxies are not submodules), not on every forward
+        self._dit_cache_proxies = [_BlockProxy(block, segment, i, seg) for i, block in enumerate(blocks)]
 
     def __iter__(self):  # type: ignore[override]
-        for i, block in enumerate(self._modules.values()):
-            yield _BlockProxy(block, self._dit_cache_segment, i, self._dit_cache_seg)
+        return iter(self._dit_cache_proxies)
 
 
 class _BlockProxy:
@@ -160,9 +159,10 @@ class _BlockProxy:
 
     def __init__(self, block: Any, segment: int, index: int, seg: Segment) -> None:
         self.block, self.segment, self.index, self.seg = block, segment, index, seg
+        self.signature = inspect.signature(block.forward)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        signature = inspect.signature(self.block.forward)
+        signature = self.signature
         bound = signature.bind(*args, **kwargs)
         runner: BlockCacheRunner | None = (bound.arguments.get("transformer_options") or {}).get(RUN_KEY)
         if runner is None:

@@ -70,12 +70,8 @@ def test_same_skips_and_latents_as_diffusers(tiny, threshold, max_skip, retentio
     assert torch.allclose(out, ref, atol=ATOL, rtol=RTOL), diff
 
 
-def test_calibration_equals_diffusers_calibrate(tiny, capsys):
-    run_diffusers(tiny, calibrate=True)
-    printed = capsys.readouterr().out
-    # diffusers prints "[MagCache] Calibration Complete ..." then the list, once per cache context
-    lists = [ast.literal_eval(line.strip()) for line in printed.splitlines() if line.strip().startswith("[1.0")]
-    assert len(lists) == len(STREAMS), printed
+def calibrate_ours(tiny) -> dict[str, list[float]]:
+    """Our calibration of the tiny model through the diffusers host: ratios per stream."""
     policy = MagCacheCalibratePolicy()
     cache = apply_cache(tiny.model, policy)
     try:
@@ -83,7 +79,16 @@ def test_calibration_equals_diffusers_calibrate(tiny, capsys):
         cache.reset()
     finally:
         cache.remove()
-    ours = {s.label: s.ratios for s in policy.last}
+    return {s.label: s.ratios for s in policy.last}
+
+
+def test_calibration_equals_diffusers_calibrate(tiny, capsys):
+    run_diffusers(tiny, calibrate=True)
+    printed = capsys.readouterr().out
+    # diffusers prints "[MagCache] Calibration Complete ..." then the list, once per cache context
+    lists = [ast.literal_eval(line.strip()) for line in printed.splitlines() if line.strip().startswith("[1.0")]
+    assert len(lists) == len(STREAMS), printed
+    ours = calibrate_ours(tiny)
     assert set(ours) == set(STREAMS)
     assert all(len(v) == STEPS for v in ours.values())
     # diffusers prints the contexts in the order their last step ended: cond then uncond
@@ -95,15 +100,9 @@ def test_calibration_equals_diffusers_calibrate(tiny, capsys):
 
 def test_our_calibration_drives_our_magcache(tiny):
     """The measured ratios (per stream) feed MagCache; close to the uncached result."""
-    policy = MagCacheCalibratePolicy()
-    cache = apply_cache(tiny.model, policy)
-    try:
-        sample(tiny, lambda name, sigma: cache.stream(name, sigma=sigma))
-        cache.reset()
-    finally:
-        cache.remove()
+    ratios = calibrate_ours(tiny)
     ref, _ = run_plain(tiny)
-    out, _, stats = run_ours(tiny, MagCacheConfig(ratios={s.label: s.ratios for s in policy.last},
+    out, _, stats = run_ours(tiny, MagCacheConfig(ratios=ratios,
                                                   threshold=0.3, max_skip_steps=1, num_inference_steps=STEPS))
     rel = ((out - ref).norm() / ref.norm()).item()
     log.info("MagCache (own calibration) thr 0.3 K 1: skipped %d/%d, relative error %.3g", stats.skipped_calls,
