@@ -25,13 +25,17 @@ import inspect
 import logging
 import math
 import time
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 
+from .attention import AttentionCacheRunner, AttentionPolicy
 from .config import CacheWindow, SigmaWindow
+from .fastercache import (FasterCacheConfig, FasterCachePolicy, frequency_weights, uncond_observe, uncond_rebuild,
+                          uncond_should_skip)
 from .fbc import FirstBlockCacheConfig, FirstBlockCachePolicy
 from .magcache import MagCacheConfig, MagCachePolicy
+from .pab import PABConfig, PABPolicy
 from .layout import DIFFUSERS_LAYOUTS, BlockLayout, Segment, layout_for_module
 from .policy import Policy
 from .runner import BlockCacheRunner, CallInfo, Streams
@@ -46,13 +50,17 @@ _MARKER = "_dit_cache"  # instance attribute naming the DiffusersCache applied t
 _MISSING = object()
 
 # Method configs -> their policy class; a Policy instance is accepted as is.
-_POLICIES: dict[type, Callable[[Any], Policy]] = {FirstBlockCacheConfig: FirstBlockCachePolicy,
-                                                  MagCacheConfig: MagCachePolicy}
+_POLICIES: dict[type, Callable[[Any], Policy | AttentionPolicy]] = {
+    FirstBlockCacheConfig: FirstBlockCachePolicy, MagCacheConfig: MagCachePolicy, PABConfig: PABPolicy,
+    FasterCacheConfig: FasterCachePolicy}
+# FasterCache's unconditional-branch reuse slices these keyword arguments (and every positional tensor) to the
+# conditional half of a [uncond; cond] batch, as diffusers' denoiser hook does
+_BATCHED_KWARGS = ("hidden_states", "encoder_hidden_states", "timestep", "attention_mask", "encoder_attention_mask")
 
 
-def policy_for(method: Policy | FirstBlockCacheConfig) -> Policy:
-    """The policy for a method config (or ``method`` itself when it already is a :class:`Policy`)."""
-    if isinstance(method, Policy):
+def policy_for(method: Any) -> Policy | AttentionPolicy:
+    """The policy for a method config (or ``method`` itself when it already is a policy)."""
+    if isinstance(method, (Policy, AttentionPolicy)):
         return method
     make = _POLICIES.get(type(method))
     if make is None:
@@ -149,25 +157,29 @@ class DiffusersCache:
     model call (diffusers pipelines end their runs themselves, so read it after ``pipe(...)``).
     """
 
-    def __init__(self, transformer: torch.nn.Module, layout: BlockLayout, policy: Policy,
-                 sigma_window: SigmaWindow) -> None:
+    def __init__(self, transformer: torch.nn.Module, layout: BlockLayout, policy: Policy | AttentionPolicy,
+                 sigma_window: SigmaWindow, windows: dict[str, SigmaWindow] | None = None) -> None:
         self.transformer = transformer
         self.layout = layout
         self.policy = policy
         self.sigma_window = sigma_window
+        self.windows = windows or {}
         self.block_counts = [len(getattr(transformer, seg.attr)) for seg in layout.segments]
         self.last_stats: RunStats | None = None
-        self._stream: tuple[str, float | None] = (DEFAULT_STREAM, None)
+        self._stream: tuple[tuple[str, ...], float | None] = ((DEFAULT_STREAM,), None)
         self._patches: list[_AttrPatch] = []
         self._new_run()
 
     # ------------------------------------------------------------------------------------------ public
     @contextlib.contextmanager
-    def stream(self, name: str = DEFAULT_STREAM, sigma: float | torch.Tensor | None = None) -> Iterator[None]:
+    def stream(self, name: str | Sequence[str] = DEFAULT_STREAM,
+               sigma: float | torch.Tensor | None = None) -> Iterator[None]:
         """Model calls inside belong to CFG stream ``name`` (e.g. "cond", "uncond"); each stream keeps its own
-        cache. ``sigma`` (the call's noise level) is only needed for the schedule window."""
+        cache. A sequence names the streams of a batched call in batch order (e.g. ``("uncond", "cond")``).
+        ``sigma`` (the call's noise level) is only needed for the schedule windows."""
         previous = self._stream
-        self._stream = (name, None if sigma is None else float(sigma))
+        names = (name,) if isinstance(name, str) else tuple(name)
+        self._stream = (names, None if sigma is None else float(sigma))
         try:
             yield
         finally:
@@ -204,7 +216,11 @@ class DiffusersCache:
     def _new_run(self) -> None:
         self.stats = RunStats(method=self.policy.name, settings=self.policy.settings(),
                               model=type(self.transformer).__name__)
-        self._runner = BlockCacheRunner(self.layout, self.block_counts, self.policy, self.stats, self.sigma_window)
+        if isinstance(self.policy, AttentionPolicy):
+            self._runner = AttentionCacheRunner(self.layout, self.block_counts, self.policy, self.stats, self.windows)
+        else:
+            self._runner = BlockCacheRunner(self.layout, self.block_counts, self.policy, self.stats,
+                                            self.sigma_window)
 
     def _install(self) -> None:
         t = self.transformer
@@ -212,8 +228,20 @@ class DiffusersCache:
         wrappers = [(block, _BlockForward(self, s, i, block, seg))
                     for s, seg in enumerate(self.layout.segments)
                     for i, block in enumerate(getattr(t, seg.attr))]
+        attention = []
+        if isinstance(self.policy, AttentionPolicy):
+            for s, seg in enumerate(self.layout.segments):
+                for block in getattr(t, seg.attr):
+                    for slot, (attr, kind) in enumerate(seg.attention_modules):
+                        module = getattr(block, attr, None)
+                        if not isinstance(module, torch.nn.Module):
+                            raise ValueError(f"{type(block).__name__} has no attention module {attr!r}; the layout "
+                                             f"does not match this diffusers version")
+                        attention.append((module, self._attention_forward(module.forward, kind, slot)))
         for block, fwd in wrappers:
             self._patches.append(_AttrPatch(block, "forward", fwd))
+        for module, fwd in attention:
+            self._patches.append(_AttrPatch(module, "forward", fwd))
         self._patches.append(_AttrPatch(t, "forward", self._model_forward(t.forward)))
         if callable(getattr(t, "cache_context", None)):
             # diffusers pipelines wrap each transformer call in cache_context("cond"/"uncond", ...)
@@ -223,11 +251,16 @@ class DiffusersCache:
             self._patches.append(_AttrPatch(t, "_reset_stateful_cache", self._end_of_pipeline(t._reset_stateful_cache)))
         setattr(t, _MARKER, self)
 
-    def _model_forward(self, original: Callable) -> Callable:
+    def _attention_forward(self, original: Callable, kind: str, slot: int) -> Callable:
         def forward(*args: Any, **kwargs: Any) -> Any:
+            return self._runner.attention(lambda: original(*args, **kwargs), kind, slot)
+
+        return forward
+
+    def _model_forward(self, original: Callable) -> Callable:
+        def call(names: tuple[str, ...], sigma: float | None, args: tuple, kwargs: dict) -> Any:
             runner = self._runner  # the run this call belongs to, even if reset() happens meanwhile
-            name, sigma = self._stream
-            runner.begin_call(CallInfo(streams=[(name, name)], sigma=sigma))
+            runner.begin_call(CallInfo(streams=[(n, n) for n in names], sigma=sigma))
             t0 = time.perf_counter()
             try:
                 out = original(*args, **kwargs)
@@ -237,7 +270,53 @@ class DiffusersCache:
             runner.end_call(time.perf_counter() - t0)
             return out
 
+        def forward(*args: Any, **kwargs: Any) -> Any:
+            names, sigma = self._stream
+            runner = self._runner
+            if not isinstance(runner, AttentionCacheRunner) or runner.uncond_state is None:
+                return call(names, sigma, args, kwargs)
+            if "uncond" not in names:
+                return call(names, sigma, args, kwargs)
+            if names != ("uncond", "cond"):
+                raise ValueError(f"dit-cache: FasterCache's unconditional-branch reuse expects batched calls in the "
+                                 f"order ('uncond', 'cond'), got {names}")
+            runner.cfg_active = True
+            return self._uncond_reuse_call(runner, call, sigma, args, kwargs)
+
         return forward
+
+    def _uncond_reuse_call(self, runner: AttentionCacheRunner, call: Callable, sigma: float | None, args: tuple,
+                           kwargs: dict) -> Any:
+        """FasterCache on a [uncond; cond] batch: run only the cond half on the steps the policy skips and rebuild
+        the uncond half of the output from it (see cache_core/fastercache.py)."""
+        config, state = self.policy.config, runner.uncond_state
+        contains = (lambda name: self.windows[name].contains(sigma)) if self.windows else (lambda name: True)
+        if not uncond_should_skip(config, state, contains("uncond")):
+            out = call(("uncond", "cond"), sigma, args, kwargs)
+            uncond, cond = _first(out).chunk(2)
+            uncond_observe(state, cond, uncond)
+            runner.stats.count("uncond", 0, 1)
+            return out
+
+        def half(v: Any) -> Any:
+            return v.chunk(2)[1] if isinstance(v, torch.Tensor) else v
+
+        runner.uncond_dropped = True
+        try:
+            out = call(("cond",), sigma, tuple(half(a) for a in args),
+                       {k: half(v) if k in _BATCHED_KWARGS else v for k, v in kwargs.items()})
+        finally:
+            runner.uncond_dropped = False
+        cond = _first(out)
+        uncond = uncond_rebuild(state, cond, *frequency_weights(config, contains("low_freq"), contains("high_freq")))
+        runner.stats.count("uncond", 1, 1)
+        both = torch.cat([uncond, cond])
+        if isinstance(out, torch.Tensor):
+            return both
+        if isinstance(out, tuple):
+            return (both, *out[1:])
+        out.sample = both
+        return out
 
     def _cache_context(self, original: Callable) -> Callable:
         @contextlib.contextmanager
@@ -256,12 +335,22 @@ class DiffusersCache:
         return reset_stateful_cache
 
 
-def apply_cache(transformer: torch.nn.Module, method: Policy | FirstBlockCacheConfig, *,
-                sigma_window: SigmaWindow | None = None) -> DiffusersCache:
+def _first(out: Any) -> torch.Tensor:
+    """The sample tensor of a transformer's output (tensor, tuple or output dataclass)."""
+    if isinstance(out, torch.Tensor):
+        return out
+    return out[0] if isinstance(out, tuple) else out.sample
+
+
+def apply_cache(transformer: torch.nn.Module, method: Any, *, sigma_window: SigmaWindow | None = None,
+                windows: dict[str, SigmaWindow] | None = None) -> DiffusersCache:
     """Run ``transformer``'s blocks through ``method`` (a config such as :class:`FirstBlockCacheConfig`, or a
     :class:`Policy`); returns the handle that selects streams, ends runs and removes the cache.
 
-    ``sigma_window`` overrides the method's schedule window as sigmas (default: :func:`flow_sigma_window`).
+    ``sigma_window`` overrides the method's schedule window as sigmas (default: :func:`flow_sigma_window`);
+    ``windows`` does so for attention-level methods (PAB, FasterCache), by window name (an attention kind,
+    "uncond", "low_freq", "high_freq"). A diffusers timestep range ``(lo, hi)`` over 1000 is
+    ``SigmaWindow(hi / 1000, lo / 1000)`` with the call's ``sigma = timestep / 1000``.
     Raises ValueError for a transformer class without a layout, and for one that already has a dit-cache or a
     diffusers cache applied (two block caches on one model cannot both decide).
     """
@@ -281,8 +370,15 @@ def apply_cache(transformer: torch.nn.Module, method: Policy | FirstBlockCacheCo
             raise ValueError(f"dit-cache: layout {layout.family!r} segment {seg.attr!r} needs inputs for "
                              f"{seg.outputs} and returns listing them")
     policy = policy_for(method)
-    cache = DiffusersCache(transformer, layout, policy,
-                           sigma_window if sigma_window is not None else flow_sigma_window(policy.gate.window))
+    if isinstance(policy, AttentionPolicy):
+        if not any(seg.attention_modules for seg in layout.segments):
+            raise ValueError(f"dit-cache: no attention modules are known for {type(transformer).__name__}")
+        resolved = {name: flow_sigma_window(policy.window(name)) for name in policy.window_names()}
+        resolved.update(windows or {})
+        cache = DiffusersCache(transformer, layout, policy, SigmaWindow(), resolved)
+    else:
+        cache = DiffusersCache(transformer, layout, policy,
+                               sigma_window if sigma_window is not None else flow_sigma_window(policy.gate.window))
     cache._install()
     log.debug("[dit-cache] %s applied to %s (blocks %s)", policy.name, type(transformer).__name__,
               cache.block_counts)

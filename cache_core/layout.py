@@ -30,6 +30,12 @@ class Segment:
     # tokens to it: "all" (not joined), "last" (ComfyUI Flux/Chroma single blocks get cat(txt, img)) or
     # "first" (HunyuanVideo: cat(img, txt)). Whole-stack residuals (MagCache calibration) take those tokens.
     hidden_tokens: str = "all"
+    # Attention-level caching (PAB, FasterCache): the kind of each attention a block of this segment runs.
+    # ComfyUI host: kinds in call order ("spatial" = self/joint attention, "cross" = text cross-attention,
+    # "temporal"); further calls in the same block take the last kind (Wan I2V's cross-attention makes two).
+    # diffusers host: (module attribute, kind) pairs naming the block's attention modules.
+    attention: tuple[str, ...] = ()
+    attention_modules: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -53,9 +59,12 @@ class BlockLayout:
                 raise ValueError(f"layout {self.family!r}: segment {seg.attr!r} does not return {self.hidden!r}")
 
 
+_SELF = ("spatial",)  # one self/joint attention per block
+_SELF_CROSS = ("spatial", "cross")  # self-attention, then cross-attention to the text
+
 _DOUBLE_SINGLE = (
-    Segment("double_block", "double_blocks", ("img", "txt")),
-    Segment("single_block", "single_blocks", ("img",), hidden_tokens="last"),
+    Segment("double_block", "double_blocks", ("img", "txt"), attention=_SELF),
+    Segment("single_block", "single_blocks", ("img",), hidden_tokens="last", attention=_SELF),
 )
 
 # ComfyUI's diffusion-model classes (comfy.ldm.*), matched by class name along the MRO (a name with dots is
@@ -75,27 +84,30 @@ COMFY_LAYOUTS: tuple[BlockLayout, ...] = (
     # joint_blocks patched as "double_block" with img/txt; the last block's context is pre-only and returns
     # txt=None (the host glue passes such a stream through). One segment, no join.
     BlockLayout("sd3", ("OpenAISignatureMMDITWrapper", "comfy.ldm.modules.diffusionmodules.mmdit.MMDiT"),
-                (Segment("double_block", "joint_blocks", ("img", "txt")),)),
+                (Segment("double_block", "joint_blocks", ("img", "txt"), attention=_SELF),)),
     # AuraFlow (comfy.ldm.aura.mmdit.MMDiT): double_layers return (c, x); then cx = cat(c, x) feeds the
     # single_layers (their "img" is the joint sequence).
     BlockLayout("auraflow", ("comfy.ldm.aura.mmdit.MMDiT",),
-                (Segment("double_block", "double_layers", ("img", "txt")),
-                 Segment("single_block", "single_layers", ("img",), hidden_tokens="last"))),
+                (Segment("double_block", "double_layers", ("img", "txt"), attention=_SELF),
+                 Segment("single_block", "single_layers", ("img",), hidden_tokens="last", attention=_SELF))),
     # Wan 2.1 / 2.2 T2V, I2V (36 channels in: noise + mask + image latent, concatenated before patch
     # embedding), FLF, VACE (VaceWanModel), Camera: one segment, img only (text is cross-attention input).
     # VACE adds its hints to img between blocks, outside the block calls.
-    BlockLayout("wan", ("WanModel",), (Segment("double_block", "blocks", ("img",)),), signal="vec"),
+    BlockLayout("wan", ("WanModel",), (Segment("double_block", "blocks", ("img",), attention=_SELF_CROSS),),
+                signal="vec"),
     # HunyuanVideo 1.0 / 1.5, HunyuanImage 2.1 (comfy.ldm.hunyuan_video.model.HunyuanVideo): as Flux but the
     # join is img = cat(img, txt).
     BlockLayout("hunyuan_video", ("HunyuanVideo",),
-                (_DOUBLE_SINGLE[0], Segment("single_block", "single_blocks", ("img",), hidden_tokens="first"))),
+                (_DOUBLE_SINGLE[0],
+                 Segment("single_block", "single_blocks", ("img",), hidden_tokens="first", attention=_SELF))),
     # LTXV (comfy.ldm.lightricks.model.LTXVModel): transformer_blocks return img only.
-    BlockLayout("ltxv", ("LTXVModel",), (Segment("double_block", "transformer_blocks", ("img",)),)),
+    BlockLayout("ltxv", ("LTXVModel",), (Segment("double_block", "transformer_blocks", ("img",), attention=_SELF_CROSS),)),
     # Mochi (comfy.ldm.genmo...AsymmDiTJoint): blocks return (img, txt); the last block does not update txt.
-    BlockLayout("mochi", ("AsymmDiTJoint",), (Segment("double_block", "blocks", ("img", "txt")),)),
+    BlockLayout("mochi", ("AsymmDiTJoint",), (Segment("double_block", "blocks", ("img", "txt"), attention=_SELF),)),
     # Qwen-Image / Qwen-Image-Edit (edit reference latents are concatenated to img before the blocks).
     BlockLayout("qwen_image", ("QwenImageTransformer2DModel",),
-                (Segment("double_block", "transformer_blocks", ("img", "txt")),), signal="qwen_img_mod"),
+                (Segment("double_block", "transformer_blocks", ("img", "txt"), attention=_SELF),),
+                signal="qwen_img_mod"),
     # Families whose forward has no patches_replace["dit"]: the block ModuleList is swapped through
     # ModelPatcher.add_object_patch for one whose iteration yields proxies; ``inputs`` names each stream's
     # parameter in the block's forward, ``returns`` the order of the returned tuple.
@@ -104,18 +116,19 @@ COMFY_LAYOUTS: tuple[BlockLayout, ...] = (
     # and each single block gets cat(img, llama layer k), the host cuts the appended part off afterwards.
     BlockLayout("hidream", ("HiDreamImageTransformer2DModel",),
                 (Segment("double_stream", "double_stream_blocks", ("img", "txt"),
-                         inputs={"img": "image_tokens", "txt": "text_tokens"}, returns=("img", "txt")),
+                         inputs={"img": "image_tokens", "txt": "text_tokens"}, returns=("img", "txt"), attention=_SELF),
                  Segment("single_stream", "single_stream_blocks", ("img",),
-                         inputs={"img": "image_tokens"}, returns=("img",), hidden_tokens="first")),
+                         inputs={"img": "image_tokens"}, returns=("img",), hidden_tokens="first", attention=_SELF)),
                 mechanism="object_patch"),
     # Lumina 2 / Z-Image (comfy.ldm.lumina.model.NextDiT): the refiners run first (not cached), then
     # ``layers`` over the joint caption+image sequence x.
     BlockLayout("lumina2", ("NextDiT",),
-                (Segment("layer", "layers", ("img",), inputs={"img": "x"}, returns=("img",)),),
+                (Segment("layer", "layers", ("img",), inputs={"img": "x"}, returns=("img",), attention=_SELF),),
                 mechanism="object_patch"),
     # Cosmos Predict2 (comfy.ldm.cosmos.predict2.MiniTrainDIT): blocks(x_B_T_H_W_D, ...) -> x.
     BlockLayout("cosmos_predict2", ("MiniTrainDIT",),
-                (Segment("block", "blocks", ("img",), inputs={"img": "x_B_T_H_W_D"}, returns=("img",)),),
+                (Segment("block", "blocks", ("img",), inputs={"img": "x_B_T_H_W_D"}, returns=("img",),
+                         attention=_SELF_CROSS),),
                 mechanism="object_patch"),
 )
 
@@ -146,15 +159,18 @@ DIFFUSERS_LAYOUTS: tuple[BlockLayout, ...] = (
         ("FluxTransformer2DModel",),
         (
             Segment("double", "transformer_blocks", ("img", "txt"),
-                    inputs=dict(zip(("img", "txt"), _DIFFUSERS_MMDIT)), returns=("txt", "img")),
+                    inputs=dict(zip(("img", "txt"), _DIFFUSERS_MMDIT)), returns=("txt", "img"),
+                    attention_modules=(("attn", "spatial"),)),
             Segment("single", "single_transformer_blocks", ("img", "txt"),
-                    inputs=dict(zip(("img", "txt"), _DIFFUSERS_MMDIT)), returns=("txt", "img")),
+                    inputs=dict(zip(("img", "txt"), _DIFFUSERS_MMDIT)), returns=("txt", "img"),
+                    attention_modules=(("attn", "spatial"),)),
         ),
     ),
     BlockLayout(
         "wan",
         ("WanTransformer3DModel",),
-        (Segment("block", "blocks", ("img",), inputs={"img": "hidden_states"}, returns=("img",)),),
+        (Segment("block", "blocks", ("img",), inputs={"img": "hidden_states"}, returns=("img",),
+                 attention_modules=(("attn1", "spatial"), ("attn2", "cross"))),),
     ),
 )
 

@@ -33,6 +33,8 @@ class RunStats:
     skipped_calls: int = 0
     wall_s: float = 0.0
     cache_bytes: int = 0
+    # attention-level methods: per part ("attention", "uncond"), [reused, total] over the run
+    reuse: dict[str, list[int]] = field(default_factory=dict)
 
     def add_call(self, records: list[CallRecord], skipped: bool, wall_s: float) -> None:
         for r in records:
@@ -41,6 +43,11 @@ class RunStats:
         self.calls += 1
         self.skipped_calls += int(skipped)
         self.wall_s += wall_s
+
+    def count(self, part: str, reused: int, total: int) -> None:
+        entry = self.reuse.setdefault(part, [0, 0])
+        entry[0] += reused
+        entry[1] += total
 
     @property
     def computed_calls(self) -> int:
@@ -58,9 +65,10 @@ class RunStats:
         return list(seen)
 
     def summary(self) -> str:
+        reuse = "".join(f", reused {r}/{t} {part} computations" for part, (r, t) in self.reuse.items())
         return (
             f"{self.method}: skipped {self.skipped_calls}/{self.calls} model calls "
-            f"(ideal {self.ideal_speedup:.2f}x), streams {','.join(self.streams()) or '-'}, "
+            f"(ideal {self.ideal_speedup:.2f}x){reuse}, streams {','.join(self.streams()) or '-'}, "
             f"{self.wall_s:.2f}s in the model"
         )
 

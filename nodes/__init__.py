@@ -3,11 +3,14 @@ from __future__ import annotations
 
 from comfy_api.latest import ComfyExtension, io
 
+from .fastercache_node import ApplyFasterCache
 from .fbc_node import ApplyFirstBlockCache
 from .magcache_nodes import ApplyMagCache, MagCacheCalibrate
+from .pab_node import PABConfigNode
 from .teacache_node import ApplyTeaCache
 
-NODES: list[type[io.ComfyNode]] = [ApplyFirstBlockCache, ApplyMagCache, MagCacheCalibrate, ApplyTeaCache]
+NODES: list[type[io.ComfyNode]] = [ApplyFirstBlockCache, ApplyMagCache, MagCacheCalibrate, ApplyTeaCache,
+                                   PABConfigNode, ApplyFasterCache]
 
 
 class DitCacheExtension(ComfyExtension):

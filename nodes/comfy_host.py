@@ -22,7 +22,8 @@ import comfy.model_patcher
 import torch
 from comfy.patcher_extension import WrappersMP
 
-from ..cache_core.config import SigmaWindow
+from ..cache_core.attention import AttentionCacheRunner, AttentionPolicy
+from ..cache_core.config import CacheWindow, SigmaWindow
 from ..cache_core.layout import COMFY_LAYOUTS, BlockLayout, Segment, layout_for_module
 from ..cache_core.policy import Policy, RunInfo
 from ..cache_core.signals import signal_fn
@@ -40,7 +41,7 @@ WRAPPER_KEY = "dit_cache"
 class CacheSpec:
     """What a cache node attached to a model: the method's policy and the model's block layout."""
 
-    def __init__(self, policy: Policy, layout: BlockLayout, block_counts: list[int], model_name: str,
+    def __init__(self, policy: Policy | AttentionPolicy, layout: BlockLayout, block_counts: list[int], model_name: str,
                  node_label: str, node_id: str | None = None) -> None:
         self.policy = policy
         self.layout = layout
@@ -55,7 +56,7 @@ def diffusion_model_of(model: Any) -> Any:
     return model.get_model_object("diffusion_model")
 
 
-def apply_cache(model: Any, policy: Policy, node_label: str, node_id: str | None = None) -> Any:
+def apply_cache(model: Any, policy: Policy | AttentionPolicy, node_label: str, node_id: str | None = None) -> Any:
     """A clone of ``model`` whose blocks run through ``policy``; ``model`` itself is left untouched.
 
     An unsupported model logs a warning and is returned unchanged. A model that already carries a dit-cache
@@ -92,6 +93,8 @@ def apply_cache(model: Any, policy: Policy, node_label: str, node_id: str | None
                 prev = existing_replace.get((seg.kind, i))
                 sig = head_signal if (s, i) == (0, 0) else None
                 m.set_model_patch_replace(_block_patch(s, i, seg.outputs, prev, sig), "dit", seg.kind, i)
+    if isinstance(policy, AttentionPolicy):
+        _attach_attention(m, policy)
     m.add_wrapper_with_key(WrappersMP.OUTER_SAMPLE, WRAPPER_KEY, _outer_sample_wrapper)
     # APPLY_MODEL (BaseModel.apply_model, every family) rather than DIFFUSION_MODEL, which some forwards of
     # ComfyUI 0.3.75 (SD3's MMDiT, Mochi) do not run their wrappers for
@@ -101,7 +104,7 @@ def apply_cache(model: Any, policy: Policy, node_label: str, node_id: str | None
 
 def _head_signal(policy: Policy, layout: BlockLayout, dm: Any) -> Callable[[dict], Any] | None:
     """For policies deciding on a per-call signal (TeaCache): the layout's signal of the first block."""
-    if not policy.wants_signal:
+    if not getattr(policy, "wants_signal", False):
         return None
     fn = signal_fn(layout.signal)
     if fn is None:
@@ -183,10 +186,42 @@ class _BlockProxy:
         return tuple(out[k] for k in seg.returns) if len(seg.returns) > 1 else out[seg.returns[0]]
 
 
-def _sigma_window(spec: CacheSpec, model_sampling: Any) -> SigmaWindow:
-    w = spec.policy.gate.window
-    return SigmaWindow(float(model_sampling.percent_to_sigma(w.start_percent)),
-                       float(model_sampling.percent_to_sigma(w.end_percent)))
+def _sigma_window(window: CacheWindow, model_sampling: Any) -> SigmaWindow:
+    return SigmaWindow(float(model_sampling.percent_to_sigma(window.start_percent)),
+                       float(model_sampling.percent_to_sigma(window.end_percent)))
+
+
+def _attach_attention(m: Any, policy: AttentionPolicy) -> None:
+    """Route every attention computation of the clone through the run's runner.
+
+    ``transformer_options["optimized_attention_override"]`` (ComfyUI's ``wrap_attn``) is one slot per model: an
+    override another node set earlier (e.g. a SageAttention patch) is kept and called when we compute.
+    """
+    t_opts = m.model_options["transformer_options"]
+    previous = t_opts.get("optimized_attention_override")
+
+    def override(func: Callable, *args: Any, **kwargs: Any) -> Any:
+        def compute() -> Any:
+            return previous(func, *args, **kwargs) if previous is not None else func(*args, **kwargs)
+
+        runner = (kwargs.get("transformer_options") or {}).get(RUN_KEY)
+        if not isinstance(runner, AttentionCacheRunner):
+            return compute()
+        return runner.attention(compute)
+
+    t_opts["optimized_attention_override"] = override
+    if getattr(policy, "uncond_reuse", False):
+        from .uncond_reuse import calc_cond_batch_wrapper
+        m.add_wrapper_with_key(WrappersMP.CALC_COND_BATCH, WRAPPER_KEY, calc_cond_batch_wrapper)
+
+
+def _make_runner(spec: CacheSpec, stats: RunStats, model_sampling: Any, run_info: RunInfo) -> Any:
+    policy = spec.policy
+    if isinstance(policy, AttentionPolicy):
+        windows = {k: _sigma_window(policy.window(k), model_sampling) for k in policy.window_names()}
+        return AttentionCacheRunner(spec.layout, spec.block_counts, policy, stats, windows, run_info)
+    return BlockCacheRunner(spec.layout, spec.block_counts, policy, stats,
+                            _sigma_window(policy.gate.window, model_sampling), run_info)
 
 
 def _outer_sample_wrapper(executor: Any, *args: Any, **kwargs: Any) -> Any:
@@ -198,8 +233,7 @@ def _outer_sample_wrapper(executor: Any, *args: Any, **kwargs: Any) -> Any:
     stats = RunStats(method=spec.policy.name, settings=spec.policy.settings(), model=spec.model_name)
     sigmas = args[3] if len(args) > 3 else kwargs.get("sigmas")  # CFGGuider.outer_sample(noise, latent, sampler, sigmas, ...)
     run_info = RunInfo(tuple(float(x) for x in sigmas.reshape(-1)) if sigmas is not None else None)
-    runner = BlockCacheRunner(spec.layout, spec.block_counts, spec.policy, stats,
-                              _sigma_window(spec, guider.model_patcher.get_model_object("model_sampling")), run_info)
+    runner = _make_runner(spec, stats, guider.model_patcher.get_model_object("model_sampling"), run_info)
     t_opts[RUN_KEY] = runner
     t0 = time.perf_counter()
     ok = False

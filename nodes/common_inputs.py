@@ -42,3 +42,28 @@ def validate_window(start_percent: float, end_percent: float) -> bool | str:
     if start_percent >= end_percent:
         return f"start_percent ({start_percent}) must be smaller than end_percent ({end_percent})"
     return True
+
+
+def named_window_inputs(prefix: str, what: str, start: float, end: float) -> list:
+    """``<prefix>_start_percent`` / ``<prefix>_end_percent``: the window of one part of a method, with the
+    equivalent diffusers timestep range (0-1000) in the tooltip."""
+    def t(p: float) -> int:
+        return round(1000 * (1 - p))
+
+    note = (f"Default {start:g}-{end:g} of the schedule, diffusers' timestep range ({t(end)}, {t(start)}): "
+            f"timestep = 1000 x the model's sigma at that percent, i.e. 1000 x (1 - percent) before the model's shift.")
+    return [
+        io.Float.Input(f"{prefix}_start_percent", default=start, min=0.0, max=1.0, step=0.001,
+                       tooltip=f"Where in the schedule {what} may begin (0 = first step). {note}"),
+        io.Float.Input(f"{prefix}_end_percent", default=end, min=0.0, max=1.0, step=0.001,
+                       tooltip=f"Where {what} stops (1 = last step)."),
+    ]
+
+
+def validate_windows(values: dict, prefixes: tuple[str, ...]) -> bool | str:
+    """validate_inputs helper: every ``<prefix>_start_percent`` below its ``<prefix>_end_percent``."""
+    for prefix in prefixes:
+        start, end = values.get(f"{prefix}_start_percent", 0.0), values.get(f"{prefix}_end_percent", 1.0)
+        if start >= end:
+            return f"{prefix}_start_percent ({start}) must be smaller than {prefix}_end_percent ({end})"
+    return True

@@ -74,6 +74,11 @@ def _run_cell(method: Method, row: Row, setting: str | None) -> tuple[torch.Tens
     return out, run_log.recent()
 
 
+def _skipped_work(run: dict) -> int:
+    """Skipped model calls, plus reused attention / unconditional-branch computations (attention-level methods)."""
+    return run["skipped_calls"] + sum(reused for reused, _ in run.get("reuse", {}).values())
+
+
 @pytest.mark.parametrize("method_key,row", CELLS, ids=[f"{m}-{r.key}" for m, r in CELLS])
 def test_method_on_family(method_key: str, row: Row, caplog) -> None:
     method = METHODS[method_key]
@@ -100,7 +105,7 @@ def test_method_on_family(method_key: str, row: Row, caplog) -> None:
 
     out, runs = _run_cell(method, row, "aggressive")
     assert len(runs) == expected_runs and all(r["completed"] for r in runs), runs
-    skipped = [r["skipped_calls"] for r in runs]
+    skipped = [_skipped_work(r) for r in runs]
     calls = [r["calls"] for r in runs]
     assert all(s > 0 for s in skipped), f"{method.name} on {row.name}: no skip at the aggressive setting {runs}"
     assert torch.isfinite(out).all()
@@ -111,7 +116,7 @@ def test_method_on_family(method_key: str, row: Row, caplog) -> None:
     assert torch.isfinite(out).all()
     quality = psnr(out, ref)
     assert quality >= method.mild_min_psnr, f"{method.name} on {row.name}: PSNR {quality:.1f} dB at mild"
-    mild_skipped = [r["skipped_calls"] for r in runs]
+    mild_skipped = [_skipped_work(r) for r in runs]
 
     out, _ = _run_cell(method, row, "disabled")
     assert torch.equal(out, ref), f"{method.name} on {row.name}: not bit-identical when disabled"

@@ -94,6 +94,44 @@ def _teacache(model: Any, setting: str, family: str) -> Any:
     return ApplyTeaCache.execute(model, threshold, "auto", 0.0, 1.0, -1).result[0]
 
 
+def pab_inputs(spatial: int, cross: int, start: float = 0.2, end: float = 0.9) -> dict:
+    """PAB Config's inputs: N per attention kind (temporal off) and one window for every kind."""
+    kinds = ("spatial", "temporal", "cross")
+    return {"spatial_skip": spatial, "temporal_skip": 0, "cross_skip": cross,
+            **{f"{k}_start_percent": start for k in kinds}, **{f"{k}_end_percent": end for k in kinds}}
+
+
+def fastercache_inputs(spatial: int = 2, uncond: int = 5, attention_start: float = 0.319,
+                       uncond_start: float = 0.359) -> dict:
+    """Apply FasterCache's inputs: diffusers' defaults unless given."""
+    return {"spatial_skip": spatial, "temporal_skip": 0, "attention_weight": 0.5, "uncond_skip": uncond,
+            "alpha_low": 1.1, "alpha_high": 1.1, "attention_start_percent": attention_start,
+            "attention_end_percent": 1.0, "uncond_start_percent": uncond_start, "uncond_end_percent": 1.0,
+            "low_freq_start_percent": 0.099, "low_freq_end_percent": 0.901,
+            "high_freq_start_percent": 0.699, "high_freq_end_percent": 1.0}
+
+
+def _pab(model: Any, setting: str, family: str) -> Any:
+    from dit_cache.nodes.pab_node import PABConfigNode
+
+    # aggressive: every attention reused on every other call over the whole schedule; mild: PAB's defaults;
+    # disabled: every N below 2 (the model comes back unchanged)
+    inputs = {"aggressive": pab_inputs(2, 2, 0.0, 1.0), "mild": pab_inputs(2, 6),
+              "disabled": pab_inputs(0, 0)}[setting]
+    return PABConfigNode.execute(model, **inputs).result[0]
+
+
+def _fastercache(model: Any, setting: str, family: str) -> Any:
+    from dit_cache.nodes.fastercache_node import ApplyFasterCache
+
+    # aggressive: N 2 for attention and the uncond branch from the first step; mild: diffusers' defaults but the
+    # uncond branch computed every 3rd step (the tiny random models' cond/uncond gap drifts faster than a
+    # trained model's: at N 5 Wan I2V falls to 29 dB); disabled: every N below 2
+    inputs = {"aggressive": fastercache_inputs(2, 2, 0.0, 0.0), "mild": fastercache_inputs(uncond=3),
+              "disabled": fastercache_inputs(0, 0)}[setting]
+    return ApplyFasterCache.execute(model, **inputs).result[0]
+
+
 def _families_with_signal() -> frozenset[str]:
     """Matrix rows whose layout says how to read TeaCache's first-block signal."""
     from matrix_families import ROWS
@@ -109,4 +147,6 @@ METHODS: dict[str, Method] = {
     "fbc": Method("First Block Cache", "DitCache.ApplyFirstBlockCache", _fbc),
     "magcache": Method("MagCache", "DitCache.ApplyMagCache", _magcache),
     "teacache": Method("TeaCache", "DitCache.ApplyTeaCache", _teacache, families=_families_with_signal()),
+    "pab": Method("PAB", "DitCache.PABConfig", _pab),
+    "fastercache": Method("FasterCache", "DitCache.ApplyFasterCache", _fastercache),
 }

@@ -1,0 +1,257 @@
+"""Attention-level caching (PAB, FasterCache): reuse or extrapolate individual attention outputs.
+
+A host creates one :class:`AttentionCacheRunner` per sampling run and drives it like the block runner
+(:class:`~cache_core.runner.BlockCacheRunner`): :meth:`begin_call` / :meth:`end_call` around each model call,
+:meth:`block` for every transformer block (here the blocks always run; the runner only notes which block is
+running), and :meth:`attention` for every attention computation inside a block. Which attention of a block is
+which kind ("spatial" self/joint attention, "cross" attention to the text, "temporal") comes from the layout
+(``Segment.attention``: kinds in call order; ``Segment.attention_modules`` for hosts that hook modules).
+
+Each CFG stream keeps one state per attention site (segment, block, slot) and its own call count. When a call
+batches several streams, the site reuses its cache only if every stream may (one attention computation serves
+the whole batch); the output is split per stream afterwards, so streams and samples never mix.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any, Callable, Hashable, Sequence
+
+import torch
+
+from .config import CacheWindow, SigmaWindow
+from .layout import BlockLayout
+from .policy import RunInfo
+from .runner import CallInfo, RunBlock, Streams
+from .stats import CallRecord, RunStats
+
+log = logging.getLogger("dit_cache")
+
+KINDS = ("spatial", "temporal", "cross")
+
+
+@dataclass(frozen=True)
+class SiteCall:
+    """What a policy knows when one stream meets one attention site."""
+
+    kind: str
+    call_index: int  # calls of this stream so far in the run
+    in_window: bool  # the call's sigma lies in this kind's schedule window
+    cond_only: bool  # no unconditional branch is computed in this call (CFG off, or its uncond was rebuilt)
+
+
+class AttentionPolicy:
+    """A method's rule for one attention site of one stream (see the module docstring).
+
+    ``reuse`` decides; on True the host uses :meth:`cached` instead of computing; :meth:`store` sees the
+    output used (computed or cached) after every call of the site.
+    """
+
+    name: str = "attention"
+    threshold: float = 0.0
+    # rebuilds the unconditional CFG branch on some steps (FasterCache); the host then calls new_uncond_state
+    uncond_reuse: bool = False
+
+    def kinds(self) -> frozenset[str]:
+        """Attention kinds this policy acts on; other kinds always compute."""
+        return frozenset()
+
+    def window(self, name: str) -> CacheWindow:
+        """The schedule window of an attention kind (or of another named part, see :meth:`window_names`)."""
+        return CacheWindow()
+
+    def window_names(self) -> frozenset[str]:
+        """Every window the host must resolve against its schedule: the kinds, plus any other part's."""
+        return self.kinds()
+
+    def new_uncond_state(self) -> Any:
+        return None
+
+    def new_site_state(self) -> Any:
+        return None
+
+    def reuse(self, state: Any, call: SiteCall) -> bool:
+        return False
+
+    def cached(self, state: Any, call: SiteCall) -> torch.Tensor:
+        raise NotImplementedError
+
+    def store(self, state: Any, output: torch.Tensor, computed: bool, call: SiteCall) -> None:
+        pass
+
+    def settings(self) -> dict[str, Any]:
+        return {}
+
+    @staticmethod
+    def state_bytes(state: Any) -> int:
+        total = 0
+        for v in vars(state).values() if state is not None and hasattr(state, "__dict__") else ():
+            for t in (v if isinstance(v, (list, tuple)) else (v,)):
+                if isinstance(t, torch.Tensor):
+                    total += t.numel() * t.element_size()
+        return total
+
+
+class _Stream:
+    def __init__(self, label: str) -> None:
+        self.label = label
+        self.reset()
+
+    def reset(self) -> None:
+        self.signature: tuple | None = None
+        self.sites: dict[tuple[int, int, int], Any] = {}
+        self.calls = 0
+
+
+class _Call:
+    def __init__(self, info: CallInfo, streams: list[_Stream]) -> None:
+        self.info = info
+        self.streams = streams
+        self.block: tuple[int, int] | None = None  # (segment, index) of the block running now
+        self.slot = 0  # attention calls made so far inside that block
+        self.blocks = 0  # blocks that went through the runner in this call
+        self.total = [0] * len(streams)
+        self.reused = [0] * len(streams)
+
+
+class AttentionCacheRunner:
+    """Per-run state of an attention-level method (see the module docstring)."""
+
+    def __init__(self, layout: BlockLayout, block_counts: Sequence[int], policy: AttentionPolicy, stats: RunStats,
+                 windows: dict[str, SigmaWindow] | None = None, run: RunInfo = RunInfo()) -> None:
+        if len(block_counts) != len(layout.segments):
+            raise ValueError(f"{len(block_counts)} block counts for {len(layout.segments)} segments")
+        self.layout = layout
+        self.policy = policy
+        self.stats = stats
+        self.windows = windows or {}
+        self.run = run
+        self.total_blocks = sum(block_counts)
+        self._streams: dict[Hashable, _Stream] = {}
+        self._call: _Call | None = None
+        self.model_calls = 0
+        self.attention_seen = 0  # attention calls that reached the runner inside a block
+        self._tuple_sites: dict[tuple[int, int, int], bool] = {}  # sites whose attention returns a tuple
+        # set by the host per call: whether this run uses an unconditional branch at all, and whether the
+        # current call's unconditional branch was left out (FasterCache's uncond reuse)
+        self.cfg_active = False
+        self.uncond_dropped = False
+        self.uncond_state = policy.new_uncond_state() if policy.uncond_reuse else None
+
+    # ----------------------------------------------------------------------------------------- call life
+    def begin_call(self, info: CallInfo) -> None:
+        self.model_calls += 1
+        streams = []
+        for key, label in info.streams:
+            st = self._streams.get(key)
+            if st is None:
+                st = self._streams[key] = _Stream(label)
+            streams.append(st)
+        self._call = _Call(info, streams)
+
+    def abort_call(self) -> None:
+        self._call = None
+
+    def end_call(self, wall_s: float) -> None:
+        call, self._call = self._call, None
+        if call is None or not call.blocks:
+            return  # interrupted, or the forward bypassed the block patches: nothing to record
+        records = []
+        for j, st in enumerate(call.streams):
+            total, reused = call.total[j], call.reused[j]
+            records.append(CallRecord(
+                stream=st.label, call_index=st.calls, sigma=call.info.sigma, skipped=False,
+                metric=(reused / total) if total else 0.0, threshold=self.policy.threshold,
+                reason="attention" if reused else "computed",
+            ))
+            st.calls += 1
+            self.stats.count("attention", reused, total)
+        self.stats.add_call(records, False, wall_s)
+        self.stats.cache_bytes = max(self.stats.cache_bytes, self.cache_bytes())
+
+    def cache_bytes(self) -> int:
+        n = sum(AttentionPolicy.state_bytes(s) for st in self._streams.values() for states in st.sites.values()
+                for s in states)
+        return n + AttentionPolicy.state_bytes(self.uncond_state)
+
+    # ----------------------------------------------------------------------------------------- blocks
+    def block(self, segment: int, index: int, inputs: Streams, run: RunBlock,
+              signal: Callable[[], torch.Tensor] | None = None) -> Streams:
+        """Run the block as it is, noting its position for the attention calls it makes."""
+        call = self._call
+        if call is None:
+            return run(inputs)
+        if segment == 0 and index == 0:
+            self._check_signatures(call, inputs)
+        outer = call.block, call.slot
+        call.block, call.slot = (segment, index), 0
+        call.blocks += 1
+        try:
+            return run(inputs)
+        finally:
+            call.block, call.slot = outer
+
+    def attention(self, compute: Callable[[], Any], kind: str | None = None, slot: int | None = None) -> Any:
+        """One attention computation: ``compute()`` runs it and returns a tensor (or a tuple of tensors, e.g. a
+        joint attention's image and text parts) whose first dimension is the batch. Hosts that know the kind
+        and slot (diffusers: the hooked module) pass them; otherwise they follow from the layout's call order."""
+        call = self._call
+        if call is None or call.block is None:
+            return compute()  # outside the cached blocks (e.g. a text refiner): always computed
+        segment, index = call.block
+        if slot is None:
+            slot = call.slot
+            call.slot += 1
+        if kind is None:
+            kinds = self.layout.segments[segment].attention
+            kind = kinds[min(slot, len(kinds) - 1)] if kinds else None
+        self.attention_seen += 1
+        n = len(call.streams)
+        for j in range(n):
+            call.total[j] += 1
+        if kind not in self.policy.kinds():
+            return compute()
+        window = self.windows.get(kind, SigmaWindow())
+        key = (segment, index, slot)
+        cond_only = not self.cfg_active or self.uncond_dropped
+        sites = [(st.sites.get(key), SiteCall(kind, st.calls, window.contains(call.info.sigma), cond_only))
+                 for st in call.streams]
+        reuse = all(states is not None and all(self.policy.reuse(s, sc) for s in states) for states, sc in sites)
+        if reuse:
+            parts = [[self.policy.cached(s, sc) for s in states] for states, sc in sites]
+            outs = [p[0] if n == 1 else torch.cat(p, dim=0) for p in zip(*parts)]
+            out = tuple(outs) if self._tuple_sites.get(key) else outs[0]
+        else:
+            out = compute()
+            self._tuple_sites[key] = isinstance(out, tuple)
+        tensors = list(out) if isinstance(out, tuple) else [out]
+        for j, (st, (states, sc)) in enumerate(zip(call.streams, sites)):
+            if states is None:
+                states = st.sites[key] = [self.policy.new_site_state() for _ in tensors]
+            for state, t in zip(states, tensors):
+                self.policy.store(state, t.chunk(n)[j] if n > 1 else t, not reuse, sc)
+            call.reused[j] += int(reuse)
+        return out
+
+    # ----------------------------------------------------------------------------------------- internals
+    def _check_signatures(self, call: _Call, inputs: Streams) -> None:
+        n = len(call.streams)
+        sig = tuple((k, (v.shape[0] // n,) + tuple(v.shape[1:]), v.dtype, v.device)
+                    for k, v in sorted(inputs.items()) if isinstance(v, torch.Tensor))
+        for st in call.streams:
+            if st.signature is not None and st.signature != sig:
+                log.info("[dit-cache] %s: %s stream input changed (%s), cache reset", self.policy.name, st.label, sig)
+                st.reset()
+            st.signature = sig
+
+    def stream_states(self) -> list[tuple[str, Any]]:
+        return [(s.label, s.sites) for s in self._streams.values()]
+
+    def stream_labels(self) -> list[str]:
+        return [s.label for s in self._streams.values()]
+
+    def finish(self, completed: bool) -> None:
+        """End of the run (nothing to hand over: attention caches live only inside a run)."""
+
+    def describe(self) -> dict[str, Any]:
+        return {"total_blocks": self.total_blocks, "attention_calls": self.attention_seen}
