@@ -3,11 +3,15 @@ from __future__ import annotations
 
 from comfy_api.latest import ComfyExtension, io
 
+from .adaptive_node import ApplyAdaptiveCache
+from .dbcache_node import ApplyDBCache
 from .fbc_node import ApplyFirstBlockCache
 from .magcache_nodes import ApplyMagCache, MagCacheCalibrate
+from .taylorseer_node import ApplyTaylorSeer
 from .teacache_node import ApplyTeaCache
 
-NODES: list[type[io.ComfyNode]] = [ApplyFirstBlockCache, ApplyMagCache, MagCacheCalibrate, ApplyTeaCache]
+NODES: list[type[io.ComfyNode]] = [ApplyFirstBlockCache, ApplyMagCache, MagCacheCalibrate, ApplyTeaCache,
+                                   ApplyDBCache, ApplyTaylorSeer, ApplyAdaptiveCache]
 
 
 class DitCacheExtension(ComfyExtension):
