@@ -29,13 +29,16 @@ from typing import Any, Callable, Iterator
 
 import torch
 
+from .adaptive import AdaptiveCacheConfig, AdaptiveCachePolicy
 from .config import CacheWindow, SigmaWindow
+from .dbcache import DBCacheConfig, DBCachePolicy
 from .fbc import FirstBlockCacheConfig, FirstBlockCachePolicy
 from .magcache import MagCacheConfig, MagCachePolicy
 from .layout import DIFFUSERS_LAYOUTS, BlockLayout, Segment, layout_for_module
 from .policy import Policy
 from .runner import BlockCacheRunner, CallInfo, Streams
 from .stats import RunStats
+from .taylorseer import TaylorSeerConfig, TaylorSeerPolicy
 
 __all__ = ["DEFAULT_STREAM", "DiffusersCache", "apply_cache", "flow_sigma_window", "policy_for"]
 
@@ -47,7 +50,10 @@ _MISSING = object()
 
 # Method configs -> their policy class; a Policy instance is accepted as is.
 _POLICIES: dict[type, Callable[[Any], Policy]] = {FirstBlockCacheConfig: FirstBlockCachePolicy,
-                                                  MagCacheConfig: MagCachePolicy}
+                                                  MagCacheConfig: MagCachePolicy,
+                                                  DBCacheConfig: DBCachePolicy,
+                                                  TaylorSeerConfig: TaylorSeerPolicy,
+                                                  AdaptiveCacheConfig: AdaptiveCachePolicy}
 
 
 def policy_for(method: Policy | FirstBlockCacheConfig) -> Policy:
