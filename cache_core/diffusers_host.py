@@ -29,8 +29,10 @@ from typing import Any, Callable, Iterator, Sequence
 
 import torch
 
+from .adaptive import AdaptiveCacheConfig, AdaptiveCachePolicy
 from .attention import AttentionCacheRunner, AttentionPolicy
 from .config import CacheWindow, SigmaWindow
+from .dbcache import DBCacheConfig, DBCachePolicy
 from .fastercache import (FasterCacheConfig, FasterCachePolicy, frequency_weights, uncond_observe, uncond_rebuild,
                           uncond_should_skip)
 from .fbc import FirstBlockCacheConfig, FirstBlockCachePolicy
@@ -40,6 +42,7 @@ from .layout import DIFFUSERS_LAYOUTS, BlockLayout, Segment, layout_for_module
 from .policy import Policy
 from .runner import BlockCacheRunner, CallInfo, Streams
 from .stats import RunStats
+from .taylorseer import TaylorSeerConfig, TaylorSeerPolicy
 
 __all__ = ["DEFAULT_STREAM", "DiffusersCache", "apply_cache", "flow_sigma_window", "policy_for"]
 
@@ -51,7 +54,8 @@ _MISSING = object()
 
 # Method configs -> their policy class; a Policy instance is accepted as is.
 _POLICIES: dict[type, Callable[[Any], Policy | AttentionPolicy]] = {
-    FirstBlockCacheConfig: FirstBlockCachePolicy, MagCacheConfig: MagCachePolicy, PABConfig: PABPolicy,
+    FirstBlockCacheConfig: FirstBlockCachePolicy, MagCacheConfig: MagCachePolicy, DBCacheConfig: DBCachePolicy,
+    TaylorSeerConfig: TaylorSeerPolicy, AdaptiveCacheConfig: AdaptiveCachePolicy, PABConfig: PABPolicy,
     FasterCacheConfig: FasterCachePolicy}
 # FasterCache's unconditional-branch reuse slices these keyword arguments (and every positional tensor) to the
 # conditional half of a [uncond; cond] batch, as diffusers' denoiser hook does

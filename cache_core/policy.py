@@ -43,10 +43,13 @@ class Gate:
     warmup_steps: int = 0
     max_consecutive_skips: int = -1
     window: CacheWindow = CacheWindow()
+    # after this many skipped calls of a stream in the whole run, every later call computes (-1 = no limit)
+    max_cached_steps: int = -1
 
     def __post_init__(self) -> None:
         check_int("warmup_steps", self.warmup_steps, 0)
         check_int("max_consecutive_skips", self.max_consecutive_skips, -1)
+        check_int("max_cached_steps", self.max_cached_steps, -1)
 
 
 class Policy:
@@ -86,6 +89,14 @@ class Policy:
     # Methods that need the residual of the whole block stack (last block's hidden output minus the first
     # block's hidden input, per CFG stream) on computed calls get it in :meth:`observe_stack_residual`.
     wants_stack_residual: bool = False
+    # Methods that decide before any block runs on the first block's hidden input (per CFG stream) get it as
+    # the probe tensor of metric/commit (only with probe_blocks = 0 and no wants_signal).
+    wants_head_input: bool = False
+    # Forecasting methods predict what the cached blocks produce instead of reusing it: "residual" (the cached
+    # range's residual per segment and stream) or "output" (the output of each segment's last cached block).
+    # The runner hands the values of computed calls to :meth:`observe_segments` and, on skips, asks
+    # :meth:`forecast` for the output of each segment's last cached block. "" = plain reuse.
+    forecasts: str = ""
 
     def new_run_state(self, run: "RunInfo") -> Any:
         """State of one CFG stream for a run; ``run`` says what the host knows about the run's schedule."""
@@ -97,13 +108,34 @@ class Policy:
     def observe_stack_residual(self, state: Any, residual: torch.Tensor) -> None:
         """The stream's whole-stack hidden residual of a computed call (only if ``wants_stack_residual``)."""
 
+    def observe_segments(self, state: Any, values: dict[tuple[int, str], torch.Tensor]) -> None:
+        """A computed call's residual or last-block output (per ``forecasts``) per (segment, stream) key."""
+
+    def forecast(self, state: Any, key: tuple[int, str], seg_input: torch.Tensor) -> torch.Tensor:
+        """On a skip: the predicted output of segment ``key[0]``'s last cached block for stream ``key[1]``,
+        given the input of that block (``seg_input``, this CFG stream's part of the batch)."""
+        raise NotImplementedError(f"{self.name} sets forecasts but does not forecast")
+
     def finish_run(self, streams: list[tuple[str, Any]], completed: bool) -> None:
         """End of a run: every stream's (label, state), in first-seen order."""
 
     @staticmethod
     def state_bytes(state: Any) -> int:
-        total = 0
-        for v in vars(state).values() if state is not None and hasattr(state, "__dict__") else ():
+        """Bytes of the tensors a stream state holds: its attributes, and tensors inside dicts, lists, tuples
+        and objects with a ``tensors()`` method among them (e.g. forecasting factors)."""
+        def size(v: Any, depth: int) -> int:
             if isinstance(v, torch.Tensor):
-                total += v.numel() * v.element_size()
-        return total
+                return v.numel() * v.element_size()
+            if depth > 3:
+                return 0
+            if isinstance(v, dict):
+                return sum(size(x, depth + 1) for x in v.values())
+            if isinstance(v, (list, tuple)):
+                return sum(size(x, depth + 1) for x in v)
+            if callable(getattr(v, "tensors", None)):
+                return sum(size(x, depth + 1) for x in v.tensors())
+            return 0
+
+        if state is None or not hasattr(state, "__dict__"):
+            return 0
+        return sum(size(v, 0) for v in vars(state).values())

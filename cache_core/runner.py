@@ -54,10 +54,12 @@ class _StreamState:
         self.residuals: dict[tuple[int, str], torch.Tensor] = {}
         self.calls = 0
         self.consecutive_skips = 0
+        self.skips = 0  # skipped calls of this stream in the run (Gate.max_cached_steps)
+        self.forecast_ready = False  # a forecasting policy has observed a computed call of this stream
 
     def nbytes(self) -> int:
         n = sum(t.numel() * t.element_size() for t in self.residuals.values())
-        return n + Policy.state_bytes(self.policy_state)
+        return n + self.policy.state_bytes(self.policy_state)
 
 
 @dataclass
@@ -69,6 +71,7 @@ class _Call:
     probe_residual: torch.Tensor | None = None
     seg_in: dict[int, Streams] = field(default_factory=dict)
     new_residuals: dict[tuple[int, str], torch.Tensor] = field(default_factory=dict)
+    new_outputs: dict[tuple[int, str], torch.Tensor] = field(default_factory=dict)  # forecasts == "output"
     stack_residual: torch.Tensor | None = None  # whole-stack hidden residual (policies that want it)
     records: list[CallRecord] = field(default_factory=list)
 
@@ -134,15 +137,24 @@ class BlockCacheRunner:
         probe_chunks = call.probe_residual.chunk(n) if call.probe_residual is not None else [None] * n
         new_chunks = {k: v.chunk(n) for k, v in call.new_residuals.items()} if computed else {}
         stack_chunks = call.stack_residual.chunk(n) if computed and call.stack_residual is not None else None
+        forecasts = self.policy.forecasts
+        if computed and forecasts:
+            seen = call.new_outputs if forecasts == "output" else call.new_residuals
+            seen_chunks = {k: v.chunk(n) for k, v in seen.items()}
         for j, st in enumerate(call.states):
             if stack_chunks is not None:
                 self.policy.observe_stack_residual(st.policy_state, stack_chunks[j])
+            if computed and forecasts:
+                self.policy.observe_segments(st.policy_state, {k: v[j] for k, v in seen_chunks.items()})
+                st.forecast_ready = True
             self.policy.commit(st.policy_state, probe_chunks[j], computed)
             if computed:
-                st.residuals = {k: v[j] for k, v in new_chunks.items()}
+                # a forecasting policy keeps what it needs itself: no second copy of the residuals
+                st.residuals = {} if forecasts else {k: v[j] for k, v in new_chunks.items()}
                 st.consecutive_skips = 0
             else:
                 st.consecutive_skips += 1
+                st.skips += 1
             st.calls += 1
         self.stats.add_call(call.records, call.skip, wall_s)
         self.stats.cache_bytes = max(self.stats.cache_bytes, sum(s.nbytes() for s in self._streams.values()))
@@ -165,6 +177,8 @@ class BlockCacheRunner:
             call.head_in = inputs[hidden].clone()  # blocks may update their input in place (ComfyUI's Flux does)
             if self.policy.wants_signal and signal is not None and self.policy.probe_blocks == 0:
                 call.probe_residual = signal()
+            elif self.policy.wants_head_input and self.policy.probe_blocks == 0:
+                call.probe_residual = call.head_in
         lo, hi = self._cached
         if p < lo:
             out = run(inputs)
@@ -181,6 +195,8 @@ class BlockCacheRunner:
         outputs = self.layout.segments[segment].outputs
         first, last = self._seg_bounds[segment]
         if call.skip:
+            if p == last and self.policy.forecasts:
+                return {k: self._forecast(call, segment, k, inputs[k]) for k in outputs}
             if p == last:
                 return {k: inputs[k] + self._cached_residual(call, segment, k) for k in outputs}
             return {k: inputs[k] for k in outputs}
@@ -190,6 +206,8 @@ class BlockCacheRunner:
         if p == last:
             for k in outputs:
                 call.new_residuals[(segment, k)] = out[k] - call.seg_in[segment][k]
+                if self.policy.forecasts == "output":
+                    call.new_outputs[(segment, k)] = out[k].clone()  # later blocks may update it in place
         if p == self.total_blocks - 1 and self.policy.wants_stack_residual:
             call.stack_residual = self._stack_residual(call, segment, out[hidden])
         return out
@@ -216,7 +234,7 @@ class BlockCacheRunner:
         for j, st in enumerate(call.states):
             self.policy.begin_stream_call(st.policy_state, StreamCall(st.calls, call.info.sigma, st.label))
             metric = self.policy.metric(st.policy_state, chunks[j])
-            if not st.residuals:
+            if not (st.residuals or st.forecast_ready):
                 vote = (False, "no_cache")
             elif not in_window:
                 vote = (False, "window")
@@ -224,6 +242,8 @@ class BlockCacheRunner:
                 vote = (False, "warmup")
             elif 0 <= gate.max_consecutive_skips <= st.consecutive_skips:
                 vote = (False, "max_skips")
+            elif 0 <= gate.max_cached_steps <= st.skips:
+                vote = (False, "max_cached")
             else:
                 vote = (self.policy.wants_skip(st.policy_state, metric), "metric")
             votes.append((*vote, metric))
@@ -263,6 +283,14 @@ class BlockCacheRunner:
     def _cached_residual(self, call: _Call, segment: int, stream: str) -> torch.Tensor:
         parts = [st.residuals[(segment, stream)] for st in call.states]
         return parts[0] if len(parts) == 1 else torch.cat(parts, dim=0)
+
+    def _forecast(self, call: _Call, segment: int, stream: str, seg_input: torch.Tensor) -> torch.Tensor:
+        """A forecasting policy's prediction of the segment's last cached block output, per CFG stream."""
+        n = len(call.states)
+        chunks = seg_input.chunk(n) if n > 1 else (seg_input,)
+        parts = [self.policy.forecast(st.policy_state, (segment, stream), chunks[j])
+                 for j, st in enumerate(call.states)]
+        return parts[0] if n == 1 else torch.cat(parts, dim=0)
 
     def stream_labels(self) -> list[str]:
         return [s.label for s in self._streams.values()]

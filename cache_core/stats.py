@@ -16,7 +16,7 @@ class CallRecord:
     skipped: bool
     metric: float | None  # the method's decision metric (None where it was not computed)
     threshold: float
-    reason: str  # why: "metric", "warmup", "window", "max_skips", "no_cache", "batch"
+    reason: str  # why: "metric", "warmup", "window", "max_skips", "max_cached", "no_cache", "batch"
     wall_s: float = 0.0  # wall time of the whole model call this stream took part in
 
 

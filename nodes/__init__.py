@@ -3,14 +3,17 @@ from __future__ import annotations
 
 from comfy_api.latest import ComfyExtension, io
 
+from .adaptive_node import ApplyAdaptiveCache
+from .dbcache_node import ApplyDBCache
 from .fastercache_node import ApplyFasterCache
 from .fbc_node import ApplyFirstBlockCache
 from .magcache_nodes import ApplyMagCache, MagCacheCalibrate
 from .pab_node import PABConfigNode
+from .taylorseer_node import ApplyTaylorSeer
 from .teacache_node import ApplyTeaCache
 
 NODES: list[type[io.ComfyNode]] = [ApplyFirstBlockCache, ApplyMagCache, MagCacheCalibrate, ApplyTeaCache,
-                                   PABConfigNode, ApplyFasterCache]
+                                   ApplyDBCache, ApplyTaylorSeer, ApplyAdaptiveCache, PABConfigNode, ApplyFasterCache]
 
 
 class DitCacheExtension(ComfyExtension):

@@ -56,6 +56,15 @@ def diffusion_model_of(model: Any) -> Any:
     return model.get_model_object("diffusion_model")
 
 
+def block_count(model: Any) -> int | None:
+    """Transformer blocks the cache can see in ``model`` (all segments), or None for an unsupported model."""
+    dm = diffusion_model_of(model)
+    layout = layout_for_module(dm, COMFY_LAYOUTS)
+    if layout is None:
+        return None
+    return sum(len(getattr(dm, seg.attr)) for seg in layout.segments)
+
+
 def apply_cache(model: Any, policy: Policy | AttentionPolicy, node_label: str, node_id: str | None = None) -> Any:
     """A clone of ``model`` whose blocks run through ``policy``; ``model`` itself is left untouched.
 

@@ -4,11 +4,12 @@ from __future__ import annotations
 from comfy_api.latest import io
 
 
-def window_inputs() -> list:
-    """start_percent / end_percent: the part of the schedule where a method may skip."""
+def window_inputs(start: float = 0.0) -> list:
+    """start_percent / end_percent: the part of the schedule where a method may skip (``start``: the default
+    start_percent)."""
     return [
         io.Float.Input(
-            "start_percent", default=0.0, min=0.0, max=1.0, step=0.01,
+            "start_percent", default=start, min=0.0, max=1.0, step=0.01,
             tooltip="Where in the schedule skipping may begin (0 = first step, 1 = last); earlier steps always "
                     "compute. Converted to a sigma with the model's own schedule.",
         ),
@@ -26,10 +27,10 @@ def max_consecutive_skips_input() -> io.Int.Input:
     )
 
 
-def gate_inputs() -> list:
+def gate_inputs(start: float = 0.0) -> list:
     """The window, the consecutive-skip limit and the warm-up (methods using the full :class:`Gate`)."""
     return [
-        *window_inputs(),
+        *window_inputs(start),
         max_consecutive_skips_input(),
         io.Int.Input(
             "warmup_steps", default=0, min=0, max=1000,

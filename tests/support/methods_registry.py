@@ -132,6 +132,31 @@ def _fastercache(model: Any, setting: str, family: str) -> Any:
     return ApplyFasterCache.execute(model, **inputs).result[0]
 
 
+def _dbcache(model: Any, setting: str, family: str) -> Any:
+    from dit_cache.nodes.dbcache_node import ApplyDBCache
+
+    # F1B0 (every tiny model has more than one block), 4 warm-up steps; threshold on the Fn residual's relative
+    # change (0 disables); the mild setting predicts the middle residual with TaylorSeer order 1
+    threshold, order = {"aggressive": (0.3, 0), "mild": (0.1, 1), "disabled": (0.0, 0)}[setting]
+    return ApplyDBCache.execute(model, 1, 0, threshold, 4, -1, -1, order, 0.0, 1.0).result[0]
+
+
+def _taylorseer(model: Any, setting: str, family: str) -> Any:
+    from dit_cache.nodes.taylorseer_node import ApplyTaylorSeer
+
+    # one computed step in every `interval` (1 disables); 3 warm-up steps, order 1, bfloat16 factors (defaults)
+    interval = {"aggressive": 5, "mild": 2, "disabled": 1}[setting]
+    return ApplyTaylorSeer.execute(model, interval, 3, 0, 1, "block outputs", "bfloat16").result[0]
+
+
+def _adaptive(model: Any, setting: str, family: str) -> Any:
+    from dit_cache.nodes.adaptive_node import ApplyAdaptiveCache
+
+    # accumulated estimated relative change of the stack's residual; 0 disables; window from 15 % (default)
+    threshold = {"aggressive": 0.8, "mild": 0.1, "disabled": 0.0}[setting]
+    return ApplyAdaptiveCache.execute(model, threshold, 0.15, 1.0, -1, 0).result[0]
+
+
 def _families_with_signal() -> frozenset[str]:
     """Matrix rows whose layout says how to read TeaCache's first-block signal."""
     from matrix_families import ROWS
@@ -147,6 +172,9 @@ METHODS: dict[str, Method] = {
     "fbc": Method("First Block Cache", "DitCache.ApplyFirstBlockCache", _fbc),
     "magcache": Method("MagCache", "DitCache.ApplyMagCache", _magcache),
     "teacache": Method("TeaCache", "DitCache.ApplyTeaCache", _teacache, families=_families_with_signal()),
+    "dbcache": Method("DBCache", "DitCache.ApplyDBCache", _dbcache),
+    "taylorseer": Method("TaylorSeer", "DitCache.ApplyTaylorSeer", _taylorseer),
+    "adaptive": Method("Adaptive Cache", "DitCache.ApplyAdaptiveCache", _adaptive),
     "pab": Method("PAB", "DitCache.PABConfig", _pab),
     "fastercache": Method("FasterCache", "DitCache.ApplyFasterCache", _fastercache),
 }

@@ -1,0 +1,124 @@
+"""Adaptive cache (EasyCache-style, arXiv 2507.02860; H-EmbodVis/EasyCache): decide before any block runs from
+how much the input changed, scaled by how strongly the block stack last turned input changes into changes of
+its result.
+
+Per CFG stream, with x the first block's hidden input and y the whole stack's hidden residual (last block output
+minus x, what a skipped call reuses): at every computed call after two computed calls,
+``k = mean|y - y_c| / mean|x - x_c|`` (the ``_c`` values from the previous computed call); at every call
+``acc += k * mean|x_t - x_{t-1}| / mean|y_last|`` with y_last the last computed y; the call skips while
+``acc < threshold``, else it computes and ``acc = 0``. The last step always computes; the window's start
+(default 15 % of the schedule, as ComfyUI core's EasyCache) is the warm-up.
+
+Differences to ComfyUI core's EasyCache (which works on the model's input latent and output): x and y are
+hidden states at the first block's input and last block's output, so caching runs inside the model call (no
+second copy of the output), each CFG stream decides for itself (the call skips only if every stream of the batch
+does) and keeps its own k and accumulator, ``x_{t-1}`` is the previous call's input (EasyCache paper, eq. 8)
+and the stored tensors are token-subsampled by ``token_stride`` (core subsamples the latent ×8 spatially).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from .config import CacheWindow, check_int, check_range
+from .policy import Gate, Policy, RunInfo, StreamCall
+
+
+@dataclass(frozen=True)
+class AdaptiveCacheConfig:
+    """threshold: accumulated estimated relative change of the stack's residual that still skips.
+    token_stride: the decision reads every n-th token (memory and time of the decision, not of the cache)."""
+
+    threshold: float = 0.2
+    start_percent: float = 0.15
+    end_percent: float = 1.0
+    warmup_steps: int = 0
+    max_consecutive_skips: int = -1
+    token_stride: int = 8
+    gate: Gate = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        check_range("threshold", self.threshold, 0.0, 100.0)
+        check_int("token_stride", self.token_stride, 1)
+        gate = Gate(self.warmup_steps, self.max_consecutive_skips, CacheWindow(self.start_percent, self.end_percent))
+        object.__setattr__(self, "gate", gate)
+
+
+class _AdaptiveState:
+    def __init__(self, run: RunInfo) -> None:
+        self.run = run
+        self.last_step = False
+        self.x: torch.Tensor | None = None  # this call's (subsampled) input
+        self.prev_x: torch.Tensor | None = None  # the previous call's input
+        self.cx: torch.Tensor | None = None  # input and residual of the last computed call
+        self.cy: torch.Tensor | None = None
+        self.y_norm: float | None = None  # mean|y| of the last computed call
+        self.k: float | None = None  # transformation rate between the last two computed calls
+        self.acc = 0.0
+        self.pending: float | None = None
+
+
+def _mean_abs(t: torch.Tensor) -> float:
+    return t.abs().mean().item()
+
+
+class AdaptiveCachePolicy(Policy):
+    name = "AdaptiveCache"
+    probe_blocks = 0
+    tail_blocks = 0
+    wants_head_input = True
+    wants_stack_residual = True
+
+    def __init__(self, config: AdaptiveCacheConfig) -> None:
+        self.config = config
+        self.threshold = config.threshold
+        self.gate = config.gate
+
+    def new_run_state(self, run: RunInfo) -> _AdaptiveState:
+        return _AdaptiveState(run)
+
+    def _sub(self, t: torch.Tensor) -> torch.Tensor:
+        s = self.config.token_stride
+        t = t.detach()
+        return (t[:, ::s] if s > 1 and t.ndim >= 3 else t).float()
+
+    def begin_stream_call(self, state: _AdaptiveState, info: StreamCall) -> None:
+        sig = state.run.sigmas
+        state.last_step = bool(sig and len(sig) >= 2 and info.sigma is not None and info.sigma <= sig[-2])
+
+    def metric(self, state: _AdaptiveState, probe: torch.Tensor | None) -> float | None:
+        state.pending = None
+        state.x = None if probe is None else self._sub(probe)
+        x, prev = state.x, state.prev_x
+        if x is None or prev is None or prev.shape != x.shape or state.k is None or not state.y_norm:
+            return None
+        state.pending = state.acc + state.k * _mean_abs(x - prev) / state.y_norm
+        return state.pending
+
+    def wants_skip(self, state: _AdaptiveState, metric: float | None) -> bool:
+        return (metric is not None and math.isfinite(metric) and metric < self.config.threshold
+                and not state.last_step)
+
+    def observe_stack_residual(self, state: _AdaptiveState, residual: torch.Tensor) -> None:
+        y, x = self._sub(residual), state.x
+        if x is None:
+            return
+        if state.cx is not None and state.cx.shape == x.shape and state.cy.shape == y.shape:
+            dx = _mean_abs(x - state.cx)
+            if dx > 0:
+                state.k = _mean_abs(y - state.cy) / dx
+        state.cx, state.cy = x, y
+        state.y_norm = _mean_abs(y)
+
+    def commit(self, state: _AdaptiveState, probe: torch.Tensor | None, computed: bool) -> None:
+        state.acc = 0.0 if computed or state.pending is None else state.pending
+        state.prev_x = state.x
+
+    def settings(self) -> dict[str, Any]:
+        c = self.config
+        return {"threshold": c.threshold, "start_percent": c.start_percent, "end_percent": c.end_percent,
+                "warmup_steps": c.warmup_steps, "max_consecutive_skips": c.max_consecutive_skips,
+                "token_stride": c.token_stride}

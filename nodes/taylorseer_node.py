@@ -1,0 +1,62 @@
+"""The "Apply TaylorSeer" node."""
+from __future__ import annotations
+
+import logging
+
+from comfy_api.latest import io
+
+from ..cache_core.taylorseer import FACTOR_DTYPES, PREDICT_TARGETS, TaylorSeerConfig, TaylorSeerPolicy
+from .comfy_host import apply_cache
+
+log = logging.getLogger("dit_cache")
+
+
+class ApplyTaylorSeer(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="DitCache.ApplyTaylorSeer",
+            display_name="Apply TaylorSeer",
+            category="dit-cache",
+            description=(
+                "TaylorSeer: computes the transformer on a fixed schedule (one step in every 'cache_interval') "
+                "and, on the steps in between, predicts its result from the last computed steps with a Taylor "
+                "expansion instead of reusing it."
+            ),
+            inputs=[
+                io.Model.Input("model", tooltip="The diffusion model (Flux, Wan, Qwen-Image, ...) to speed up."),
+                io.Int.Input("cache_interval", default=5, min=1, max=100,
+                             tooltip="One computed step in every this many; the others are predicted. Higher = "
+                                     "faster, lower quality. 1 disables the cache (model unchanged)."),
+                io.Int.Input("warmup_steps", default=3, min=1, max=1000,
+                             tooltip="The first steps of each CFG stream always compute (they seed the prediction)."),
+                io.Int.Input("final_full_steps", default=0, min=0, max=1000,
+                             tooltip="The last steps always compute (fine detail forms there). 0 = none."),
+                io.Int.Input("max_order", default=1, min=0, max=2,
+                             tooltip="Taylor order: 0 reuses the last result, 1 extrapolates linearly, 2 also "
+                                     "uses the curvature. Memory per CFG stream grows with order + 1."),
+                io.Combo.Input("predict", options=list(PREDICT_TARGETS), default=PREDICT_TARGETS[0],
+                               tooltip="What is predicted on skipped steps: 'block outputs' = the output of the "
+                                       "transformer block stack (per block group, e.g. Flux's double and single "
+                                       "blocks)."),
+                io.Combo.Input("factor_dtype", options=list(FACTOR_DTYPES), default="bfloat16",
+                               tooltip="Precision the Taylor factors are stored in: bfloat16 halves the memory of "
+                                       "float32 (diffusers' default); float32 is the most accurate."),
+            ],
+            outputs=[io.Model.Output(tooltip="The model with TaylorSeer attached.")],
+            hidden=[io.Hidden.unique_id],
+        )
+
+    @classmethod
+    def execute(cls, model, cache_interval: int, warmup_steps: int, final_full_steps: int, max_order: int,
+                predict: str, factor_dtype: str) -> io.NodeOutput:
+        if cache_interval == 1:
+            log.info("[dit-cache] Apply TaylorSeer: cache_interval 1 computes every step, cache disabled "
+                     "(model unchanged)")
+            return io.NodeOutput(model)
+        config = TaylorSeerConfig(cache_interval=cache_interval, warmup_steps=warmup_steps,
+                                  final_full_steps=final_full_steps, max_order=max_order, predict=predict,
+                                  factor_dtype=factor_dtype)
+        node_id = cls.hidden.unique_id if cls.hidden is not None else None
+        return io.NodeOutput(apply_cache(model, TaylorSeerPolicy(config), "Apply TaylorSeer",
+                                         None if node_id is None else str(node_id)))

@@ -1,0 +1,89 @@
+"""TaylorSeer on the diffusers host against diffusers' own TaylorSeer hook, on tiny real diffusers Flux and Wan.
+
+Equivalent settings: diffusers predicts the output of every module its ``cache_identifiers`` match; with every
+transformer block matched, a predicted call's result is the prediction of the last block's output(s), which is
+what our "block outputs" forecast produces (the output of each segment's last block; every block cached).
+Same loop as tests/test_diffusers_parity.py (flow-matching Euler, cond and uncond as separate transformer calls
+in cache_context("cond"/"uncond")); skips are seen on both sides by a forward hook inside the second block.
+"""
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+from diffusers.hooks import TaylorSeerCacheConfig as DiffusersTaylorSeerConfig
+
+from dit_cache.cache_core.diffusers_host import apply_cache
+from dit_cache.cache_core.taylorseer import FACTOR_DTYPES, TaylorSeerConfig
+
+from test_diffusers_parity import ATOL, RTOL, STEPS, run_plain, sample, skips_of, tiny_flux, tiny_wan
+
+log = logging.getLogger("dit_cache.tests")
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+# every transformer block of the model, as diffusers module names (re.fullmatch)
+BLOCKS = {"flux": [r"transformer_blocks\.\d+", r"single_transformer_blocks\.\d+"], "wan": [r"blocks\.\d+"]}
+BUILDERS = {"flux": tiny_flux, "wan": tiny_wan}
+# (cache_interval, warm-up = disable_cache_before_step, max_order, factor dtype, disable_cache_after_step)
+CASES = [(5, 3, 1, "float32", None), (3, 2, 2, "float32", None), (2, 1, 1, "bfloat16", None),
+         (4, 3, 0, "float32", None), (3, 2, 1, "float32", 9)]
+
+
+@pytest.fixture(scope="module", params=list(BUILDERS))
+def fam(request):
+    return request.param, BUILDERS[request.param]()
+
+
+def run_diffusers(tiny, name, interval, before, order, dtype, after):
+    model = tiny.model
+    model.enable_cache(DiffusersTaylorSeerConfig(
+        cache_interval=interval, disable_cache_before_step=before, disable_cache_after_step=after,
+        max_order=order, taylor_factors_dtype=FACTOR_DTYPES[dtype], cache_identifiers=BLOCKS[name]))
+    try:
+        return sample(tiny, lambda stream, sigma: model.cache_context(stream))
+    finally:
+        model._reset_stateful_cache()
+        model.disable_cache()
+
+
+def run_ours(tiny, interval, before, order, dtype, after):
+    final = 0 if after is None else STEPS - after  # diffusers' absolute step -> our "final full steps"
+    cache = apply_cache(tiny.model, TaylorSeerConfig(cache_interval=interval, warmup_steps=before,
+                                                     final_full_steps=final, max_order=order, factor_dtype=dtype,
+                                                     num_inference_steps=STEPS))
+    try:
+        out, observed = sample(tiny, lambda stream, sigma: cache.stream(stream, sigma=sigma))
+        stats = cache.reset()
+    finally:
+        cache.remove()
+    assert skips_of(stats) == observed  # the records say what the blocks really did
+    return out, observed, stats
+
+
+@pytest.mark.parametrize("case", CASES, ids=[f"i{c[0]}-w{c[1]}-o{c[2]}-{c[3]}-after{c[4]}" for c in CASES])
+def test_same_skips_and_latents_as_diffusers(fam, case):
+    name, tiny = fam
+    ref, ref_skips = run_diffusers(tiny, name, *case)
+    out, skips, stats = run_ours(tiny, *case)
+    diff = (out - ref).abs().max().item()
+    plain, _ = run_plain(tiny)
+    rel = ((out - plain).norm() / plain.norm()).item()
+    log.info("%s TaylorSeer %s: skipped %d/%d, max |ours - diffusers| = %.3g, relative L2 vs uncached %.3g, "
+             "cache %d bytes", name, case, stats.skipped_calls, stats.calls, diff, rel, stats.cache_bytes)
+    assert skips == ref_skips
+    assert 0 < stats.skipped_calls < stats.calls
+    assert torch.allclose(out, ref, atol=ATOL, rtol=RTOL), diff
+    assert not torch.allclose(out, plain, atol=ATOL, rtol=RTOL)  # the forecast really replaced computation
+
+
+def test_factor_memory_per_order(fam):
+    """Our factors: (order + 1) tensors per stream of each segment's last-block output(s), in the factor dtype."""
+    name, tiny = fam
+    # last-block outputs per stream: Flux (64 image + 8 text tokens) x 32 channels in both segments, Wan 32 x 32
+    values = {"flux": 2 * (64 + 8) * 32, "wan": 32 * 32}[name]
+    for order in (0, 1, 2):
+        for dtype, size in (("bfloat16", 2), ("float32", 4)):
+            _, _, stats = run_ours(tiny, 3, 3, order, dtype, None)
+            assert stats.cache_bytes == 2 * (order + 1) * values * size  # two streams (cond, uncond)
