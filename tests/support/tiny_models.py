@@ -72,6 +72,15 @@ FAMILIES: dict[str, dict[str, FamilySpec]] = {
                  qk_norm=True, cross_attn_norm=True, eps=1e-6),
             latent=(16, 2, 8, 8), context=(8, 32), time_embed_in=("time_embedding.0.weight",),
         ),
+        # a short video clip (5 latent frames of 32x32 -> 1280 tokens): attention is about half of the work, as
+        # in real video models, which is where attention-level caching (PAB, FasterCache) pays off
+        "medium": FamilySpec(
+            "WAN21_T2V",
+            dict(image_model="wan2.1", model_type="t2v", dim=256, ffn_dim=768, num_heads=4, num_layers=8,
+                 in_dim=16, out_dim=16, text_dim=64, freq_dim=256, patch_size=(1, 2, 2), window_size=(-1, -1),
+                 qk_norm=True, cross_attn_norm=True, eps=1e-6),
+            latent=(16, 5, 32, 32), context=(32, 64), time_embed_in=("time_embedding.0.weight",),
+        ),
     },
     "qwen_image": {
         "tiny": FamilySpec(

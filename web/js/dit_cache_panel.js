@@ -236,6 +236,11 @@ function runCard(run, live = false) {
       el("b", {}, `${computed}`), " computed · ", el("b", {}, `${skipped}`), " skipped",
       ` of ${calls} model calls`),
   );
+  // attention-level methods (PAB, FasterCache): what was reused inside the calls that ran
+  for (const [part, [reused, total]] of Object.entries(run.reuse || {})) {
+    card.append(el("div", { class: "dit-cache-reuse", "data-part": part, "data-reused": reused, "data-total": total,
+      style: "font-size:12px" }, "reused ", el("b", {}, `${reused}`), ` of ${total} ${part} computations`));
+  }
   if (!live) {
     card.append(el("div", { class: "dit-cache-perf", style: "font-size:12px" },
       `wall ${fmtS(run.run_wall_s)} (model ${fmtS(run.wall_s)}) · est. speedup `,
