@@ -2,9 +2,11 @@
 
 The workflows are what ComfyUI's Load / drag-and-drop reads (``nodes``, ``links``, ``widgets_values``). Tests
 cannot load real weights, so ``to_tiny`` replaces:
-- the loaders, text encoders, guidance/conditioning helpers and empty-latent nodes by one
-  "DitCacheTest.TinyModelLoader" (outputs MODEL, positive, negative, LATENT: a tiny random model of the same
-  ComfyUI class with matching conditioning and latent, tests/support/test_nodes/dit_cache_test_loader);
+- the loaders, text encoders, guidance/conditioning helpers and empty-latent nodes by
+  "DitCacheTest.TinyModelLoader" nodes (outputs MODEL, positive, negative, LATENT: a tiny random model of the
+  same ComfyUI class with matching conditioning and latent, tests/support/test_nodes/dit_cache_test_loader):
+  one per model loader of the workflow (weight seeds ``seed``, ``seed + 1``, ...: two different models for a
+  Wan 2.2 high-noise + low-noise workflow); conditioning and latent come from the first;
 - VAE decode + image saving by "SaveLatent" on the latent the decoder got.
 Every other node (every dit-cache node above all) keeps its id, inputs, links and ``widgets_values``; the
 result is still UI format, so the page can load it with ``app.loadGraphData``.
@@ -20,7 +22,10 @@ REPLACED = frozenset({
     "UNETLoader", "CheckpointLoaderSimple", "DualCLIPLoader", "CLIPLoader", "TripleCLIPLoader", "VAELoader",
     "CLIPTextEncode", "CLIPTextEncodeFlux", "FluxGuidance", "ConditioningZeroOut",
     "EmptyLatentImage", "EmptySD3LatentImage", "EmptyHunyuanLatentVideo", "EmptyQwenImageLayeredLatentImage",
+    "EmptyLTXVLatentVideo",
 })
+# Frontend-only nodes: never sent to the server.
+VIRTUAL = frozenset({"Note", "MarkdownNote", "Reroute", "PrimitiveNode"})
 DECODERS = frozenset({"VAEDecode", "VAEDecodeTiled"})
 IMAGE_SINKS = frozenset({"SaveImage", "PreviewImage", "SaveAnimatedWEBP", "SaveWEBM", "CreateVideo", "SaveVideo"})
 # loader output slot per input type; CONDITIONING goes to "negative" (2) when the input is named so
@@ -49,20 +54,25 @@ def to_tiny(workflow: dict[str, Any], family: str = "flux", seed: int = 0, batch
     next_node = max(int(wf.get("last_node_id", 0)), *(n["id"] for n in nodes)) + 1
     next_link = max(int(wf.get("last_link_id", 0)), *(lk[0] for lk in links), 0) + 1
 
-    loader_id = next_node
-    next_node += 1
+    # one tiny loader per model loader (in node id order), the first also for conditioning and latent
+    model_loaders = sorted(n["id"] for n in nodes if n["id"] in replaced
+                           and any(o["type"] == "MODEL" for o in n.get("outputs") or []))
+    loaders: list[dict] = []
     x = min(n["pos"][0] for n in nodes if n["id"] in replaced)
     y = min(n["pos"][1] for n in nodes if n["id"] in replaced)
-    loader = {
-        "id": loader_id, "type": LOADER, "pos": [x, y], "size": [320, 150], "flags": {}, "order": 0, "mode": 0,
-        "inputs": [],
-        "outputs": [{"name": name, "type": t, "links": []} for name, t in
-                    (("MODEL", "MODEL"), ("positive", "CONDITIONING"), ("negative", "CONDITIONING"),
-                     ("LATENT", "LATENT"))],
-        "properties": {"Node name for S&R": LOADER},
-        # family, seed, the frontend's "control after generate" widget of an input named seed, batch_size
-        "widgets_values": [family, seed, "fixed", batch_size],
-    }
+    for i in range(max(len(model_loaders), 1)):
+        loaders.append({
+            "id": next_node, "type": LOADER, "pos": [x, y + 180 * i], "size": [320, 150], "flags": {},
+            "order": 0, "mode": 0, "inputs": [],
+            "outputs": [{"name": name, "type": t, "links": []} for name, t in
+                        (("MODEL", "MODEL"), ("positive", "CONDITIONING"), ("negative", "CONDITIONING"),
+                         ("LATENT", "LATENT"))],
+            "properties": {"Node name for S&R": LOADER},
+            # family, seed, the frontend's "control after generate" widget of an input named seed, batch_size
+            "widgets_values": [family, seed + i, "fixed", batch_size],
+        })
+        next_node += 1
+    loader_of = {mid: loaders[i] for i, mid in enumerate(model_loaders)}
     new_links: list[list] = []
     savers: list[dict] = []
     for lk in links:
@@ -76,7 +86,8 @@ def to_tiny(workflow: dict[str, Any], family: str = "flux", seed: int = 0, batch
                 raise ValueError(f"cannot feed {target['type']} input {dst_slot} ({ltype}) from the tiny loader")
             if ltype == "CONDITIONING" and target["inputs"][dst_slot]["name"] == "negative":
                 slot = 2
-            new_links.append([lid, loader_id, slot, dst, dst_slot, ltype])
+            loader = loader_of.get(src, loaders[0]) if ltype == "MODEL" else loaders[0]
+            new_links.append([lid, loader["id"], slot, dst, dst_slot, ltype])
             loader["outputs"][slot]["links"].append(lid)
         elif src in dropped:
             raise ValueError(f"node {dst} takes input from dropped node {src} ({ltype})")
@@ -112,7 +123,7 @@ def to_tiny(workflow: dict[str, Any], family: str = "flux", seed: int = 0, batch
             if out.get("links"):
                 out["links"] = [x for x in out["links"] if x in kept_links]
         kept.append(n)
-    wf["nodes"] = [loader, *kept, *savers]
+    wf["nodes"] = [*loaders, *kept, *savers]
     wf["links"] = new_links
     wf["last_node_id"] = next_node - 1
     wf["last_link_id"] = next_link - 1

@@ -1,0 +1,342 @@
+"""Write the UI-format example workflows in ``workflows/`` (the JSON ComfyUI's Load and drag-and-drop read).
+
+Each workflow is described below in a few lines (nodes with their widget values, links by input name) and
+written with the layout fields the ComfyUI front end expects (ids, slots, link list, positions, sizes).
+``workflows/flux-firstblockcache.json`` predates this script and is kept as it is (the browser test reads its
+node ids). Widget values follow the order of each node's inputs in ``/object_info``; ``tests/test_workflows.py``
+checks them against a running server and runs every workflow with tiny models.
+
+    .venv/bin/python scripts/make_workflows.py          # rewrite the files
+    .venv/bin/python scripts/make_workflows.py --check  # exit 1 when a file differs from what this writes
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import uuid
+from pathlib import Path
+from typing import Any
+
+OUT = Path(__file__).resolve().parents[1] / "workflows"
+NOTE_COLOR = {"color": "#432", "bgcolor": "#653"}
+# Fixed ids so re-running the script gives the same files.
+NAMESPACE = uuid.UUID("1b0f1f5e-6d2a-4c57-9a43-5b1f0c9d7e21")
+
+
+class Workflow:
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.nodes: list[dict[str, Any]] = []
+        self.links: list[list[Any]] = []
+
+    def node(self, type_: str, widgets: list[Any], pos: tuple[int, int], size: tuple[int, int] = (320, 100),
+             inputs: tuple[tuple[str, str], ...] = (), outputs: tuple[tuple[str, str], ...] = (),
+             title: str | None = None, **extra: Any) -> int:
+        nid = len(self.nodes) + 1
+        node = {
+            "id": nid, "type": type_, "pos": list(pos), "size": list(size), "flags": {}, "order": nid - 1,
+            "mode": 0,
+            "inputs": [{"name": n, "type": t, "link": None} for n, t in inputs],
+            "outputs": [{"name": n, "type": t, "links": []} for n, t in outputs],
+            "properties": {"Node name for S&R": type_}, "widgets_values": widgets,
+        }
+        if title:
+            node["title"] = title
+        node.update(extra)
+        self.nodes.append(node)
+        return nid
+
+    def note(self, text: str, pos: tuple[int, int], size: tuple[int, int] = (380, 320)) -> int:
+        return self.node("Note", [text], pos, size, **NOTE_COLOR)
+
+    def link(self, src: int, src_slot: int, dst: int, dst_input: str) -> None:
+        lid = len(self.links) + 1
+        s, d = self.nodes[src - 1], self.nodes[dst - 1]
+        out = s["outputs"][src_slot]
+        slot = next(i for i, x in enumerate(d["inputs"]) if x["name"] == dst_input)
+        if d["inputs"][slot]["type"] != out["type"]:
+            raise ValueError(f"{s['type']}.{out['name']} ({out['type']}) -> {d['type']}.{dst_input}")
+        out["links"].append(lid)
+        d["inputs"][slot]["link"] = lid
+        self.links.append([lid, src, src_slot, dst, slot, out["type"]])
+
+    def to_json(self) -> dict[str, Any]:
+        for n in self.nodes:
+            for i in n["inputs"]:
+                if i["link"] is None:
+                    raise ValueError(f"{self.name}: input {n['type']}.{i['name']} is not connected")
+        return {
+            "id": str(uuid.uuid5(NAMESPACE, self.name)), "revision": 0,
+            "last_node_id": len(self.nodes), "last_link_id": len(self.links),
+            "nodes": self.nodes, "links": self.links, "groups": [], "config": {},
+            "extra": {"ds": {"scale": 0.7, "offset": [80, 40]}}, "version": 0.4,
+        }
+
+
+# --- building blocks -------------------------------------------------------------------------------------
+M, C, CL, V, L, I = "MODEL", "CONDITIONING", "CLIP", "VAE", "LATENT", "IMAGE"
+
+
+def unet(wf: Workflow, file: str, pos: tuple[int, int], title: str | None = None) -> int:
+    return wf.node("UNETLoader", [file, "default"], pos, (320, 82), outputs=(("MODEL", M),), title=title)
+
+
+def text(wf: Workflow, clip: int, prompt: str, pos: tuple[int, int], negative: bool = False) -> int:
+    n = wf.node("CLIPTextEncode", [prompt], pos, (400, 130), inputs=(("clip", CL),),
+                outputs=(("CONDITIONING", C),),
+                title=f"CLIP Text Encode ({'Negative' if negative else 'Positive'} Prompt)")
+    wf.link(clip, 0, n, "clip")
+    return n
+
+
+def ksampler(wf: Workflow, model: int, pos_c: int, neg_c: int, latent: int, widgets: list[Any],
+             pos: tuple[int, int], neg_slot: int = 0, pos_slot: int = 0, title: str | None = None) -> int:
+    n = wf.node("KSampler", widgets, pos, (320, 262),
+                inputs=(("model", M), ("positive", C), ("negative", C), ("latent_image", L)),
+                outputs=(("LATENT", L),), title=title)
+    wf.link(model, 0, n, "model")
+    wf.link(pos_c, pos_slot, n, "positive")
+    wf.link(neg_c, neg_slot, n, "negative")
+    wf.link(latent, 0, n, "latent_image")
+    return n
+
+
+def decode_save(wf: Workflow, samples: int, vae: int, pos: tuple[int, int], prefix: str,
+                video_fps: float | None = None, vae_slot: int = 0) -> None:
+    d = wf.node("VAEDecode", [], pos, (210, 46), inputs=(("samples", L), ("vae", V)), outputs=(("IMAGE", I),))
+    wf.link(samples, 0, d, "samples")
+    wf.link(vae, vae_slot, d, "vae")
+    if video_fps is None:
+        s = wf.node("SaveImage", [prefix], (pos[0], pos[1] + 90), (420, 440), inputs=(("images", I),))
+    else:  # filename_prefix, fps, lossless, quality, method
+        s = wf.node("SaveAnimatedWEBP", [prefix, video_fps, False, 90, "default"], (pos[0], pos[1] + 90),
+                    (420, 440), inputs=(("images", I),))
+    wf.link(d, 0, s, "images")
+
+
+def cache_node(wf: Workflow, type_: str, widgets: list[Any], model: int, pos: tuple[int, int],
+               title: str | None = None, size: tuple[int, int] = (320, 200)) -> int:
+    n = wf.node(type_, widgets, pos, size, inputs=(("model", M),), outputs=(("MODEL", M),), title=title)
+    wf.link(model, 0, n, "model")
+    return n
+
+
+def model_sampling(wf: Workflow, type_: str, shift: float, model: int, pos: tuple[int, int]) -> int:
+    n = wf.node(type_, [shift], pos, (300, 58), inputs=(("model", M),), outputs=(("MODEL", M),))
+    wf.link(model, 0, n, "model")
+    return n
+
+
+def clip_loader(wf: Workflow, file: str, kind: str, pos: tuple[int, int]) -> int:
+    return wf.node("CLIPLoader", [file, kind, "default"], pos, (320, 106), outputs=(("CLIP", CL),))
+
+
+def vae_loader(wf: Workflow, file: str, pos: tuple[int, int]) -> int:
+    return wf.node("VAELoader", [file], pos, (320, 58), outputs=(("VAE", V),))
+
+
+PANEL_HINT = "The 'DiT Cache' tab in ComfyUI's left sidebar shows what the cache skipped after each run."
+FLUX_FILES = ("- diffusion_models/flux1-dev.safetensors  (huggingface.co/black-forest-labs/FLUX.1-dev, gated: "
+              "accept the licence)\n- text_encoders/clip_l.safetensors and text_encoders/t5xxl_fp16.safetensors "
+              "(or t5xxl_fp8_e4m3fn_scaled.safetensors)  (huggingface.co/comfyanonymous/flux_text_encoders)\n"
+              "- vae/ae.safetensors  (from the FLUX.1-dev repository)")
+WAN_FILES_COMMON = ("- text_encoders/umt5_xxl_fp8_e4m3fn_scaled.safetensors\n- vae/wan_2.1_vae.safetensors\n"
+                    "(huggingface.co/Comfy-Org/Wan_2.1_ComfyUI_repackaged, split_files/)")
+PROMPT_IMAGE = "a red fox sitting in a snowy birch forest at dawn, soft golden light, 35mm photo, highly detailed"
+PROMPT_VIDEO = "a red fox trotting through a snowy birch forest at dawn, the camera slowly tracking beside it"
+NEG_WAN = "blurry, low quality, static, overexposed, worst quality, jpeg artifacts, deformed"
+
+
+# --- the workflows ------------------------------------------------------------------------------------------
+def flux_magcache() -> Workflow:
+    wf = Workflow("flux-magcache-calibrate-apply")
+    model = unet(wf, "flux1-dev.safetensors", (-40, 60))
+    clip = wf.node("DualCLIPLoader", ["clip_l.safetensors", "t5xxl_fp16.safetensors", "flux", "default"],
+                   (-40, 200), (320, 130), outputs=(("CLIP", CL),))
+    vae = vae_loader(wf, "ae.safetensors", (-40, 380))
+    pos_t = text(wf, clip, PROMPT_IMAGE, (340, 420))
+    neg_t = text(wf, clip, "", (340, 600), negative=True)
+    guid = wf.node("FluxGuidance", [3.5], (780, 420), (300, 58), inputs=(("conditioning", C),),
+                   outputs=(("CONDITIONING", C),))
+    wf.link(pos_t, 0, guid, "conditioning")
+    latent = wf.node("EmptySD3LatentImage", [1024, 1024, 1], (780, 540), (300, 106), outputs=(("LATENT", L),))
+    calib = cache_node(wf, "DitCache.MagCacheCalibrate", ["magcache_flux"], model, (340, 60), size=(320, 82),
+                       title="1. MagCache Calibrate (run once, then mute this branch)")
+    apply_ = cache_node(wf, "DitCache.ApplyMagCache", ["preset: flux_dev", 0.12, 3, 0.2, 0.0, 1.0, "schedule"],
+                        model, (340, 200), title="2. Apply MagCache (pick your calibration file)")
+    s1 = ksampler(wf, calib, guid, neg_t, latent, [0, "fixed", 28, 1.0, "euler", "simple", 1.0], (1120, 60),
+                  title="KSampler (calibration pass: full model)")
+    s2 = ksampler(wf, apply_, guid, neg_t, latent, [0, "fixed", 28, 1.0, "euler", "simple", 1.0], (1120, 360),
+                  title="KSampler (cached)")
+    decode_save(wf, s1, vae, (1480, 60), "flux-magcache-calibration")
+    decode_save(wf, s2, vae, (1940, 60), "flux-magcache")
+    wf.note("Flux.1-dev with MagCache calibrated on your own model (dit-cache).\n\nFiles to download "
+            f"(ComfyUI/models/...):\n{FLUX_FILES}\n\n1. Queue once. The upper branch runs the full model through "
+            "'MagCache Calibrate' and saves the measured ratios to models/magcache/magcache_flux_flux_28steps_"
+            "<fingerprint>_00001.safetensors (the node shows the folder; the curve is drawn on the node). The lower "
+            "branch meanwhile uses the built-in 'preset: flux_dev' ratios (published for FLUX.1-dev, 28 steps).\n"
+            "2. In 'Apply MagCache' pick your file in 'calibration' (the list is read afresh when the page "
+            "reloads the node list: press R), then mute the calibration branch (select it, Ctrl+M) and queue "
+            "again. Calibrate at the step count and sampler you use.\n\nthreshold: 0.12 is the low end the "
+            "MagCache authors use for Flux (0.12-0.24); raise for speed. " + PANEL_HINT, (-40, 500), (360, 460))
+    return wf
+
+
+def _wan_loaders(wf: Workflow) -> tuple[int, int]:
+    clip = clip_loader(wf, "umt5_xxl_fp8_e4m3fn_scaled.safetensors", "wan", (-40, 200))
+    vae = vae_loader(wf, "wan_2.1_vae.safetensors", (-40, 360))
+    return clip, vae
+
+
+def wan21(method: str) -> Workflow:
+    wf = Workflow(f"wan21-t2v-{method}")
+    model = unet(wf, "wan2.1_t2v_1.3B_fp16.safetensors", (-40, 60))
+    clip, vae = _wan_loaders(wf)
+    shifted = model_sampling(wf, "ModelSamplingSD3", 8.0, model, (340, 60))
+    if method == "teacache":
+        # rel_l1_threshold, coefficients, start_percent, end_percent, max_consecutive_skips
+        cache = cache_node(wf, "DitCache.ApplyTeaCache", [0.08, "auto", 0.0, 1.0, -1], shifted, (340, 160))
+        tip = ("Apply TeaCache on Wan reads the first block's modulation input (e0) without a published "
+               "rescaling polynomial ('auto' = raw): start rel_l1_threshold near 0.05-0.1, raise it for speed.")
+    else:
+        cache = cache_node(wf, "DitCache.ApplyMagCache",
+                           ["preset: wan21_t2v_1.3b", 0.1, 3, 0.2, 0.0, 1.0, "schedule"], shifted, (340, 160))
+        tip = ("Apply MagCache uses 'preset: wan21_t2v_1.3b' (ratios published by the MagCache authors for "
+               "Wan 2.1 T2V 1.3B, 50 steps, cond+uncond; other step counts are interpolated). For the 14B model "
+               "pick 'preset: wan21_t2v_14b', or calibrate your own with 'MagCache Calibrate' (see the Flux "
+               "MagCache workflow). threshold: higher = faster.")
+    pos_t = text(wf, clip, PROMPT_VIDEO, (340, 420))
+    neg_t = text(wf, clip, NEG_WAN, (340, 600), negative=True)
+    latent = wf.node("EmptyHunyuanLatentVideo", [832, 480, 33, 1], (780, 420), (300, 130), outputs=(("LATENT", L),))
+    s = ksampler(wf, cache, pos_t, neg_t, latent, [0, "fixed", 30, 6.0, "uni_pc", "simple", 1.0], (1120, 60))
+    decode_save(wf, s, vae, (1480, 60), f"wan21-{method}", video_fps=16.0)
+    wf.note(f"Wan 2.1 text-to-video (1.3B) with Apply {'TeaCache' if method == 'teacache' else 'MagCache'} "
+            "(dit-cache).\n\nFiles to download (ComfyUI/models/...):\n"
+            "- diffusion_models/wan2.1_t2v_1.3B_fp16.safetensors\n" + WAN_FILES_COMMON + "\n\n" + tip + "\n\n"
+            + PANEL_HINT, (-40, 500), (360, 420))
+    return wf
+
+
+def wan22() -> Workflow:
+    wf = Workflow("wan22-t2v-high-low")
+    high = unet(wf, "wan2.2_t2v_high_noise_14B_fp8_scaled.safetensors", (-40, 60), "Load Diffusion Model (high noise)")
+    low = unet(wf, "wan2.2_t2v_low_noise_14B_fp8_scaled.safetensors", (-40, 170), "Load Diffusion Model (low noise)")
+    clip = clip_loader(wf, "umt5_xxl_fp8_e4m3fn_scaled.safetensors", "wan", (-40, 290))
+    vae = vae_loader(wf, "wan_2.1_vae.safetensors", (-40, 430))
+    hs = model_sampling(wf, "ModelSamplingSD3", 8.0, high, (340, 60))
+    ls = model_sampling(wf, "ModelSamplingSD3", 8.0, low, (340, 170))
+    # threshold, start_percent, end_percent, max_consecutive_skips, warmup_steps
+    hc = cache_node(wf, "DitCache.ApplyFirstBlockCache", [0.1, 0.0, 1.0, -1, 0], hs, (680, 60),
+                    title="Apply FirstBlockCache (high noise)")
+    lc = cache_node(wf, "DitCache.ApplyFirstBlockCache", [0.1, 0.0, 1.0, -1, 0], ls, (680, 300),
+                    title="Apply FirstBlockCache (low noise)")
+    pos_t = text(wf, clip, PROMPT_VIDEO, (340, 560))
+    neg_t = text(wf, clip, NEG_WAN, (340, 730), negative=True)
+    latent = wf.node("EmptyHunyuanLatentVideo", [640, 640, 81, 1], (780, 560), (300, 130), outputs=(("LATENT", L),))
+    adv = (("model", M), ("positive", C), ("negative", C), ("latent_image", L))
+    # add_noise, noise_seed, control, steps, cfg, sampler, scheduler, start_at_step, end_at_step, leftover noise
+    s1 = wf.node("KSamplerAdvanced", ["enable", 0, "fixed", 20, 3.5, "euler", "simple", 0, 10, "enable"],
+                 (1040, 60), (320, 334), inputs=adv, outputs=(("LATENT", L),), title="KSampler (high noise, steps 0-10)")
+    s2 = wf.node("KSamplerAdvanced", ["disable", 0, "fixed", 20, 3.5, "euler", "simple", 10, 10000, "disable"],
+                 (1400, 60), (320, 334), inputs=adv, outputs=(("LATENT", L),), title="KSampler (low noise, steps 10-20)")
+    for s, m, lat in ((s1, hc, latent), (s2, lc, s1)):
+        wf.link(m, 0, s, "model")
+        wf.link(pos_t, 0, s, "positive")
+        wf.link(neg_t, 0, s, "negative")
+        wf.link(lat, 0, s, "latent_image")
+    decode_save(wf, s2, vae, (1760, 60), "wan22-fbc", video_fps=16.0)
+    wf.note("Wan 2.2 A14B text-to-video: the high-noise expert samples the first half of the steps, the "
+            "low-noise expert the rest, each with its own Apply FirstBlockCache (each model keeps its own cache "
+            "state; one cache node per model).\n\nFiles to download (ComfyUI/models/...):\n"
+            "- diffusion_models/wan2.2_t2v_high_noise_14B_fp8_scaled.safetensors\n"
+            "- diffusion_models/wan2.2_t2v_low_noise_14B_fp8_scaled.safetensors\n"
+            "  (huggingface.co/Comfy-Org/Wan_2.2_ComfyUI_Repackaged, split_files/)\n" + WAN_FILES_COMMON +
+            "\n\nthreshold 0.1 is the usual starting point for video DiTs; with only 10 steps per expert, lower it "
+            "(0.05-0.08) if motion degrades. MagCache works here too: calibrate each expert separately (two "
+            "files). " + PANEL_HINT, (-40, 560), (360, 420))
+    return wf
+
+
+def qwen_image() -> Workflow:
+    wf = Workflow("qwen-image-magcache")
+    model = unet(wf, "qwen_image_fp8_e4m3fn.safetensors", (-40, 60))
+    clip = clip_loader(wf, "qwen_2.5_vl_7b_fp8_scaled.safetensors", "qwen_image", (-40, 200))
+    vae = vae_loader(wf, "qwen_image_vae.safetensors", (-40, 360))
+    shifted = model_sampling(wf, "ModelSamplingAuraFlow", 3.1, model, (340, 60))
+    cache = cache_node(wf, "DitCache.ApplyMagCache", ["preset: qwen_image", 0.1, 3, 0.2, 0.0, 1.0, "schedule"],
+                       shifted, (340, 160))
+    pos_t = text(wf, clip, "a cosy bookshop window at dusk with a hand-painted sign that reads \"DiT Cache\"",
+                 (340, 420))
+    neg_t = text(wf, clip, "", (340, 600), negative=True)
+    latent = wf.node("EmptySD3LatentImage", [1328, 1328, 1], (780, 420), (300, 106), outputs=(("LATENT", L),))
+    s = ksampler(wf, cache, pos_t, neg_t, latent, [0, "fixed", 20, 2.5, "euler", "simple", 1.0], (1120, 60))
+    decode_save(wf, s, vae, (1480, 60), "qwen-image-magcache")
+    wf.note("Qwen-Image text-to-image with Apply MagCache (dit-cache).\n\nFiles to download (ComfyUI/models/...):\n"
+            "- diffusion_models/qwen_image_fp8_e4m3fn.safetensors\n"
+            "- text_encoders/qwen_2.5_vl_7b_fp8_scaled.safetensors\n- vae/qwen_image_vae.safetensors\n"
+            "(huggingface.co/Comfy-Org/Qwen-Image_ComfyUI, split_files/)\n\n'preset: qwen_image' holds the "
+            "MagCache authors' ratios (50 steps; other step counts are interpolated). For the best match, "
+            "calibrate your model with 'MagCache Calibrate' at your step count. " + PANEL_HINT, (-40, 500),
+            (360, 380))
+    return wf
+
+
+def ltxv_pab() -> Workflow:
+    wf = Workflow("ltxv-t2v-pab")
+    ckpt = wf.node("CheckpointLoaderSimple", ["ltx-video-2b-v0.9.5.safetensors"], (-40, 60), (320, 98),
+                   outputs=(("MODEL", M), ("CLIP", CL), ("VAE", V)))
+    clip = clip_loader(wf, "t5xxl_fp16.safetensors", "ltxv", (-40, 220))
+    # spatial_skip, temporal_skip, cross_skip, then start/end percent of each (the window where broadcasting
+    # is allowed: 0.2-0.9 of the schedule, diffusers' PyramidAttentionBroadcastConfig timestep range (100, 800)
+    # read as schedule percent)
+    pab = cache_node(wf, "DitCache.PABConfig", [2, 0, 6, 0.2, 0.9, 0.2, 0.9, 0.2, 0.9], ckpt, (340, 60),
+                     size=(320, 300))
+    pos_t = text(wf, clip, PROMPT_VIDEO, (340, 420))
+    neg_t = text(wf, clip, "worst quality, inconsistent motion, blurry, jittery, distorted", (340, 600),
+                 negative=True)
+    cond = wf.node("LTXVConditioning", [25.0], (780, 420), (300, 78),
+                   inputs=(("positive", C), ("negative", C)), outputs=(("positive", C), ("negative", C)))
+    wf.link(pos_t, 0, cond, "positive")
+    wf.link(neg_t, 0, cond, "negative")
+    latent = wf.node("EmptyLTXVLatentVideo", [768, 512, 97, 1], (780, 560), (300, 130), outputs=(("LATENT", L),))
+    s = ksampler(wf, pab, cond, cond, latent, [0, "fixed", 30, 3.0, "euler", "simple", 1.0], (1120, 60),
+                 neg_slot=1)
+    decode_save(wf, s, ckpt, (1480, 60), "ltxv-pab", video_fps=24.0, vae_slot=2)  # the checkpoint's VAE
+    wf.note("LTX-Video text-to-video with PAB Config (Pyramid Attention Broadcast, dit-cache): attention "
+            "outputs are reused for a few steps in the middle of sampling, spatial self-attention every "
+            "spatial_skip steps, cross-attention every cross_skip steps (temporal_skip 0: off; LTXV has no "
+            "separate temporal attention).\n\nFiles to download (ComfyUI/models/...):\n"
+            "- checkpoints/ltx-video-2b-v0.9.5.safetensors  (huggingface.co/Lightricks/LTX-Video)\n"
+            "- text_encoders/t5xxl_fp16.safetensors  (huggingface.co/comfyanonymous/flux_text_encoders)\n\n"
+            "Starting values 2 / 6 follow the PAB authors' spatial/cross ranges. " + PANEL_HINT,
+            (-40, 380), (360, 380))
+    return wf
+
+
+WORKFLOWS = (flux_magcache, lambda: wan21("teacache"), lambda: wan21("magcache"), wan22, qwen_image, ltxv_pab)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--check", action="store_true")
+    args = ap.parse_args()
+    stale = []
+    for make in WORKFLOWS:
+        wf = make()
+        path = OUT / f"{wf.name}.json"
+        text_ = json.dumps(wf.to_json(), indent=1, ensure_ascii=False) + "\n"
+        if args.check:
+            if not path.exists() or path.read_text(encoding="utf-8") != text_:
+                stale.append(path.name)
+        else:
+            path.write_text(text_, encoding="utf-8")
+            print(f"wrote {path}")
+    if stale:
+        print(f"out of date: {', '.join(stale)} (run scripts/make_workflows.py)")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
