@@ -1,0 +1,105 @@
+"""DBCache, TaylorSeer and the adaptive cache against ComfyUI's built-in EasyCache node, on the medium
+(~100 M parameter) Flux-class model, all runs in one process.
+
+EasyCache is applied exactly as its node does (comfy_extras.nodes_easycache.EasyCacheNode.execute on the
+model; start 0.15, end 0.95 as its defaults). Its skipped calls are counted with a forward hook on the first
+transformer block (it runs only on calls EasyCache computes); ours come from the pack's run log.
+Prints per setting: wall time, model calls computed/skipped, speedup (uncached wall / this wall, same run),
+ideal speedup (calls / computed calls), PSNR and SSIM of the final latent vs uncached.
+"""
+from __future__ import annotations
+
+import argparse
+import time
+
+from common import PACK, Result, ksample, psnr, run_log, tiny_models
+from metrics import ssim
+
+ApplyDBCache = PACK.nodes.dbcache_node.ApplyDBCache
+ApplyTaylorSeer = PACK.nodes.taylorseer_node.ApplyTaylorSeer
+ApplyAdaptiveCache = PACK.nodes.adaptive_node.ApplyAdaptiveCache
+
+
+def run_once(label: str, model, m, steps: int, kind: str) -> Result:
+    """kind: "plain" (uncached), "easycache" (count computed calls with a hook), "ours" (run log)."""
+    computed = [0]
+    handle = None
+    if kind == "easycache":
+        first = m.patcher.get_model_object("diffusion_model").double_blocks[0]
+        handle = first.register_forward_pre_hook(lambda *_: computed.__setitem__(0, computed[0] + 1))
+    run_log.clear()
+    try:
+        t0 = time.perf_counter()
+        out = ksample(model, m, steps=steps, cfg=1.0)
+        wall = time.perf_counter() - t0
+    finally:
+        if handle is not None:
+            handle.remove()
+    if kind == "ours":
+        run = run_log.last()
+        return Result(label, wall, run["calls"], run["skipped_calls"], out)
+    calls = steps  # cfg 1, euler: one model call per step
+    return Result(label, wall, calls, calls - computed[0] if kind == "easycache" else 0, out)
+
+
+def line(r: Result, ref: Result) -> str:
+    q = psnr(r.latent, ref.latent)
+    q_s = "     inf" if q == float("inf") else f"{q:6.2f}dB"
+    return (f"{r.label:<44} {r.wall_s:7.2f}s  computed {r.computed:3d}/{r.calls:<3d} "
+            f"speedup {ref.wall_s / r.wall_s:5.2f}x  ideal {r.calls / max(r.computed, 1):5.2f}x  "
+            f"PSNR {q_s}  SSIM {ssim(r.latent, ref.latent):.4f}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--size", default="medium", choices=["tiny", "medium"])
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--easycache", type=float, nargs="+", default=[0.1, 0.2, 0.3], help="reuse_threshold values")
+    ap.add_argument("--dbcache", nargs="+", default=["F4B0:0.08:0", "F4B0:0.12:1", "F1B0:0.15:1"],
+                    help="F<n>B<n>:threshold:taylorseer_order (warm-up 4 steps)")
+    ap.add_argument("--taylorseer", nargs="+", default=["3:1", "4:1", "5:2"], help="cache_interval:max_order")
+    ap.add_argument("--adaptive", type=float, nargs="+", default=[0.1, 0.2, 0.3], help="threshold values")
+    ap.add_argument("--repeats", type=int, default=2, help="runs per setting, interleaved; the fastest counts")
+    args = ap.parse_args()
+
+    import torch
+    from comfy_extras.nodes_easycache import EasyCacheNode
+
+    m = tiny_models.build("flux", args.size)
+    print(f"Forecasting/adaptive caches vs ComfyUI EasyCache: Flux {args.size} "
+          f"({tiny_models.parameter_count(m) / 1e6:.1f} M params), {args.steps} euler steps, torch "
+          f"{torch.__version__}, {torch.get_num_threads()} threads, CPU")
+    configs = [("uncached", m.patcher, "plain")]
+    for t in args.easycache:
+        configs.append((f"ComfyUI EasyCache reuse_threshold {t}",
+                        EasyCacheNode.execute(m.patcher, t, 0.15, 0.95, False).result[0], "easycache"))
+    for spec in args.dbcache:
+        blocks, thr, order = spec.split(":")
+        fn, bn = (int(x) for x in blocks[1:].split("B"))
+        model = ApplyDBCache.execute(m.patcher, fn, bn, float(thr), 4, -1, -1, int(order), 0.0, 1.0).result[0]
+        configs.append((f"DBCache {blocks} thr {thr} taylor {order}", model, "ours"))
+    for spec in args.taylorseer:
+        interval, order = (int(x) for x in spec.split(":"))
+        model = ApplyTaylorSeer.execute(m.patcher, interval, 3, 1, order, "block outputs", "bfloat16").result[0]
+        configs.append((f"TaylorSeer interval {interval} order {order} (final 1)", model, "ours"))
+    for t in args.adaptive:
+        model = ApplyAdaptiveCache.execute(m.patcher, t, 0.15, 1.0, -1, 0).result[0]
+        configs.append((f"Adaptive Cache threshold {t}", model, "ours"))
+    run_once("warm-up", configs[-1][1], m, 2, "ours")
+    best: dict[str, Result] = {}
+    for _ in range(args.repeats):  # interleaved, so load from elsewhere on the machine hits all alike
+        for label, model, kind in configs:
+            r = run_once(label, model, m, args.steps, kind)
+            if label not in best or r.wall_s < best[label].wall_s:
+                best[label] = r
+    ref = best["uncached"]
+    for label, _, _ in configs:
+        print(line(best[label], ref))
+    good = [best[label] for label, _, _ in configs[1:] if psnr(best[label].latent, ref.latent) >= 30.0]
+    if good:
+        top = max(good, key=lambda r: ref.wall_s / r.wall_s)
+        print(f"best speedup at PSNR >= 30 dB: {top.label} ({ref.wall_s / top.wall_s:.2f}x)")
+
+
+if __name__ == "__main__":
+    main()
