@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import time
 from dataclasses import dataclass
@@ -13,7 +14,8 @@ sys.path.insert(0, str(REPO / "tests" / "support"))
 
 import comfy_env  # noqa: E402
 
-comfy_env.setup_comfy()
+# DITCACHE_BENCH_DEVICE=gpu (set by bench/sweep.py --device) lets ComfyUI use the GPU; the default is CPU.
+comfy_env.setup_comfy(cpu=os.environ.get("DITCACHE_BENCH_DEVICE", "cpu") == "cpu")
 PACK = comfy_env.load_pack()
 logging.getLogger().setLevel(logging.WARNING)  # keep ComfyUI's per-run model-loading lines out of the table
 

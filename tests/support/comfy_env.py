@@ -12,8 +12,8 @@ REPO = Path(__file__).resolve().parents[2]
 COMFY_DIR = Path(os.environ.get("DITCACHE_COMFYUI", REPO / ".host" / "ComfyUI"))
 
 
-def setup_comfy() -> None:
-    """Put ComfyUI on sys.path and switch it to CPU before anything imports comfy.model_management."""
+def setup_comfy(cpu: bool = True) -> None:
+    """Put ComfyUI on sys.path and (``cpu``) switch it to CPU before anything imports comfy.model_management."""
     if not (COMFY_DIR / "main.py").exists():
         raise RuntimeError(f"ComfyUI not found at {COMFY_DIR}: run scripts/setup_host.sh (make test does)")
     if str(COMFY_DIR) not in sys.path:
@@ -21,7 +21,7 @@ def setup_comfy() -> None:
     import comfy.options
     comfy.options.enable_args_parsing(False)
     import comfy.cli_args
-    comfy.cli_args.args.cpu = True
+    comfy.cli_args.args.cpu = cpu
     logging.getLogger().setLevel(logging.INFO)
 
 

@@ -63,6 +63,15 @@ FAMILIES: dict[str, dict[str, FamilySpec]] = {
             latent=(16, 48, 48), context=(64, 256), pooled=128, guidance=3.5,
             time_embed_in=("time_in.in_layer.weight",),
         ),
+        # ~0.5 B parameters, 64x64 latent (512 px): the GPU benchmark size (bench/sweep.py --size large)
+        "large": FamilySpec(
+            "Flux",
+            dict(image_model="flux", in_channels=16, out_channels=16, vec_in_dim=256, context_in_dim=1024,
+                 hidden_size=1024, mlp_ratio=4.0, num_heads=8, depth=8, depth_single_blocks=16,
+                 axes_dim=[16, 56, 56], theta=10000, patch_size=2, qkv_bias=True, guidance_embed=True),
+            latent=(16, 64, 64), context=(256, 1024), pooled=256, guidance=3.5,
+            time_embed_in=("time_in.in_layer.weight",),
+        ),
     },
     "wan21": {
         "tiny": FamilySpec(

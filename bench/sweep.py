@@ -1,0 +1,380 @@
+"""Sweep every caching method's main knob on one model and compare with the uncached run (all in one process).
+
+    .venv/bin/python bench/sweep.py                       # medium Flux-class model (~100 M), CPU, ~6 min
+    .venv/bin/python bench/sweep.py --size tiny           # seconds
+    .venv/bin/python bench/sweep.py --size large          # ~0.45 B, meant for a GPU (--device auto picks it)
+
+The methods and knob values come from bench/sweep_methods.py (one entry per method; ComfyUI's built-in EasyCache
+is the reference curve). Each point applies the method's node with that knob value (other inputs at the node's
+defaults) and samples with ComfyUI's KSampler path (euler, simple, cfg 1). Uncached and cached runs are
+interleaved ``--repeats`` times and each keeps its fastest wall time, so load from elsewhere on the machine
+hits all alike. Per point: wall time, speedup (uncached wall / this wall, same run), ideal speedup (model calls
+/ computed calls), PSNR and SSIM of the final latent against the uncached one, and peak memory: on CPU the
+process's peak resident set size during the run (Linux VmHWM, reset before each run through
+/proc/self/clear_refs; it includes the weights), on GPU torch.cuda.max_memory_allocated (reset before each run).
+Prints a table and writes bench/out/sweep_<size>.csv and bench/out/sweep_<size>.png (speedup vs PSNR).
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import csv
+import importlib
+import inspect
+import logging
+import math
+import os
+import platform
+import re
+import shutil
+import sys
+import tempfile
+import textwrap
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+OUT_DIR = Path(__file__).resolve().parent / "out"
+# ComfyUI's EasyCache logs "EasyCache - skipped X/Y steps (...)" at the end of each run (no run record)
+EASYCACHE_LINE = re.compile(r"^(?:EasyCache|LazyCache) - skipped (\d+)/(\d+) steps")
+
+
+def _parse() -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--size", default="medium", choices=["tiny", "medium", "large"],
+                    help="tiny / medium (CPU), large (GPU)")
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--repeats", type=int, default=2, help="runs per point, interleaved; the fastest counts")
+    ap.add_argument("--methods", nargs="+", default=None, help="method keys of bench/sweep_methods.py (default: all)")
+    ap.add_argument("--values", nargs="+", default=[], metavar="KEY=V1,V2",
+                    help="override a method's knob values, e.g. fbc=0.05,0.1")
+    ap.add_argument("--device", default="auto", choices=["auto", "cpu", "gpu"], help="auto: GPU when torch sees one")
+    ap.add_argument("--out", type=Path, default=OUT_DIR)
+    ap.add_argument("--replot", type=Path, default=None, metavar="CSV",
+                    help="only redraw the PNG of a CSV this script wrote (next to it)")
+    return ap.parse_args()
+
+
+class _SkipLines(logging.Handler):
+    """Collects ComfyUI EasyCache's end-of-run summary lines."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.matches: list[tuple[int, int]] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        m = EASYCACHE_LINE.match(record.getMessage())
+        if m:
+            self.matches.append((int(m[1]), int(m[2])))
+
+
+class Memory:
+    """Peak memory of one run: CPU RSS high-water mark (reset per run) or CUDA peak allocation."""
+
+    def __init__(self, gpu: bool) -> None:
+        self.gpu = gpu
+        self.kind = "torch.cuda.max_memory_allocated"
+        if not gpu:
+            try:
+                Path("/proc/self/clear_refs").write_text("5")
+                self.kind = "peak RSS (VmHWM, reset per run)"
+            except OSError:  # not Linux, or not allowed: the process's lifetime peak
+                self.kind = "peak RSS (process lifetime, ru_maxrss)"
+
+    def reset(self) -> None:
+        import torch
+        if self.gpu:
+            torch.cuda.reset_peak_memory_stats()
+        elif self.kind.startswith("peak RSS (VmHWM"):
+            Path("/proc/self/clear_refs").write_text("5")
+
+    def peak_mb(self) -> float:
+        import torch
+        if self.gpu:
+            return torch.cuda.max_memory_allocated() / 2**20
+        if self.kind.startswith("peak RSS (VmHWM"):
+            for line in Path("/proc/self/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+        import resource
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+@dataclass
+class Point:
+    key: str
+    label: str
+    knob: str
+    value: float | None
+    model: Any
+    reference: bool = False
+    wall_s: float = math.inf
+    calls: int = 0
+    skipped: int = 0
+    cache_mb: float | None = None
+    peak_mb: float = 0.0
+    latent: Any = None
+
+
+def _resolve(value: Any) -> Any:
+    """ComfyUI's entry points are coroutines in some packs and plain calls in others."""
+    return asyncio.run(value) if inspect.isawaitable(value) else value
+
+
+def node_classes(pack: Any) -> dict[str, Any]:
+    """node id -> V3 node class, from the modules sweep_methods.NODE_SOURCES names."""
+    import sweep_methods
+
+    found: dict[str, Any] = {}
+    for source in sweep_methods.NODE_SOURCES:
+        try:
+            module = pack.nodes if source == "pack" else importlib.import_module(source)
+        except ImportError as e:
+            logging.getLogger("dit_cache.bench").warning("[dit-cache] bench: cannot import %s: %s", source, e)
+            continue
+        extension = _resolve(module.comfy_entrypoint())
+        for cls in _resolve(extension.get_node_list()):
+            found[cls.define_schema().node_id] = cls
+    return found
+
+
+def apply_node(cls: Any, model: Any, knob: str, value: float, prepared: dict[str, Any]) -> Any:
+    """``cls.execute`` with ``knob`` = value, ``prepared`` inputs, every other input at the node's default."""
+    kwargs: dict[str, Any] = {}
+    for inp in cls.define_schema().inputs:
+        if inp.id == "model":
+            continue
+        if inp.id in prepared:
+            kwargs[inp.id] = prepared[inp.id]
+        elif inp.id == knob:
+            kwargs[inp.id] = value
+        else:
+            kwargs[inp.id] = getattr(inp, "default", None)
+    if knob not in kwargs:
+        raise ValueError(f"{cls.define_schema().node_id} has no input {knob!r}")
+    return cls.execute(model, **kwargs).result[0]
+
+
+class Context:
+    """What entries may need from the bench model (sweep_methods.SweepMethod.prepared)."""
+
+    def __init__(self, pack: Any, tiny: Any, steps: int, cfg: float) -> None:
+        self.pack, self.tiny, self.steps, self.cfg = pack, tiny, steps, cfg
+        self._calibration: str | None = None
+        self.tempdir: str | None = None
+
+    def magcache_calibration(self) -> str:
+        """Calibrate MagCache on the bench model (MagCache Calibrate + one full run, same steps) into a
+        temporary calibration folder; the saved file's name, as Apply MagCache lists it."""
+        if self._calibration is None:
+            import folder_paths
+            from sampling import ksample
+
+            store = self.pack.nodes.calibration_store
+            run_log = self.pack.nodes.run_log
+            self.tempdir = tempfile.mkdtemp(prefix="dit_cache_bench_magcache_")
+            store.register()
+            folder_paths.folder_names_and_paths[store.FOLDER][0].insert(0, self.tempdir)
+            calibrating = self.pack.nodes.magcache_nodes.MagCacheCalibrate.execute(self.tiny.patcher,
+                                                                                    "bench").result[0]
+            run_log.clear()
+            ksample(calibrating, self.tiny, steps=self.steps, cfg=self.cfg)
+            self._calibration = [r for r in run_log.recent() if "calibration" in r][-1]["calibration"]["file"]
+        return self._calibration
+
+    def close(self) -> None:
+        if self.tempdir:
+            shutil.rmtree(self.tempdir, ignore_errors=True)
+
+
+def _machine(gpu: bool) -> str:
+    import torch
+    if gpu:
+        return f"{torch.cuda.get_device_name(0)}, torch {torch.__version__}"
+    cpu = platform.processor() or platform.machine()
+    try:
+        model = next(ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
+                     if ln.startswith("model name"))
+        cpu = model
+    except (OSError, StopIteration):
+        pass
+    return f"{os.cpu_count()}-core CPU ({cpu}), no GPU, torch {torch.__version__}, {torch.get_num_threads()} threads"
+
+
+def _fmt_q(v: float) -> str:
+    return "identical" if math.isinf(v) else f"{v:6.2f} dB"
+
+
+def plot(rows: list[dict[str, Any]], path: Path, title: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    finite = [r["psnr_db"] for r in rows if r["method"] != "uncached" and math.isfinite(r["psnr_db"])]
+    cap = (max(finite) + 5) if finite else 60.0  # "identical" points are drawn at the top
+    fig, ax = plt.subplots(figsize=(7.5, 5))
+    for label in dict.fromkeys(r["label"] for r in rows if r["method"] != "uncached"):
+        pts = sorted((r for r in rows if r["label"] == label), key=lambda r: r["speedup"])
+        ref = pts[0]["reference"]
+        xs = [r["speedup"] for r in pts]
+        ys = [min(r["psnr_db"], cap) for r in pts]
+        ax.plot(xs, ys, "--" if ref else "-", marker="s" if ref else "o", color="0.45" if ref else None,
+                label=label + (" (reference)" if ref else ""))
+        for r, x, y in zip(pts, xs, ys):
+            ax.annotate(f"{r['value']:g}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
+    ax.axvline(1.0, color="0.8", lw=0.8)
+    ax.set_xlabel("speedup (uncached wall time / cached wall time)")
+    ax.set_ylabel("PSNR of the final latent vs uncached (dB)")
+    ax.set_title("\n".join(textwrap.wrap(title, 90)), fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def replot(csv_path: Path) -> Path:
+    """Redraw the PNG of a CSV written by this script (its first line is the run's description)."""
+    with open(csv_path, encoding="utf-8") as f:
+        title = f.readline().lstrip("# ").split("; peak_mem_mb")[0]
+        rows = list(csv.DictReader(f))
+    for r in rows:
+        r["reference"] = r["reference"] == "True"
+        r["value"] = float(r["value"]) if r["value"] else ""
+        r["speedup"], r["psnr_db"] = float(r["speedup"]), float(r["psnr_db"])
+    png = csv_path.with_suffix(".png")
+    plot(rows, png, title)
+    return png
+
+
+def main() -> None:
+    args = _parse()
+    if args.replot is not None:
+        print(f"wrote {replot(args.replot)}")
+        return
+    if args.device == "auto":
+        import torch
+        args.device = "gpu" if torch.cuda.is_available() else "cpu"
+    os.environ["DITCACHE_BENCH_DEVICE"] = args.device
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from common import PACK, run_log, tiny_models  # noqa: E402  (sets up ComfyUI for the device)
+    import sweep_methods
+    import torch
+    from metrics import psnr, ssim
+    from sampling import ksample
+    from tqdm import tqdm
+
+    gpu = args.device == "gpu"
+    overrides = {}
+    for item in args.values:
+        key, _, vals = item.partition("=")
+        overrides[key] = tuple(float(v) for v in vals.split(","))
+    unknown = (set(args.methods or []) | set(overrides)) - {m.key for m in sweep_methods.METHODS}
+    if unknown:
+        sys.exit(f"unknown method(s) {', '.join(sorted(unknown))}; bench/sweep_methods.py has "
+                 f"{', '.join(m.key for m in sweep_methods.METHODS)}")
+    methods = [m for m in sweep_methods.METHODS if args.methods is None or m.key in args.methods]
+    classes = node_classes(PACK)
+
+    catcher = _SkipLines()
+    root = logging.getLogger()
+    # INFO reaches the collector; the handlers already there keep printing warnings only
+    quiet = [(h, h.level) for h in root.handlers]
+    for h, level in quiet:
+        h.setLevel(max(level, logging.WARNING))
+    root.addHandler(catcher)
+    root.setLevel(logging.INFO)
+
+    m = tiny_models.build("flux", args.size)
+    cfg = 1.0
+    machine = _machine(gpu)
+    print(f"dit-cache sweep: Flux-class {args.size} ({tiny_models.parameter_count(m) / 1e6:.1f} M params, ComfyUI's "
+          f"Flux class, random weights), {args.steps} euler steps, cfg {cfg}, {machine}")
+    ctx = Context(PACK, m, args.steps, cfg)
+    points = [Point("uncached", "uncached", "-", None, m.patcher)]
+    try:
+        for meth in methods:
+            cls = classes.get(meth.node_id)
+            if cls is None:
+                print(f"skipped {meth.key}: node {meth.node_id} is not installed")
+                continue
+            prepared = meth.prepared(ctx) if meth.prepared else {}
+            if meth.key == "magcache":
+                print(f"MagCache calibrated on this model: {prepared.get('calibration')}")
+            for v in overrides.get(meth.key, meth.values_for(args.size)):
+                points.append(Point(meth.key, meth.label, meth.knob, v, apply_node(cls, m.patcher, meth.knob, v,
+                                                                                   prepared), meth.reference))
+        mem = Memory(gpu)
+        ksample(points[-1].model, m, steps=2, cfg=cfg)  # warm-up
+        t_start = time.perf_counter()
+        with tqdm(total=len(points) * args.repeats, desc="sweep", unit="run", file=sys.stderr) as bar:
+            for rep in range(args.repeats):
+                for p in points:
+                    bar.set_postfix_str(f"{p.key} {'' if p.value is None else p.value}")
+                    run_log.clear()
+                    catcher.matches.clear()
+                    mem.reset()
+                    t0 = time.perf_counter()
+                    out = ksample(p.model, m, steps=args.steps, cfg=cfg)
+                    if gpu:
+                        torch.cuda.synchronize()
+                    wall = time.perf_counter() - t0
+                    if rep == 0:
+                        p.peak_mb = mem.peak_mb()
+                        p.latent = out.float().cpu()
+                        run = run_log.last()
+                        if run is not None and "calls" in run:
+                            p.calls, p.skipped = run["calls"], run["skipped_calls"]
+                            p.cache_mb = run.get("cache_bytes", 0) / 2**20
+                        elif catcher.matches:
+                            p.skipped, p.calls = catcher.matches[-1]
+                        else:
+                            p.calls, p.skipped = args.steps, 0  # uncached: one call per step at cfg 1
+                    p.wall_s = min(p.wall_s, wall)
+                    bar.update()
+        total = time.perf_counter() - t_start
+    finally:
+        ctx.close()
+        root.removeHandler(catcher)
+        for h, level in quiet:
+            h.setLevel(level)
+
+    ref = points[0]
+    rows = []
+    for p in points:
+        q = psnr(p.latent, ref.latent)
+        rows.append({
+            "method": p.key, "label": p.label, "reference": p.reference, "knob": p.knob,
+            "value": "" if p.value is None else p.value, "wall_s": round(p.wall_s, 3),
+            "speedup": round(ref.wall_s / p.wall_s, 3), "calls": p.calls, "computed": p.calls - p.skipped,
+            "skipped": p.skipped, "ideal_speedup": round(p.calls / max(p.calls - p.skipped, 1), 3),
+            "psnr_db": q if math.isinf(q) else round(q, 2), "ssim": round(ssim(p.latent, ref.latent), 4),
+            "peak_mem_mb": round(p.peak_mb, 1), "cache_mb": "" if p.cache_mb is None else round(p.cache_mb, 2),
+        })
+    print(f"{'method':<30} {'knob':>22} {'wall':>7} {'speedup':>7} {'ideal':>6} {'computed':>9} "
+          f"{'PSNR':>10} {'SSIM':>6} {'peak MB':>8} {'cache MB':>8}")
+    for r in rows:
+        knob = "-" if r["value"] == "" else f"{r['knob']} {r['value']:g}"
+        print(f"{r['label']:<30} {knob:>22} {r['wall_s']:6.2f}s {r['speedup']:6.2f}x {r['ideal_speedup']:5.2f}x "
+              f"{r['computed']:>4}/{r['calls']:<4} {_fmt_q(r['psnr_db']):>10} {r['ssim']:6.3f} {r['peak_mem_mb']:8.0f} "
+              f"{'-' if r['cache_mb'] == '' else format(r['cache_mb'], '.1f'):>8}")
+    print(f"peak memory: {mem.kind}; cache MB: the cache's own tensors (dit-cache run record); {args.repeats} interleaved repeats per point, fastest kept; "
+          f"sweep {total:.0f} s")
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    csv_path = args.out / f"sweep_{args.size}.csv"
+    with open(csv_path, "w", newline="", encoding="utf-8") as f:
+        f.write(f"# {tiny_models.parameter_count(m) / 1e6:.1f} M params Flux-class {args.size}, {args.steps} steps, "
+                f"{machine}; peak_mem_mb = {mem.kind}\n")
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    png_path = args.out / f"sweep_{args.size}.png"
+    plot(rows, png_path, f"Flux-class {args.size} ({tiny_models.parameter_count(m) / 1e6:.0f} M params), "
+                         f"{args.steps} steps, {machine}")
+    print(f"wrote {csv_path} and {png_path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,110 @@
+"""The sweep benchmark (bench/sweep.py, bench/sweep_methods.py) and the SSIM it reports.
+
+- SSIM: 1 for equal latents, falling as noise grows, image and video latents, a clear error otherwise.
+- Every registry entry whose node is installed applies through its real node with the knob swept (other inputs
+  at the node's defaults), and its largest knob value skips model calls of a real KSampler run on the tiny
+  Flux; entries name inputs their nodes have.
+- The command itself, at a tiny size and few steps, prints the table and writes the CSV and the PNG.
+"""
+from __future__ import annotations
+
+import csv
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from comfy_env import REPO
+from metrics import psnr, ssim
+
+sys.path.insert(0, str(REPO / "bench"))
+
+import sweep  # noqa: E402
+import sweep_methods  # noqa: E402
+
+
+def test_ssim_orders_noise_levels():
+    g = torch.Generator().manual_seed(0)
+    ref = torch.randn((1, 16, 24, 24), generator=g)
+    noise = torch.randn(ref.shape, generator=g)
+    values = [ssim(ref + s * noise, ref) for s in (0.0, 0.05, 0.2, 1.0)]
+    assert values[0] == pytest.approx(1.0)
+    assert values == sorted(values, reverse=True) and values[-1] < 0.5
+    video = torch.randn((1, 16, 3, 8, 8), generator=g)
+    assert ssim(video, video) == pytest.approx(1.0) and ssim(video.flip(2), video) < 0.9
+    with pytest.raises(ValueError, match="4-D or 5-D"):
+        ssim(ref[0, 0], ref[0, 0])
+
+
+def test_registry_entries_are_complete():
+    keys = [m.key for m in sweep_methods.METHODS]
+    assert len(keys) == len(set(keys))
+    assert {"fbc", "magcache", "teacache", "easycache"} <= set(keys)
+    assert [m.key for m in sweep_methods.METHODS if m.reference] == ["easycache"]
+    for m in sweep_methods.METHODS:
+        assert m.values["medium"] and all(v > 0 for vals in m.values.values() for v in vals)
+
+
+def test_every_installed_method_skips_through_its_node(pack, one_thread):
+    import tiny_models
+    from sampling import ksample
+
+    classes = sweep.node_classes(pack)
+    assert "EasyCache" in classes and "DitCache.ApplyFirstBlockCache" in classes
+    tiny = tiny_models.build("flux", "tiny")
+    ref = ksample(tiny.patcher, tiny, steps=12)
+    ctx = sweep.Context(pack, tiny, 12, 1.0)
+    catcher = sweep._SkipLines()
+    import logging
+    root = logging.getLogger()
+    level = root.level
+    root.addHandler(catcher)
+    root.setLevel(logging.INFO)
+    try:
+        for m in sweep_methods.METHODS:
+            cls = classes.get(m.node_id)
+            if cls is None:
+                continue  # a node of another branch; the command skips it with a message
+            assert m.knob in [i.id for i in cls.define_schema().inputs], (m.key, m.knob)
+            prepared = m.prepared(ctx) if m.prepared else {}
+            patched = sweep.apply_node(cls, tiny.patcher, m.knob, max(m.values_for("tiny")), prepared)
+            assert patched is not tiny.patcher
+            pack.nodes.run_log.clear()
+            catcher.matches.clear()
+            out = ksample(patched, tiny, steps=12)
+            run = pack.nodes.run_log.last()
+            skipped = run["skipped_calls"] if run else catcher.matches[-1][0]
+            assert skipped > 0, m.key
+            assert torch.isfinite(out).all() and not torch.equal(out, ref)
+            assert math.isfinite(psnr(out, ref))
+    finally:
+        ctx.close()
+        root.removeHandler(catcher)
+        root.setLevel(level)
+
+
+def test_sweep_command_writes_csv_and_png(tmp_path: Path):
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "sweep.py"), "--size", "tiny", "--steps", "6", "--repeats", "1",
+         "--device", "cpu", "--methods", "fbc", "easycache", "--values", "fbc=0.3", "--out", str(tmp_path)],
+        capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "First Block Cache" in proc.stdout and "EasyCache" in proc.stdout
+    with open(tmp_path / "sweep_tiny.csv", encoding="utf-8") as f:
+        assert f.readline().startswith("# ")
+        rows = list(csv.DictReader(f))
+    assert [(r["method"], r["value"]) for r in rows] == [
+        ("uncached", ""), ("fbc", "0.3"), ("easycache", "0.05"), ("easycache", "0.2"), ("easycache", "0.5")]
+    assert rows[0]["psnr_db"] == "inf" and float(rows[0]["speedup"]) == 1.0
+    fbc = rows[1]
+    assert int(fbc["calls"]) == 6 and int(fbc["computed"]) + int(fbc["skipped"]) == 6
+    assert float(fbc["peak_mem_mb"]) > 0 and float(fbc["cache_mb"]) > 0
+    png = tmp_path / "sweep_tiny.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+    png.unlink()
+    replot = subprocess.run([sys.executable, str(REPO / "bench" / "sweep.py"), "--replot",
+                             str(tmp_path / "sweep_tiny.csv")], capture_output=True, text=True, timeout=120)
+    assert replot.returncode == 0 and png.is_file(), replot.stderr
