@@ -185,6 +185,11 @@ class Context:
 
     def close(self) -> None:
         if self.tempdir:
+            import folder_paths
+
+            paths = folder_paths.folder_names_and_paths[self.pack.nodes.calibration_store.FOLDER][0]
+            if self.tempdir in paths:
+                paths.remove(self.tempdir)  # the process (e.g. a test session) goes on: forget the folder too
             shutil.rmtree(self.tempdir, ignore_errors=True)
 
 

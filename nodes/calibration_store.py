@@ -43,7 +43,13 @@ def save_dir() -> Path:
 def choices() -> list[str]:
     """Dropdown entries: presets first, then saved calibration files (relative names)."""
     register()
-    files = [f for f in folder_paths.get_filename_list(FOLDER) if f.endswith(EXTENSION)]
+    try:
+        listed = folder_paths.get_filename_list(FOLDER)
+    except FileNotFoundError:
+        # a calibration folder was removed while ComfyUI runs: its cached listing points at it; list afresh
+        getattr(folder_paths, "filename_list_cache", {}).pop(FOLDER, None)
+        listed = folder_paths.get_filename_list(FOLDER)
+    files = [f for f in listed if f.endswith(EXTENSION)]
     return [cal_io.PRESET_PREFIX + n for n in cal_io.preset_names()] + files
 
 
