@@ -55,10 +55,10 @@ def main() -> None:
     ap.add_argument("--size", default="medium", choices=["tiny", "medium"])
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--easycache", type=float, nargs="+", default=[0.1, 0.2, 0.3], help="reuse_threshold values")
-    ap.add_argument("--dbcache", nargs="+", default=["F4B0:0.08:0", "F4B0:0.12:1", "F1B0:0.15:1"],
+    ap.add_argument("--dbcache", nargs="+", default=["F4B0:0.2:1", "F1B0:0.2:1", "F1B0:0.3:1"],
                     help="F<n>B<n>:threshold:taylorseer_order (warm-up 4 steps)")
-    ap.add_argument("--taylorseer", nargs="+", default=["3:1", "4:1", "5:2"], help="cache_interval:max_order")
-    ap.add_argument("--adaptive", type=float, nargs="+", default=[0.1, 0.2, 0.3], help="threshold values")
+    ap.add_argument("--taylorseer", nargs="+", default=["3:1", "4:1", "5:1"], help="cache_interval:max_order")
+    ap.add_argument("--adaptive", type=float, nargs="+", default=[0.2, 0.4, 0.8], help="threshold values")
     ap.add_argument("--repeats", type=int, default=2, help="runs per setting, interleaved; the fastest counts")
     args = ap.parse_args()
 

@@ -186,6 +186,8 @@ class BlockCacheRunner:
                 head_out = out[hidden]
                 if head_out.shape == call.head_in.shape:
                     call.probe_residual = head_out - call.head_in
+                elif lo > 1:  # a probe range reaching past a join (DBCache's Fn blocks): the head's tokens
+                    call.probe_residual = self._stack_residual(call, segment, head_out)
                 self._decide(call)
             return out
         if call.skip is None:

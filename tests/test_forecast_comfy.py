@@ -110,6 +110,12 @@ def test_dbcache_block_counts_limits_and_window():
     for r in recs:
         streak = streak + 1 if r["skipped"] else 0
         assert streak <= 2
+    # Fn reaching into the single blocks (joined txt + img tokens): the decision reads the image tokens
+    ref = ksample(tiny.patcher, tiny)
+    out = ksample(db(tiny.patcher, 0.2, fn=3, warmup=2), tiny)
+    run = run_log.last()
+    assert all(r["metric"] is not None for r in run["records"][1:]) and run["skipped_calls"] > 0
+    assert psnr(out, ref) > 30
     ksample(db(tiny.patcher, 10.0, start=0.5, end=0.8), tiny)
     skipped = [r["call_index"] for r in run_log.last()["records"] if r["skipped"]]
     assert skipped and min(skipped) >= 9 and max(skipped) <= 17

@@ -180,5 +180,9 @@ def test_adaptive_per_stream_state_and_batch_join():
     for xc, xu in zip(xs_c, xs_u):
         call_one(runner, [xc, xu], [1.5, 1.5] if xc > 1.0 else [1.0, 1.0], streams)
     recs = [(r.stream, r.call_index, r.skipped, r.reason) for r in stats.records]
-    assert ("cond", 2, False, "batch") in recs and ("uncond", 2, False, "metric") in recs
-    assert stats.skipped_calls == 0 or stats.records[-1].skipped
+    # call 2: cond's acc 5 * 0.1 / 3 < 0.25 would skip, uncond's 5 * 1.8 / 3 = 3 computes: the call computes;
+    # both streams then measure k = 0 (same residual, input moved), so call 3 skips for both
+    assert recs[4:] == [("cond", 2, False, "batch"), ("uncond", 2, False, "metric"),
+                        ("cond", 3, True, "metric"), ("uncond", 3, True, "metric")]
+    assert [r.metric for r in stats.records][4:6] == pytest.approx([5 * 0.1 / 3, 5 * 1.8 / 3], rel=1e-4)
+    assert stats.skipped_calls == 1
