@@ -21,7 +21,7 @@ import torch
 
 from .config import CacheWindow, SigmaWindow
 from .layout import BlockLayout
-from .policy import RunInfo
+from .policy import Policy, RunInfo
 from .runner import CallInfo, RunBlock, Streams
 from .stats import CallRecord, RunStats
 
@@ -82,15 +82,6 @@ class AttentionPolicy:
     def settings(self) -> dict[str, Any]:
         return {}
 
-    @staticmethod
-    def state_bytes(state: Any) -> int:
-        total = 0
-        for v in vars(state).values() if state is not None and hasattr(state, "__dict__") else ():
-            for t in (v if isinstance(v, (list, tuple)) else (v,)):
-                if isinstance(t, torch.Tensor):
-                    total += t.numel() * t.element_size()
-        return total
-
 
 class _Stream:
     def __init__(self, label: str) -> None:
@@ -136,6 +127,7 @@ class AttentionCacheRunner:
         # current call's unconditional branch was left out (FasterCache's uncond reuse)
         self.cfg_active = False
         self.uncond_dropped = False
+        self.cfg1_logged = False  # the host said once that the uncond reuse has nothing to do (CFG 1)
         self.uncond_state = policy.new_uncond_state() if policy.uncond_reuse else None
 
     # ----------------------------------------------------------------------------------------- call life
@@ -170,9 +162,9 @@ class AttentionCacheRunner:
         self.stats.cache_bytes = max(self.stats.cache_bytes, self.cache_bytes())
 
     def cache_bytes(self) -> int:
-        n = sum(AttentionPolicy.state_bytes(s) for st in self._streams.values() for states in st.sites.values()
+        n = sum(Policy.state_bytes(s) for st in self._streams.values() for states in st.sites.values()
                 for s in states)
-        return n + AttentionPolicy.state_bytes(self.uncond_state)
+        return n + Policy.state_bytes(self.uncond_state)
 
     # ----------------------------------------------------------------------------------------- blocks
     def block(self, segment: int, index: int, inputs: Streams, run: RunBlock,

@@ -133,9 +133,6 @@ class UncondState:
         self.delta_low: torch.Tensor | None = None
         self.delta_high: torch.Tensor | None = None
 
-    def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in (self.delta_low, self.delta_high) if t is not None)
-
 
 def uncond_should_skip(config: FasterCacheConfig, state: UncondState, in_window: bool) -> bool:
     n = config.uncond_skip
