@@ -222,7 +222,7 @@ def plot(rows: list[dict[str, Any]], path: Path, title: str) -> None:
     cap = (max(finite) + 5) if finite else 60.0  # "identical" points are drawn at the top
     fig, ax = plt.subplots(figsize=(7.5, 5))
     for label in dict.fromkeys(r["label"] for r in rows if r["method"] != "uncached"):
-        pts = sorted((r for r in rows if r["label"] == label), key=lambda r: r["speedup"])
+        pts = sorted((r for r in rows if r["label"] == label), key=lambda r: r["value"])  # along the knob
         ref = pts[0]["reference"]
         xs = [r["speedup"] for r in pts]
         ys = [min(r["psnr_db"], cap) for r in pts]
