@@ -19,7 +19,7 @@ test: host browser
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 bench: host
-	$(PY) bench/fbc_speed.py
+	$(PY) bench/sweep.py
 
 clean-host:
 	rm -rf .venv .host

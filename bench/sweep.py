@@ -1,17 +1,19 @@
 """Sweep every caching method's main knob on one model and compare with the uncached run (all in one process).
 
-    .venv/bin/python bench/sweep.py                       # medium Flux-class model (~100 M), CPU, ~6 min
+    .venv/bin/python bench/sweep.py                       # medium Flux-class model (~100 M), CPU, 3-10 min
     .venv/bin/python bench/sweep.py --size tiny           # seconds
-    .venv/bin/python bench/sweep.py --size large          # ~0.45 B, meant for a GPU (--device auto picks it)
+    .venv/bin/python bench/sweep.py --size large          # ~0.55 B, meant for a GPU (--device auto picks it)
 
 The methods and knob values come from bench/sweep_methods.py (one entry per method; ComfyUI's built-in EasyCache
 is the reference curve). Each point applies the method's node with that knob value (other inputs at the node's
-defaults) and samples with ComfyUI's KSampler path (euler, simple, cfg 1). Uncached and cached runs are
-interleaved ``--repeats`` times and each keeps its fastest wall time, so load from elsewhere on the machine
-hits all alike. Per point: wall time, speedup (uncached wall / this wall, same run), ideal speedup (model calls
-/ computed calls), PSNR and SSIM of the final latent against the uncached one, and peak memory: on CPU the
-process's peak resident set size during the run (Linux VmHWM, reset before each run through
-/proc/self/clear_refs; it includes the weights), on GPU torch.cuda.max_memory_allocated (reset before each run).
+defaults) and samples with ComfyUI's KSampler path (euler, simple, cfg 1). The uncached run opens and closes
+each round; with ``--repeats N`` the rounds run N times and each point keeps its fastest wall time, so load from
+elsewhere on the machine hits all alike. CPU runs use one torch thread unless ``--threads`` says otherwise.
+Per point: wall time, speedup (uncached wall / this wall, same run; the CSV also has the process CPU time and
+its ratio), ideal speedup (model calls / computed calls), PSNR and SSIM of the final latent against the
+uncached one, and peak memory: on CPU the process's peak resident set size during the run (Linux VmHWM, reset
+before each run through /proc/self/clear_refs; it includes the weights), on GPU torch.cuda.max_memory_allocated
+(reset before each run).
 Prints a table and writes bench/out/sweep_<size>.csv and bench/out/sweep_<size>.png (speedup vs PSNR).
 """
 from __future__ import annotations
@@ -45,7 +47,11 @@ def _parse() -> argparse.Namespace:
     ap.add_argument("--size", default="medium", choices=["tiny", "medium", "large"],
                     help="tiny / medium (CPU), large (GPU)")
     ap.add_argument("--steps", type=int, default=20)
-    ap.add_argument("--repeats", type=int, default=2, help="runs per point, interleaved; the fastest counts")
+    ap.add_argument("--repeats", type=int, default=1,
+                    help="runs per point, interleaved; the fastest counts (2-3 on a quiet machine for steadier times)")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch CPU threads (default on CPU: 1; with other processes busy on a small machine, "
+                         "several threads stall each other: 2 threads ran 6x slower than 1 on the 2-core host)")
     ap.add_argument("--methods", nargs="+", default=None, help="method keys of bench/sweep_methods.py (default: all)")
     ap.add_argument("--values", nargs="+", default=[], metavar="KEY=V1,V2",
                     help="override a method's knob values, e.g. fbc=0.05,0.1")
@@ -110,6 +116,7 @@ class Point:
     model: Any
     reference: bool = False
     wall_s: float = math.inf
+    cpu_s: float = math.inf  # process CPU time of the fastest run (all threads)
     calls: int = 0
     skipped: int = 0
     cache_mb: float | None = None
@@ -220,7 +227,7 @@ def plot(rows: list[dict[str, Any]], path: Path, title: str) -> None:
     cap = (max(finite) + 5) if finite else 60.0  # "identical" points are drawn at the top
     fig, ax = plt.subplots(figsize=(7.5, 5))
     for label in dict.fromkeys(r["label"] for r in rows if r["method"] != "uncached"):
-        pts = sorted((r for r in rows if r["label"] == label), key=lambda r: r["speedup"])
+        pts = sorted((r for r in rows if r["label"] == label), key=lambda r: r["value"])  # along the knob
         ref = pts[0]["reference"]
         xs = [r["speedup"] for r in pts]
         ys = [min(r["psnr_db"], cap) for r in pts]
@@ -255,6 +262,7 @@ def replot(csv_path: Path) -> Path:
 
 def main() -> None:
     args = _parse()
+    sys.stdout.reconfigure(line_buffering=True)  # lines show up before the progress bar when piped
     if args.replot is not None:
         print(f"wrote {replot(args.replot)}")
         return
@@ -271,6 +279,8 @@ def main() -> None:
     from tqdm import tqdm
 
     gpu = args.device == "gpu"
+    if args.threads or not gpu:
+        torch.set_num_threads(args.threads or 1)
     overrides = {}
     for item in args.values:
         key, _, vals = item.partition("=")
@@ -294,8 +304,9 @@ def main() -> None:
     m = tiny_models.build("flux", args.size)
     cfg = 1.0
     machine = _machine(gpu)
+    load = f", load average {os.getloadavg()[0]:.1f}" if hasattr(os, "getloadavg") else ""
     print(f"dit-cache sweep: Flux-class {args.size} ({tiny_models.parameter_count(m) / 1e6:.1f} M params, ComfyUI's "
-          f"Flux class, random weights), {args.steps} euler steps, cfg {cfg}, {machine}")
+          f"Flux class, random weights), {args.steps} euler steps, cfg {cfg}, {machine}{load}")
     ctx = Context(PACK, m, args.steps, cfg)
     points = [Point("uncached", "uncached", "-", None, m.patcher)]
     try:
@@ -313,18 +324,21 @@ def main() -> None:
         mem = Memory(gpu)
         ksample(points[-1].model, m, steps=2, cfg=cfg)  # warm-up
         t_start = time.perf_counter()
-        with tqdm(total=len(points) * args.repeats, desc="sweep", unit="run", file=sys.stderr) as bar:
+        # the uncached run opens and closes each round: a load change during the round hits the reference too
+        order = [*points, points[0]]
+        with tqdm(total=len(order) * args.repeats, desc="sweep", unit="run", file=sys.stderr) as bar:
             for rep in range(args.repeats):
-                for p in points:
+                for p in order:
                     bar.set_postfix_str(f"{p.key} {'' if p.value is None else p.value}")
                     run_log.clear()
                     catcher.matches.clear()
                     mem.reset()
-                    t0 = time.perf_counter()
+                    t0, c0 = time.perf_counter(), time.process_time()
                     out = ksample(p.model, m, steps=args.steps, cfg=cfg)
                     if gpu:
                         torch.cuda.synchronize()
                     wall = time.perf_counter() - t0
+                    p.cpu_s = min(p.cpu_s, time.process_time() - c0)
                     if rep == 0:
                         p.peak_mb = mem.peak_mb()
                         p.latent = out.float().cpu()
@@ -352,7 +366,8 @@ def main() -> None:
         rows.append({
             "method": p.key, "label": p.label, "reference": p.reference, "knob": p.knob,
             "value": "" if p.value is None else p.value, "wall_s": round(p.wall_s, 3),
-            "speedup": round(ref.wall_s / p.wall_s, 3), "calls": p.calls, "computed": p.calls - p.skipped,
+            "speedup": round(ref.wall_s / p.wall_s, 3), "cpu_s": round(p.cpu_s, 3),
+            "cpu_speedup": round(ref.cpu_s / p.cpu_s, 3), "calls": p.calls, "computed": p.calls - p.skipped,
             "skipped": p.skipped, "ideal_speedup": round(p.calls / max(p.calls - p.skipped, 1), 3),
             "psnr_db": q if math.isinf(q) else round(q, 2), "ssim": round(ssim(p.latent, ref.latent), 4),
             "peak_mem_mb": round(p.peak_mb, 1), "cache_mb": "" if p.cache_mb is None else round(p.cache_mb, 2),
@@ -364,7 +379,8 @@ def main() -> None:
         print(f"{r['label']:<30} {knob:>22} {r['wall_s']:6.2f}s {r['speedup']:6.2f}x {r['ideal_speedup']:5.2f}x "
               f"{r['computed']:>4}/{r['calls']:<4} {_fmt_q(r['psnr_db']):>10} {r['ssim']:6.3f} {r['peak_mem_mb']:8.0f} "
               f"{'-' if r['cache_mb'] == '' else format(r['cache_mb'], '.1f'):>8}")
-    print(f"peak memory: {mem.kind}; cache MB: the cache's own tensors (dit-cache run record); {args.repeats} interleaved repeats per point, fastest kept; "
+    print(f"peak memory: {mem.kind}; cache MB: the cache's own tensors (dit-cache run record); "
+          f"{args.repeats} run(s) per point, interleaved, fastest kept (uncached: first and last of each round); "
           f"sweep {total:.0f} s")
 
     args.out.mkdir(parents=True, exist_ok=True)

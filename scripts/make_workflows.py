@@ -161,7 +161,7 @@ def flux_magcache() -> Workflow:
                    outputs=(("CONDITIONING", C),))
     wf.link(pos_t, 0, guid, "conditioning")
     latent = wf.node("EmptySD3LatentImage", [1024, 1024, 1], (780, 540), (300, 106), outputs=(("LATENT", L),))
-    calib = cache_node(wf, "DitCache.MagCacheCalibrate", ["magcache_flux"], model, (340, 60), size=(320, 82),
+    calib = cache_node(wf, "DitCache.MagCacheCalibrate", ["flux-dev"], model, (340, 60), size=(320, 82),
                        title="1. MagCache Calibrate (run once, then mute this branch)")
     apply_ = cache_node(wf, "DitCache.ApplyMagCache", ["preset: flux_dev", 0.12, 3, 0.2, 0.0, 1.0, "schedule"],
                         model, (340, 200), title="2. Apply MagCache (pick your calibration file)")
@@ -173,7 +173,7 @@ def flux_magcache() -> Workflow:
     decode_save(wf, s2, vae, (1940, 60), "flux-magcache")
     wf.note("Flux.1-dev with MagCache calibrated on your own model (dit-cache).\n\nFiles to download "
             f"(ComfyUI/models/...):\n{FLUX_FILES}\n\n1. Queue once. The upper branch runs the full model through "
-            "'MagCache Calibrate' and saves the measured ratios to models/magcache/magcache_flux_flux_28steps_"
+            "'MagCache Calibrate' and saves the measured ratios to models/magcache/flux-dev_flux_28steps_"
             "<fingerprint>_00001.safetensors (the node shows the folder; the curve is drawn on the node). The lower "
             "branch meanwhile uses the built-in 'preset: flux_dev' ratios (published for FLUX.1-dev, 28 steps).\n"
             "2. In 'Apply MagCache' pick your file in 'calibration' (the list is read afresh when the page "

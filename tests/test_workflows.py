@@ -133,12 +133,12 @@ def _run(server: Server, object_info: dict, wf: dict, family: str) -> tuple[dict
 
 
 def _cleanup_calibrations(server: Server, offset: int) -> list[Path]:
-    """Calibration files this test's runs wrote (into the host ComfyUI's models/magcache): removed."""
+    """Calibration files this test's runs wrote (into the host ComfyUI's models/magcache): removed. The folder
+    stays: ComfyUI's cached file lists raise FileNotFoundError for a listed folder that disappeared while the
+    server runs (later prompts with Apply MagCache would fail validation)."""
     created = [Path(p.strip()) for p in SAVED.findall(server.log()[offset:])]
     for p in created:
         p.unlink(missing_ok=True)
-        if p.parent.is_dir() and not any(p.parent.iterdir()):
-            p.parent.rmdir()
     return created
 
 

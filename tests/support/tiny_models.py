@@ -63,7 +63,7 @@ FAMILIES: dict[str, dict[str, FamilySpec]] = {
             latent=(16, 48, 48), context=(64, 256), pooled=128, guidance=3.5,
             time_embed_in=("time_in.in_layer.weight",),
         ),
-        # ~0.5 B parameters, 64x64 latent (512 px): the GPU benchmark size (bench/sweep.py --size large)
+        # ~0.55 B parameters, 64x64 latent (512 px): the GPU benchmark size (bench/sweep.py --size large)
         "large": FamilySpec(
             "Flux",
             dict(image_model="flux", in_channels=16, out_channels=16, vec_in_dim=256, context_in_dim=1024,
