@@ -1,4 +1,5 @@
-"""Attention-level caching (PAB, FasterCache): reuse or extrapolate individual attention outputs.
+"""Attention- and component-level caching (PAB, FasterCache, SmoothCache): reuse, extrapolate or schedule the
+outputs of individual attention computations and feed-forward modules inside the blocks.
 
 A host creates one :class:`AttentionCacheRunner` per sampling run and drives it like the block runner
 (:class:`~cache_core.runner.BlockCacheRunner`): :meth:`begin_call` / :meth:`end_call` around each model call,
@@ -10,6 +11,9 @@ which kind ("spatial" self/joint attention, "cross" attention to the text, "temp
 Each CFG stream keeps one state per attention site (segment, block, slot) and its own call count. When a call
 batches several streams, the site reuses its cache only if every stream may (one attention computation serves
 the whole batch); the output is split per stream afterwards, so streams and samples never mix.
+
+Feed-forward modules are sites too (kind ``"ffn"``): hosts hook the modules the layout names
+(``Segment.ffn``) and call :meth:`AttentionCacheRunner.attention` with that kind and slot ``FFN_SLOT + j``.
 """
 from __future__ import annotations
 
@@ -28,6 +32,9 @@ from .stats import CallRecord, RunStats
 log = logging.getLogger("dit_cache")
 
 KINDS = ("spatial", "temporal", "cross")
+FFN = "ffn"  # feed-forward modules as sites (component-level methods)
+COMPONENT_KINDS = KINDS + (FFN,)
+FFN_SLOT = 1000  # slot of a block's j-th feed-forward module: FFN_SLOT + j (attention slots count from 0)
 
 
 @dataclass(frozen=True)
@@ -38,6 +45,7 @@ class SiteCall:
     call_index: int  # calls of this stream so far in the run
     in_window: bool  # the call's sigma lies in this kind's schedule window
     cond_only: bool  # no unconditional branch is computed in this call (CFG off, or its uncond was rebuilt)
+    steps: int | None = None  # steps of the run (from the host's sigma schedule), None if unknown
 
 
 class AttentionPolicy:
@@ -48,6 +56,7 @@ class AttentionPolicy:
     """
 
     name: str = "attention"
+    part: str = "attention"  # what the statistics call the reused computations ("reused X/Y <part> ...")
     threshold: float = 0.0
     # rebuilds the unconditional CFG branch on some steps (FasterCache); the host then calls new_uncond_state
     uncond_reuse: bool = False
@@ -81,6 +90,9 @@ class AttentionPolicy:
 
     def settings(self) -> dict[str, Any]:
         return {}
+
+    def finish_run(self, streams: list[tuple[str, dict]], completed: bool) -> None:
+        """End of a run: each stream's (label, {site: states}) in first-seen order (a calibration saves here)."""
 
 
 class _Stream:
@@ -157,7 +169,7 @@ class AttentionCacheRunner:
                 reason="attention" if reused else "computed",
             ))
             st.calls += 1
-            self.stats.count("attention", reused, total)
+            self.stats.count(self.policy.part, reused, total)
         self.stats.add_call(records, False, wall_s)
         self.stats.cache_bytes = max(self.stats.cache_bytes, self.cache_bytes())
 
@@ -206,7 +218,8 @@ class AttentionCacheRunner:
         window = self.windows.get(kind, SigmaWindow())
         key = (segment, index, slot)
         cond_only = not self.cfg_active or self.uncond_dropped
-        sites = [(st.sites.get(key), SiteCall(kind, st.calls, window.contains(call.info.sigma), cond_only))
+        inside = window.contains(call.info.sigma)
+        sites = [(st.sites.get(key), SiteCall(kind, st.calls, inside, cond_only, self.run.steps))
                  for st in call.streams]
         reuse = all(states is not None and all(self.policy.reuse(s, sc) for s in states) for states, sc in sites)
         if reuse:
@@ -243,7 +256,8 @@ class AttentionCacheRunner:
         return [s.label for s in self._streams.values()]
 
     def finish(self, completed: bool) -> None:
-        """End of the run (nothing to hand over: attention caches live only inside a run)."""
+        """End of the run: the policy sees every stream's sites (caches themselves live only inside a run)."""
+        self.policy.finish_run(self.stream_states(), completed)
 
     def describe(self) -> dict[str, Any]:
         return {"total_blocks": self.total_blocks, "attention_calls": self.attention_seen}

@@ -20,7 +20,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
+from typing import Any, Iterable
 
 import torch
 
@@ -88,34 +88,24 @@ def _check_ratios(where: str, ratios: dict[str, list[float]]) -> None:
             raise CalibrationError(f"{where}: stream {label!r} has non-finite or non-positive ratios")
 
 
-def save(path: str | os.PathLike, cal: Calibration) -> Path:
-    """Write ``cal`` to ``path`` (a new file; parent folders are created)."""
+def write_file(path: str | os.PathLike, tensors: dict[str, torch.Tensor], meta: dict[str, str]) -> Path:
+    """Write a calibration ``.safetensors`` file atomically (parent folders are created)."""
     from safetensors.torch import save_file
 
-    _check_ratios(str(path), cal.ratios)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tensors = {f"ratios.{k}": torch.tensor(v, dtype=torch.float32) for k, v in cal.ratios.items()}
-    if cal.sigmas:
-        tensors["sigmas"] = torch.tensor(cal.sigmas, dtype=torch.float32)
-    meta = {
-        "format": FORMAT, "family": cal.family, "model_class": cal.model_class, "block_hash": cal.block_hash,
-        "weights_hint": cal.weights_hint, "steps": str(cal.steps), "sampler": cal.sampler,
-        "scheduler": cal.scheduler, "date": cal.date or utc_now(), "pack_version": cal.pack_version or pack_version(),
-        "source": cal.source, "streams": ",".join(cal.ratios),
-    }
     tmp = path.with_name(path.name + ".part")
     save_file(tensors, str(tmp), metadata=meta)
     os.replace(tmp, path)  # never leave a half-written calibration under the final name
     return path
 
 
-def load(path: str | os.PathLike) -> Calibration:
-    """Read and validate a calibration file; any problem raises :class:`CalibrationError` naming the file."""
+def read_file(path: str | os.PathLike, where: str, fmt: str, what: str) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
+    """Metadata and tensors of a calibration file of format ``fmt``; CalibrationError (``where`` first) if the
+    file is missing, unreadable, of another format or names no model family."""
     from safetensors import safe_open
 
     path = Path(path)
-    where = f"MagCache calibration file '{path}'"
     if not path.is_file():
         raise CalibrationError(f"{where} does not exist")
     try:
@@ -124,20 +114,63 @@ def load(path: str | os.PathLike) -> Calibration:
             tensors = {k: f.get_tensor(k) for k in f.keys()}
     except Exception as e:  # safetensors raises its own error types for truncated/corrupt headers
         raise CalibrationError(f"{where} is corrupt or truncated ({type(e).__name__}: {e})") from e
-    if meta.get("format") != FORMAT:
-        raise CalibrationError(f"{where} is not a dit-cache MagCache calibration (format {meta.get('format')!r})")
+    if meta.get("format") != fmt:
+        raise CalibrationError(f"{where} is not a dit-cache {what} calibration (format {meta.get('format')!r})")
+    if not meta.get("family"):
+        raise CalibrationError(f"{where}: metadata has no model family")
+    return meta, tensors
+
+
+def file_format(path: str | os.PathLike) -> str | None:
+    """The ``format`` metadata of a ``.safetensors`` file (None if unreadable): reads the header only."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return (f.metadata() or {}).get("format")
+    except Exception:
+        return None
+
+
+def model_meta(family: str, model_class: str, block_hash: str, weights_hint: str, steps: int, sampler: str,
+               scheduler: str, date: str, version: str, source: str) -> dict[str, str]:
+    """The metadata every calibration file carries about its model and run."""
+    return {"family": family, "model_class": model_class, "block_hash": block_hash, "weights_hint": weights_hint,
+            "steps": str(steps), "sampler": sampler, "scheduler": scheduler, "date": date or utc_now(),
+            "pack_version": version or pack_version(), "source": source}
+
+
+def meta_steps(meta: dict[str, str], where: str) -> int:
+    try:
+        return int(meta.get("steps", ""))
+    except ValueError:
+        raise CalibrationError(f"{where}: metadata 'steps' is {meta.get('steps')!r}") from None
+
+
+def save(path: str | os.PathLike, cal: Calibration) -> Path:
+    """Write ``cal`` to ``path`` (a new file; parent folders are created)."""
+    _check_ratios(str(path), cal.ratios)
+    tensors = {f"ratios.{k}": torch.tensor(v, dtype=torch.float32) for k, v in cal.ratios.items()}
+    if cal.sigmas:
+        tensors["sigmas"] = torch.tensor(cal.sigmas, dtype=torch.float32)
+    meta = {"format": FORMAT, **model_meta(cal.family, cal.model_class, cal.block_hash, cal.weights_hint, cal.steps,
+                                           cal.sampler, cal.scheduler, cal.date, cal.pack_version, cal.source),
+            "streams": ",".join(cal.ratios)}
+    return write_file(path, tensors, meta)
+
+
+def load(path: str | os.PathLike) -> Calibration:
+    """Read and validate a calibration file; any problem raises :class:`CalibrationError` naming the file."""
+    path = Path(path)
+    where = f"MagCache calibration file '{path}'"
+    meta, tensors = read_file(path, where, FORMAT, "MagCache")
     ratios = {k[len("ratios."):]: t.float().tolist() for k, t in tensors.items()
               if k.startswith("ratios.") and t.ndim == 1}
     _check_ratios(where, ratios)
-    try:
-        steps = int(meta.get("steps", ""))
-    except ValueError:
-        raise CalibrationError(f"{where}: metadata 'steps' is {meta.get('steps')!r}") from None
+    steps = meta_steps(meta, where)
     if any(len(v) != steps for v in ratios.values()):
         raise CalibrationError(f"{where}: ratio curves of lengths {[len(v) for v in ratios.values()]} "
                                f"do not match steps={steps}")
-    if not meta.get("family"):
-        raise CalibrationError(f"{where}: metadata has no model family")
     sigmas = tensors["sigmas"].float().tolist() if "sigmas" in tensors else []
     return Calibration(
         ratios=ratios, family=meta["family"], steps=steps, model_class=meta.get("model_class", ""),
@@ -170,12 +203,13 @@ def load_preset(name: str) -> Calibration:
                        source=data.get("source", ""), name=PRESET_PREFIX + name)
 
 
-def check_model(cal: Calibration, family: str, block_hash: str) -> None:
-    """Raise ValueError (before sampling) if ``cal`` was made for another model family or block shapes."""
+def check_model(cal: Any, family: str, block_hash: str, method: str = "MagCache") -> None:
+    """Raise ValueError (before sampling) if calibration ``cal`` (with ``name``, ``family``, ``model_class``,
+    ``block_hash``) was made for another model family or block shapes."""
     if cal.family != family:
-        raise CalibrationError(f"MagCache: '{cal.name}' was calibrated for a {cal.family} model, this model is "
-                               f"{family}. Pick a calibration of this family or run MagCache Calibrate.")
+        raise CalibrationError(f"{method}: '{cal.name}' was calibrated for a {cal.family} model, this model is "
+                               f"{family}. Pick a calibration of this family or run {method} Calibrate.")
     if cal.block_hash and cal.block_hash != block_hash:
-        raise CalibrationError(f"MagCache: '{cal.name}' was calibrated on a {cal.model_class or cal.family} model "
+        raise CalibrationError(f"{method}: '{cal.name}' was calibrated on a {cal.model_class or cal.family} model "
                                f"with other block shapes (hash {cal.block_hash}, this model {block_hash}). "
-                               f"Run MagCache Calibrate on this model.")
+                               f"Run {method} Calibrate on this model.")

@@ -36,6 +36,10 @@ class Segment:
     # diffusers host: (module attribute, kind) pairs naming the block's attention modules.
     attention: tuple[str, ...] = ()
     attention_modules: tuple[tuple[str, str], ...] = ()
+    # Component-level caching (SmoothCache): dotted paths, inside one block, of its feed-forward modules (each
+    # is hooked as an "ffn" component; a block lacking a path, e.g. SD3's last context block, has none there).
+    # Empty where the block fuses its MLP with the attention projections (Flux single blocks).
+    ffn: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -63,7 +67,7 @@ _SELF = ("spatial",)  # one self/joint attention per block
 _SELF_CROSS = ("spatial", "cross")  # self-attention, then cross-attention to the text
 
 _DOUBLE_SINGLE = (
-    Segment("double_block", "double_blocks", ("img", "txt"), attention=_SELF),
+    Segment("double_block", "double_blocks", ("img", "txt"), attention=_SELF, ffn=("img_mlp", "txt_mlp")),
     Segment("single_block", "single_blocks", ("img",), hidden_tokens="last", attention=_SELF),
 )
 
@@ -84,16 +88,19 @@ COMFY_LAYOUTS: tuple[BlockLayout, ...] = (
     # joint_blocks patched as "double_block" with img/txt; the last block's context is pre-only and returns
     # txt=None (the host glue passes such a stream through). One segment, no join.
     BlockLayout("sd3", ("OpenAISignatureMMDITWrapper", "comfy.ldm.modules.diffusionmodules.mmdit.MMDiT"),
-                (Segment("double_block", "joint_blocks", ("img", "txt"), attention=_SELF),)),
+                (Segment("double_block", "joint_blocks", ("img", "txt"), attention=_SELF,
+                         ffn=("x_block.mlp", "context_block.mlp")),)),
     # AuraFlow (comfy.ldm.aura.mmdit.MMDiT): double_layers return (c, x); then cx = cat(c, x) feeds the
     # single_layers (their "img" is the joint sequence).
     BlockLayout("auraflow", ("comfy.ldm.aura.mmdit.MMDiT",),
-                (Segment("double_block", "double_layers", ("img", "txt"), attention=_SELF),
-                 Segment("single_block", "single_layers", ("img",), hidden_tokens="last", attention=_SELF))),
+                (Segment("double_block", "double_layers", ("img", "txt"), attention=_SELF, ffn=("mlpX", "mlpC")),
+                 Segment("single_block", "single_layers", ("img",), hidden_tokens="last", attention=_SELF,
+                         ffn=("mlp",)))),
     # Wan 2.1 / 2.2 T2V, I2V (36 channels in: noise + mask + image latent, concatenated before patch
     # embedding), FLF, VACE (VaceWanModel), Camera: one segment, img only (text is cross-attention input).
     # VACE adds its hints to img between blocks, outside the block calls.
-    BlockLayout("wan", ("WanModel",), (Segment("double_block", "blocks", ("img",), attention=_SELF_CROSS),),
+    BlockLayout("wan", ("WanModel",),
+                (Segment("double_block", "blocks", ("img",), attention=_SELF_CROSS, ffn=("ffn",)),),
                 signal="vec"),
     # HunyuanVideo 1.0 / 1.5, HunyuanImage 2.1 (comfy.ldm.hunyuan_video.model.HunyuanVideo): as Flux but the
     # join is img = cat(img, txt).
@@ -101,12 +108,15 @@ COMFY_LAYOUTS: tuple[BlockLayout, ...] = (
                 (_DOUBLE_SINGLE[0],
                  Segment("single_block", "single_blocks", ("img",), hidden_tokens="first", attention=_SELF))),
     # LTXV (comfy.ldm.lightricks.model.LTXVModel): transformer_blocks return img only.
-    BlockLayout("ltxv", ("LTXVModel",), (Segment("double_block", "transformer_blocks", ("img",), attention=_SELF_CROSS),)),
+    BlockLayout("ltxv", ("LTXVModel",),
+                (Segment("double_block", "transformer_blocks", ("img",), attention=_SELF_CROSS, ffn=("ff",)),)),
     # Mochi (comfy.ldm.genmo...AsymmDiTJoint): blocks return (img, txt); the last block does not update txt.
-    BlockLayout("mochi", ("AsymmDiTJoint",), (Segment("double_block", "blocks", ("img", "txt"), attention=_SELF),)),
+    BlockLayout("mochi", ("AsymmDiTJoint",),
+                (Segment("double_block", "blocks", ("img", "txt"), attention=_SELF, ffn=("mlp_x", "mlp_y")),)),
     # Qwen-Image / Qwen-Image-Edit (edit reference latents are concatenated to img before the blocks).
     BlockLayout("qwen_image", ("QwenImageTransformer2DModel",),
-                (Segment("double_block", "transformer_blocks", ("img", "txt"), attention=_SELF),),
+                (Segment("double_block", "transformer_blocks", ("img", "txt"), attention=_SELF,
+                         ffn=("img_mlp", "txt_mlp")),),
                 signal="qwen_img_mod"),
     # Families whose forward has no patches_replace["dit"]: the block ModuleList is swapped through
     # ModelPatcher.add_object_patch for one whose iteration yields proxies; ``inputs`` names each stream's
@@ -116,19 +126,22 @@ COMFY_LAYOUTS: tuple[BlockLayout, ...] = (
     # and each single block gets cat(img, llama layer k), the host cuts the appended part off afterwards.
     BlockLayout("hidream", ("HiDreamImageTransformer2DModel",),
                 (Segment("double_stream", "double_stream_blocks", ("img", "txt"),
-                         inputs={"img": "image_tokens", "txt": "text_tokens"}, returns=("img", "txt"), attention=_SELF),
+                         inputs={"img": "image_tokens", "txt": "text_tokens"}, returns=("img", "txt"), attention=_SELF,
+                         ffn=("block.ff_i", "block.ff_t")),
                  Segment("single_stream", "single_stream_blocks", ("img",),
-                         inputs={"img": "image_tokens"}, returns=("img",), hidden_tokens="first", attention=_SELF)),
+                         inputs={"img": "image_tokens"}, returns=("img",), hidden_tokens="first", attention=_SELF,
+                         ffn=("block.ff_i",))),
                 mechanism="object_patch"),
     # Lumina 2 / Z-Image (comfy.ldm.lumina.model.NextDiT): the refiners run first (not cached), then
     # ``layers`` over the joint caption+image sequence x.
     BlockLayout("lumina2", ("NextDiT",),
-                (Segment("layer", "layers", ("img",), inputs={"img": "x"}, returns=("img",), attention=_SELF),),
+                (Segment("layer", "layers", ("img",), inputs={"img": "x"}, returns=("img",), attention=_SELF,
+                         ffn=("feed_forward",)),),
                 mechanism="object_patch"),
     # Cosmos Predict2 (comfy.ldm.cosmos.predict2.MiniTrainDIT): blocks(x_B_T_H_W_D, ...) -> x.
     BlockLayout("cosmos_predict2", ("MiniTrainDIT",),
                 (Segment("block", "blocks", ("img",), inputs={"img": "x_B_T_H_W_D"}, returns=("img",),
-                         attention=_SELF_CROSS),),
+                         attention=_SELF_CROSS, ffn=("mlp",)),),
                 mechanism="object_patch"),
 )
 

@@ -9,11 +9,13 @@ from .fastercache_node import ApplyFasterCache
 from .fbc_node import ApplyFirstBlockCache
 from .magcache_nodes import ApplyMagCache, MagCacheCalibrate
 from .pab_node import PABConfigNode
+from .smoothcache_nodes import ApplySmoothCache, SmoothCacheCalibrate
 from .taylorseer_node import ApplyTaylorSeer
 from .teacache_node import ApplyTeaCache
 
 NODES: list[type[io.ComfyNode]] = [ApplyFirstBlockCache, ApplyMagCache, MagCacheCalibrate, ApplyTeaCache,
-                                   ApplyDBCache, ApplyTaylorSeer, ApplyAdaptiveCache, PABConfigNode, ApplyFasterCache]
+                                   ApplyDBCache, ApplyTaylorSeer, ApplyAdaptiveCache, PABConfigNode, ApplyFasterCache,
+                                   SmoothCacheCalibrate, ApplySmoothCache]
 
 
 class DitCacheExtension(ComfyExtension):

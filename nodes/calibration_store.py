@@ -1,5 +1,7 @@
-"""Where MagCache calibrations live in ComfyUI: a ``magcache`` model folder registered with ``folder_paths``.
+"""Where calibrations live in ComfyUI: a ``magcache`` model folder registered with ``folder_paths``.
 
+MagCache and SmoothCache calibrations share it; each node lists the files of its own format (read from the
+file header). 
 Default: ``<ComfyUI>/models/magcache``. An ``extra_model_paths.yaml`` entry ``magcache: <path>`` (read by
 ComfyUI before custom nodes load) comes first, so new calibrations are saved there. The "Apply MagCache"
 dropdown lists the built-in presets (``preset: <name>``) and every ``.safetensors`` file of the folder(s),
@@ -17,6 +19,7 @@ from typing import Any
 import folder_paths
 
 from ..cache_core import calibration as cal_io
+from ..cache_core import smoothcache_calibration as smooth_io
 from ..cache_core.layout import COMFY_LAYOUTS, BlockLayout, layout_for_module
 
 log = logging.getLogger("dit_cache")
@@ -40,8 +43,7 @@ def save_dir() -> Path:
     return Path(folder_paths.get_folder_paths(FOLDER)[0])
 
 
-def choices() -> list[str]:
-    """Dropdown entries: presets first, then saved calibration files (relative names)."""
+def _files() -> list[str]:
     register()
     try:
         listed = folder_paths.get_filename_list(FOLDER)
@@ -49,20 +51,47 @@ def choices() -> list[str]:
         # a calibration folder was removed while ComfyUI runs: its cached listing points at it; list afresh
         getattr(folder_paths, "filename_list_cache", {}).pop(FOLDER, None)
         listed = folder_paths.get_filename_list(FOLDER)
-    files = [f for f in listed if f.endswith(EXTENSION)]
+    return [f for f in listed if f.endswith(EXTENSION)]
+
+
+def _format_of(name: str) -> str | None:
+    path = folder_paths.get_full_path(FOLDER, name)
+    return cal_io.file_format(path) if path else None
+
+
+def choices() -> list[str]:
+    """MagCache dropdown entries: presets first, then saved files that are not another method's calibration
+    (unreadable files stay listed, so picking one gives an error naming it)."""
+    files = [f for f in _files() if _format_of(f) != smooth_io.FORMAT]
     return [cal_io.PRESET_PREFIX + n for n in cal_io.preset_names()] + files
+
+
+def smooth_choices() -> list[str]:
+    """SmoothCache dropdown entries: the saved SmoothCache calibrations."""
+    return [f for f in _files() if _format_of(f) == smooth_io.FORMAT]
+
+
+def resolve_smooth(choice: str) -> smooth_io.SmoothCalibration:
+    """The SmoothCache calibration a dropdown entry names; CalibrationError names the file if unusable."""
+    cal = smooth_io.load(_full_path(choice, "SmoothCache"))
+    cal.name = choice
+    return cal
+
+
+def _full_path(choice: str, method: str) -> str:
+    register()
+    path = folder_paths.get_full_path(FOLDER, choice)
+    if path is None:
+        raise cal_io.CalibrationError(f"{method} calibration file '{choice}' is not in "
+                                      f"{', '.join(folder_paths.get_folder_paths(FOLDER))}")
+    return path
 
 
 def resolve(choice: str) -> cal_io.Calibration:
     """The calibration a dropdown entry names; CalibrationError (a ValueError) names the file if unusable."""
     if choice.startswith(cal_io.PRESET_PREFIX):
         return cal_io.load_preset(choice[len(cal_io.PRESET_PREFIX):])
-    register()
-    path = folder_paths.get_full_path(FOLDER, choice)
-    if path is None:
-        raise cal_io.CalibrationError(f"MagCache calibration file '{choice}' is not in "
-                                      f"{', '.join(folder_paths.get_folder_paths(FOLDER))}")
-    cal = cal_io.load(path)
+    cal = cal_io.load(_full_path(choice, "MagCache"))
     cal.name = choice
     return cal
 
@@ -91,7 +120,7 @@ def identify(model: Any) -> ModelIdentity | None:
 def new_file_path(prefix: str, family: str, steps: int, hint: str) -> Path:
     """A free file name ``<prefix>_<family>_<steps>steps_<weights hint>_<counter>.safetensors``: two models
     of one family (Wan 2.2 high/low noise) differ in the hint, repeated runs in the counter."""
-    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", prefix).strip("._") or "magcache"
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", prefix).strip("._") or "calibration"
     folder = save_dir()
     stem = f"{safe}_{family}_{steps}steps_{hint}"
     n = 1

@@ -12,6 +12,7 @@ an interrupted run never share or leave state behind.
 """
 from __future__ import annotations
 
+import contextvars
 import inspect
 import logging
 import time
@@ -22,7 +23,7 @@ import comfy.model_patcher
 import torch
 from comfy.patcher_extension import WrappersMP
 
-from ..cache_core.attention import AttentionCacheRunner, AttentionPolicy
+from ..cache_core.attention import FFN, FFN_SLOT, AttentionCacheRunner, AttentionPolicy
 from ..cache_core.config import CacheWindow, SigmaWindow
 from ..cache_core.layout import COMFY_LAYOUTS, BlockLayout, Segment, layout_for_module
 from ..cache_core.policy import Policy, RunInfo
@@ -36,6 +37,8 @@ log = logging.getLogger("dit_cache")
 SPEC_KEY = "dit_cache"  # transformer_options entry holding the CacheSpec of a patched model
 RUN_KEY = "dit_cache_run"  # transformer_options entry holding the current run's BlockCacheRunner
 WRAPPER_KEY = "dit_cache"
+# (spec id, runner) of the model call running now: feed-forward proxies get no transformer_options
+_ACTIVE: contextvars.ContextVar[tuple[str, Any] | None] = contextvars.ContextVar("dit_cache_active", default=None)
 
 
 class CacheSpec:
@@ -104,6 +107,8 @@ def apply_cache(model: Any, policy: Policy | AttentionPolicy, node_label: str, n
                 m.set_model_patch_replace(_block_patch(s, i, seg.outputs, prev, sig), "dit", seg.kind, i)
     if isinstance(policy, AttentionPolicy):
         _attach_attention(m, policy)
+        if FFN in policy.kinds():
+            _attach_ffn(m, dm, layout, spec.id)
     m.add_wrapper_with_key(WrappersMP.OUTER_SAMPLE, WRAPPER_KEY, _outer_sample_wrapper)
     # APPLY_MODEL (BaseModel.apply_model, every family) rather than DIFFUSION_MODEL, which some forwards of
     # ComfyUI 0.3.75 (SD3's MMDiT, Mochi) do not run their wrappers for
@@ -224,6 +229,49 @@ def _attach_attention(m: Any, policy: AttentionPolicy) -> None:
         m.add_wrapper_with_key(WrappersMP.CALC_COND_BATCH, WRAPPER_KEY, calc_cond_batch_wrapper)
 
 
+class _FeedForwardProxy(torch.nn.Module):
+    """Stands in for one feed-forward module of one block (through ``add_object_patch``, undone by ComfyUI on
+    unpatch) and routes its call through the current run's runner as an "ffn" site.
+
+    It shares the wrapped module's parameter, buffer and submodule tables, so every weight keeps its name
+    (``blocks.3.ffn.0.weight``) for LoRA patching, casting and offloading, and the wrapped module itself is
+    deliberately not a submodule (no second path to the same weights).
+    """
+
+    def __init__(self, module: torch.nn.Module, slot: int, spec_id: str) -> None:
+        super().__init__()
+        object.__setattr__(self, "_dit_cache_inner", module)
+        self._parameters = module._parameters
+        self._buffers = module._buffers
+        self._modules = module._modules
+        self.slot, self.spec_id = slot, spec_id
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        inner = self._dit_cache_inner
+        active = _ACTIVE.get()
+        if active is None or active[0] != self.spec_id or not isinstance(active[1], AttentionCacheRunner):
+            return inner(*args, **kwargs)
+        return active[1].attention(lambda: inner(*args, **kwargs), kind=FFN, slot=self.slot)
+
+
+def _attach_ffn(m: Any, dm: Any, layout: BlockLayout, spec_id: str) -> None:
+    """Object-patch every feed-forward module the layout names (``Segment.ffn``) with a proxy."""
+    import comfy.utils
+
+    for seg in layout.segments:
+        for i in range(len(getattr(dm, seg.attr))):
+            for j, path in enumerate(seg.ffn):
+                key = f"diffusion_model.{seg.attr}.{i}.{path}"
+                try:
+                    module = m.get_model_object(key)
+                except AttributeError:
+                    continue  # this block has no such module (e.g. SD3's last context block)
+                while isinstance(module, _FeedForwardProxy):  # the model is still patched by an earlier clone
+                    module = module._dit_cache_inner
+                if isinstance(module, torch.nn.Module):
+                    m.add_object_patch(key, _FeedForwardProxy(module, FFN_SLOT + j, spec_id))
+
+
 def _make_runner(spec: CacheSpec, stats: RunStats, model_sampling: Any, run_info: RunInfo) -> Any:
     policy = spec.policy
     if isinstance(policy, AttentionPolicy):
@@ -292,12 +340,16 @@ def _model_call_wrapper(executor: Any, *args: Any, **kwargs: Any) -> Any:
     n_chunks = len(t_opts.get("cond_or_uncond") or [0])
     runner.begin_call(CallInfo(_stream_labels(t_opts, n_chunks), sigma))
     first_record = len(runner.stats.records)
+    spec = t_opts.get(SPEC_KEY)
+    token = _ACTIVE.set((spec.id if spec is not None else "", runner))
     t0 = time.perf_counter()
     try:
         out = executor(*args, **kwargs)
     except BaseException:
         runner.abort_call()
         raise
+    finally:
+        _ACTIVE.reset(token)
     runner.end_call(time.perf_counter() - t0)
-    stats_server.publish_step(t_opts.get(SPEC_KEY), runner.stats, first_record)  # live panel; no-op without a page
+    stats_server.publish_step(spec, runner.stats, first_record)  # live panel; no-op without a page
     return out

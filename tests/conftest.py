@@ -35,3 +35,17 @@ def one_thread():
 def _clear_run_log():
     PACK.nodes.run_log.clear()
     yield
+
+
+@pytest.fixture()
+def store(tmp_path):
+    """Calibrations (MagCache, SmoothCache) go to a temporary folder placed first in folder_paths' "magcache"
+    entry; removed from it afterwards."""
+    import folder_paths
+
+    calibration_store = PACK.nodes.calibration_store
+    calibration_store.register()
+    paths = folder_paths.folder_names_and_paths[calibration_store.FOLDER][0]
+    paths.insert(0, str(tmp_path))
+    yield tmp_path
+    paths.remove(str(tmp_path))

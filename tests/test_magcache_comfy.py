@@ -19,18 +19,6 @@ log = logging.getLogger("dit_cache.tests")
 CFG = {"flux": 1.0, "wan21": 4.0, "qwen_image": 4.0}
 
 
-@pytest.fixture()
-def store(tmp_path):
-    """Calibrations go to a temporary folder placed first in folder_paths' "magcache" entry."""
-    import folder_paths
-
-    calibration_store.register()
-    paths = folder_paths.folder_names_and_paths[calibration_store.FOLDER][0]
-    paths.insert(0, str(tmp_path))
-    yield tmp_path
-    paths.remove(str(tmp_path))
-
-
 def apply_mag(model, calibration, threshold=0.2, k=3, retention=0.2, start=0.0, end=1.0, interp="schedule"):
     return ApplyMagCache.execute(model, calibration, threshold, k, retention, start, end, interp).result[0]
 
