@@ -35,6 +35,7 @@ class Result:
     calls: int
     skipped: int
     latent: torch.Tensor
+    ideal: float | None = None  # component-level methods: cost-weighted (see component_ideal)
 
     @property
     def computed(self) -> int:
@@ -71,3 +72,57 @@ def row(r: Result, ref: Result) -> str:
     q_s = "identical" if q == float("inf") else f"{q:6.2f} dB"
     return (f"{r.label:<34} {r.wall_s:8.2f}s  computed {r.computed:3d}/{r.calls:<3d} skipped {r.skipped:3d}  "
             f"speedup {ref.wall_s / r.wall_s:5.2f}x  ideal {r.calls / max(r.computed, 1):5.2f}x  PSNR {q_s}")
+
+
+def component_shares(model: Any, tiny: Any, cfg: float, steps: int = 2) -> dict[str, float]:
+    """Share of an uncached run's wall time spent in attention cores (timed through ComfyUI's attention
+    override) and in the feed-forward modules the layout names (forward hooks), on a clone of ``model``."""
+    spent = {"attention": 0.0, "ffn": 0.0}
+    started: list[float] = []
+
+    def attention(func, *args, **kwargs):
+        t0 = time.perf_counter()
+        out = func(*args, **kwargs)
+        spent["attention"] += time.perf_counter() - t0
+        return out
+
+    m = model.clone()
+    m.model_options.setdefault("transformer_options", {})["optimized_attention_override"] = attention
+    dm = m.get_model_object("diffusion_model")
+    layout = PACK.cache_core.layout.layout_for_module(dm, PACK.cache_core.layout.COMFY_LAYOUTS)
+    handles = []
+    import comfy.utils
+
+    for seg in layout.segments:
+        blocks = getattr(dm, seg.attr)
+        for i in range(len(blocks)):
+            for path in seg.ffn:
+                try:
+                    module = comfy.utils.get_attr(blocks[i], path)
+                except AttributeError:
+                    continue
+                handles.append(module.register_forward_pre_hook(lambda *_: started.append(time.perf_counter())))
+                handles.append(module.register_forward_hook(
+                    lambda *_: spent.__setitem__("ffn", spent["ffn"] + time.perf_counter() - started.pop())))
+    try:
+        t0 = time.perf_counter()
+        ksample(m, tiny, steps=steps, cfg=cfg)
+        total = time.perf_counter() - t0
+    finally:
+        for h in handles:
+            h.remove()
+    return {k: v / total for k, v in spent.items()}
+
+
+def component_ideal(run: dict, shares: dict[str, float]) -> float:
+    """Ideal speedup of a component-level run: the uncached work over what was still computed, counting each
+    reused attention / feed-forward computation at its measured share (attention kinds share one figure)."""
+    by_kind = run.get("reuse_by_kind", {})
+    saved = 0.0
+    for part, kinds in (("attention", ("spatial", "temporal", "cross")), ("ffn", ("ffn",))):
+        reused = sum(by_kind.get(k, [0, 0])[0] for k in kinds)
+        total = sum(by_kind.get(k, [0, 0])[1] for k in kinds)
+        if total:
+            saved += shares[part] * reused / total
+    computed = (run["calls"] - run["skipped_calls"]) / run["calls"] if run["calls"] else 1.0
+    return 1.0 / max(computed - saved * computed, 1e-9)

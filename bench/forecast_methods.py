@@ -1,5 +1,9 @@
-"""DBCache, TaylorSeer and the adaptive cache against ComfyUI's built-in EasyCache node, on the medium
-(~100 M parameter) Flux-class model, all runs in one process.
+"""DBCache, TaylorSeer, the adaptive cache and SmoothCache against ComfyUI's built-in EasyCache node, on the
+medium (~100 M parameter) Flux-class model, all runs in one process.
+
+SmoothCache is calibrated on the model first (SmoothCache Calibrate + one full run, same steps, into a temporary
+calibration folder); its ideal speedup counts each reused attention / feed-forward computation at its measured
+share of an uncached run (bench/common.py component_ideal), since it never skips a whole model call.
 
 EasyCache is applied exactly as its node does (comfy_extras.nodes_easycache.EasyCacheNode.execute on the
 model; start 0.15, end 0.95 as its defaults). Its skipped calls are counted with a forward hook on the first
@@ -12,12 +16,14 @@ from __future__ import annotations
 import argparse
 import time
 
-from common import PACK, Result, ksample, psnr, run_log, tiny_models
+from common import PACK, Result, component_ideal, component_shares, ksample, psnr, run_log, tiny_models
 from metrics import ssim
 
 ApplyDBCache = PACK.nodes.dbcache_node.ApplyDBCache
 ApplyTaylorSeer = PACK.nodes.taylorseer_node.ApplyTaylorSeer
 ApplyAdaptiveCache = PACK.nodes.adaptive_node.ApplyAdaptiveCache
+ApplySmoothCache = PACK.nodes.smoothcache_nodes.ApplySmoothCache
+SHARES: dict[str, float] = {}  # attention / feed-forward shares of an uncached run (measured in main)
 
 
 def run_once(label: str, model, m, steps: int, kind: str) -> Result:
@@ -37,7 +43,8 @@ def run_once(label: str, model, m, steps: int, kind: str) -> Result:
             handle.remove()
     if kind == "ours":
         run = run_log.last()
-        return Result(label, wall, run["calls"], run["skipped_calls"], out)
+        ideal = component_ideal(run, SHARES) if run.get("reuse_by_kind") else None
+        return Result(label, wall, run["calls"], run["skipped_calls"], out, ideal)
     calls = steps  # cfg 1, euler: one model call per step
     return Result(label, wall, calls, calls - computed[0] if kind == "easycache" else 0, out)
 
@@ -46,7 +53,8 @@ def line(r: Result, ref: Result) -> str:
     q = psnr(r.latent, ref.latent)
     q_s = "     inf" if q == float("inf") else f"{q:6.2f}dB"
     return (f"{r.label:<44} {r.wall_s:7.2f}s  computed {r.computed:3d}/{r.calls:<3d} "
-            f"speedup {ref.wall_s / r.wall_s:5.2f}x  ideal {r.calls / max(r.computed, 1):5.2f}x  "
+            f"speedup {ref.wall_s / r.wall_s:5.2f}x  "
+            f"ideal {r.ideal if r.ideal is not None else r.calls / max(r.computed, 1):5.2f}x  "
             f"PSNR {q_s}  SSIM {ssim(r.latent, ref.latent):.4f}")
 
 
@@ -59,16 +67,22 @@ def main() -> None:
                     help="F<n>B<n>:threshold:taylorseer_order (warm-up 4 steps)")
     ap.add_argument("--taylorseer", nargs="+", default=["3:1", "4:1", "5:1"], help="cache_interval:max_order")
     ap.add_argument("--adaptive", type=float, nargs="+", default=[0.2, 0.4, 0.8], help="threshold values")
+    ap.add_argument("--smoothcache", type=float, nargs="+", default=[0.05, 0.1, 0.2],
+                    help="alpha values (one calibration, schedule rebuilt per alpha)")
     ap.add_argument("--repeats", type=int, default=2, help="runs per setting, interleaved; the fastest counts")
     args = ap.parse_args()
 
     import torch
     from comfy_extras.nodes_easycache import EasyCacheNode
 
+    from sweep import Context
+
     m = tiny_models.build("flux", args.size)
+    SHARES.update(component_shares(m.patcher, m, 1.0))
     print(f"Forecasting/adaptive caches vs ComfyUI EasyCache: Flux {args.size} "
           f"({tiny_models.parameter_count(m) / 1e6:.1f} M params), {args.steps} euler steps, torch "
-          f"{torch.__version__}, {torch.get_num_threads()} threads, CPU")
+          f"{torch.__version__}, {torch.get_num_threads()} threads, CPU; attention cores "
+          f"{SHARES['attention']:.0%}, feed-forward modules {SHARES['ffn']:.0%} of an uncached run")
     configs = [("uncached", m.patcher, "plain")]
     for t in args.easycache:
         configs.append((f"ComfyUI EasyCache reuse_threshold {t}",
@@ -85,7 +99,19 @@ def main() -> None:
     for t in args.adaptive:
         model = ApplyAdaptiveCache.execute(m.patcher, t, 0.15, 1.0, -1, 0).result[0]
         configs.append((f"Adaptive Cache threshold {t}", model, "ours"))
-    run_once("warm-up", configs[-1][1], m, 2, "ours")
+    ctx = Context(PACK, m, args.steps, 1.0)
+    try:
+        calibration = ctx.smoothcache_calibration() if args.smoothcache else ""
+        for a in args.smoothcache:
+            model = ApplySmoothCache.execute(m.patcher, calibration, a).result[0]
+            configs.append((f"SmoothCache alpha {a}", model, "ours"))
+        run_and_print(args, configs, m)
+    finally:
+        ctx.close()
+
+
+def run_and_print(args: argparse.Namespace, configs: list, m) -> None:
+    run_once("warm-up", configs[0][1], m, 2, "plain")
     best: dict[str, Result] = {}
     for _ in range(args.repeats):  # interleaved, so load from elsewhere on the machine hits all alike
         for label, model, kind in configs:

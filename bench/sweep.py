@@ -168,27 +168,35 @@ class Context:
 
     def __init__(self, pack: Any, tiny: Any, steps: int, cfg: float) -> None:
         self.pack, self.tiny, self.steps, self.cfg = pack, tiny, steps, cfg
-        self._calibration: str | None = None
+        self._calibrations: dict[str, str] = {}  # calibration run-log record name -> saved file
         self.tempdir: str | None = None
 
     def magcache_calibration(self) -> str:
         """Calibrate MagCache on the bench model (MagCache Calibrate + one full run, same steps) into a
         temporary calibration folder; the saved file's name, as Apply MagCache lists it."""
-        if self._calibration is None:
+        return self._calibrate(self.pack.nodes.magcache_nodes.MagCacheCalibrate, "MagCacheCalibrate")
+
+    def smoothcache_calibration(self) -> str:
+        """The same for SmoothCache (SmoothCache Calibrate, default alpha); the name Apply SmoothCache lists."""
+        return self._calibrate(self.pack.nodes.smoothcache_nodes.SmoothCacheCalibrate, "SmoothCacheCalibrate")
+
+    def _calibrate(self, node: Any, record: str) -> str:
+        if record not in self._calibrations:
             import folder_paths
             from sampling import ksample
 
             store = self.pack.nodes.calibration_store
             run_log = self.pack.nodes.run_log
-            self.tempdir = tempfile.mkdtemp(prefix="dit_cache_bench_magcache_")
-            store.register()
-            folder_paths.folder_names_and_paths[store.FOLDER][0].insert(0, self.tempdir)
-            calibrating = self.pack.nodes.magcache_nodes.MagCacheCalibrate.execute(self.tiny.patcher,
-                                                                                    "bench").result[0]
+            if self.tempdir is None:
+                self.tempdir = tempfile.mkdtemp(prefix="dit_cache_bench_calibrations_")
+                store.register()
+                folder_paths.folder_names_and_paths[store.FOLDER][0].insert(0, self.tempdir)
+            calibrating = node.execute(self.tiny.patcher, "bench").result[0]
             run_log.clear()
             ksample(calibrating, self.tiny, steps=self.steps, cfg=self.cfg)
-            self._calibration = [r for r in run_log.recent() if "calibration" in r][-1]["calibration"]["file"]
-        return self._calibration
+            self._calibrations[record] = [r for r in run_log.recent()
+                                          if r.get("method") == record and "calibration" in r][-1]["calibration"]["file"]
+        return self._calibrations[record]
 
     def close(self) -> None:
         if self.tempdir:

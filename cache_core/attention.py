@@ -213,6 +213,8 @@ class AttentionCacheRunner:
         n = len(call.streams)
         for j in range(n):
             call.total[j] += 1
+        by_kind = self.stats.reuse_by_kind.setdefault(str(kind), [0, 0])
+        by_kind[1] += n
         if kind not in self.policy.kinds():
             return compute()
         window = self.windows.get(kind, SigmaWindow())
@@ -230,6 +232,7 @@ class AttentionCacheRunner:
             out = compute()
             self._tuple_sites[key] = isinstance(out, tuple)
         tensors = list(out) if isinstance(out, tuple) else [out]
+        by_kind[0] += n * int(reuse)
         for j, (st, (states, sc)) in enumerate(zip(call.streams, sites)):
             if states is None:
                 states = st.sites[key] = [self.policy.new_site_state() for _ in tensors]

@@ -35,6 +35,8 @@ class RunStats:
     cache_bytes: int = 0
     # attention-level methods: per part ("attention", "uncond"), [reused, total] over the run
     reuse: dict[str, list[int]] = field(default_factory=dict)
+    # component-level methods: the same per component kind ("spatial", "cross", "ffn"), over every stream
+    reuse_by_kind: dict[str, list[int]] = field(default_factory=dict)
 
     def add_call(self, records: list[CallRecord], skipped: bool, wall_s: float) -> None:
         for r in records:

@@ -94,6 +94,8 @@ def test_calibrate_save_apply_skips_exactly_the_schedule(store, family):
         assert fractions == pytest.approx(expected)
     reused, total = run["reuse"]["component"]
     assert total == STEPS * len(streams) * total_sites and 0 < reused < total
+    assert run["reuse_by_kind"] == {kind: [schedule[kind].count(False) * n * len(streams), STEPS * n * len(streams)]
+                                    for kind, n in counts.items()}
     quality = psnr(out, ref)
     log.info("SmoothCache on tiny %s, alpha %.4f: reused %d/%d components, PSNR %.1f dB\n%s", family, alpha,
              reused, total, quality, smooth_io.schedule_text(schedule))

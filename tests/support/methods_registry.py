@@ -43,13 +43,13 @@ def _fbc(model: Any, setting: str, family: str) -> Any:
     return ApplyFirstBlockCache.execute(model, threshold, 0.0, 1.0, -1, 0).result[0]
 
 
-# --- MagCache: needs a calibration of the model, made the way a user makes it (MagCache Calibrate + a sampler
-# run with the matrix's steps and CFG), once per model and kept in a temporary calibration folder.
-_calibrations: dict[int, str] = {}
+# --- MagCache, SmoothCache: need a calibration of the model, made the way a user makes it (the Calibrate node +
+# a sampler run with the matrix's steps and CFG), once per model and method, kept in a temporary folder.
+_calibrations: dict[tuple[int, str], str] = {}
 _calibration_dir: list[str] = []
 
 
-def _calibration_for(model: Any, family: str) -> str:
+def _calibration_for(model: Any, family: str, method: str = "MagCache") -> str:
     import tempfile
 
     import folder_paths
@@ -58,8 +58,10 @@ def _calibration_for(model: Any, family: str) -> str:
 
     from dit_cache.nodes import calibration_store, run_log
     from dit_cache.nodes.magcache_nodes import MagCacheCalibrate
+    from dit_cache.nodes.smoothcache_nodes import SmoothCacheCalibrate
 
-    key = id(model.model)
+    calibrate = {"MagCache": MagCacheCalibrate, "SmoothCache": SmoothCacheCalibrate}[method]
+    key = (id(model.model), method)
     if key not in _calibrations:
         if not _calibration_dir:
             calibration_store.register()
@@ -67,8 +69,9 @@ def _calibration_for(model: Any, family: str) -> str:
             folder_paths.folder_names_and_paths[calibration_store.FOLDER][0].insert(0, _calibration_dir[0])
         tiny = tiny_models.TinyModel(family, "tiny", model, tiny_models.FAMILIES[family]["tiny"], 0)
         earlier = run_log.recent()  # the calibration run is not part of the cell's runs
-        ksample(MagCacheCalibrate.execute(model, "matrix").result[0], tiny, cfg=tiny.spec.cfg)
-        saved = [r for r in run_log.recent() if "calibration" in r][-1]["calibration"]["file"]
+        ksample(calibrate.execute(model, "matrix").result[0], tiny, cfg=tiny.spec.cfg)
+        saved = [r for r in run_log.recent() if r.get("method") == f"{method}Calibrate" and "calibration" in r][-1][
+            "calibration"]["file"]
         run_log.clear()
         for r in earlier:
             run_log.record(r)
@@ -157,6 +160,17 @@ def _adaptive(model: Any, setting: str, family: str) -> Any:
     return ApplyAdaptiveCache.execute(model, threshold, 0.15, 1.0, -1, 0).result[0]
 
 
+def _smoothcache(model: Any, setting: str, family: str) -> Any:
+    from dit_cache.nodes.calibration_store import identify
+    from dit_cache.nodes.smoothcache_nodes import ApplySmoothCache
+
+    # alpha: the error budget the schedule is rebuilt with (0 disables). Aggressive: every calibrated error
+    # fits (each component type reuses 3 steps in 4); mild: the tiny models' lag-1 errors run 0.03-0.1
+    alpha = {"aggressive": 10.0, "mild": 0.03, "disabled": 0.0}[setting]
+    calibration = _calibration_for(model, family, "SmoothCache") if setting != "disabled" and identify(model) else ""
+    return ApplySmoothCache.execute(model, calibration, alpha).result[0]
+
+
 def _families_with_signal() -> frozenset[str]:
     """Matrix rows whose layout says how to read TeaCache's first-block signal."""
     from matrix_families import ROWS
@@ -177,4 +191,5 @@ METHODS: dict[str, Method] = {
     "adaptive": Method("Adaptive Cache", "DitCache.ApplyAdaptiveCache", _adaptive),
     "pab": Method("PAB", "DitCache.PABConfig", _pab),
     "fastercache": Method("FasterCache", "DitCache.ApplyFasterCache", _fastercache),
+    "smoothcache": Method("SmoothCache", "DitCache.ApplySmoothCache", _smoothcache),
 }
