@@ -21,7 +21,8 @@ class ApplyTaylorSeer(io.ComfyNode):
             description=(
                 "TaylorSeer: computes the transformer on a fixed schedule (one step in every 'cache_interval') "
                 "and, on the steps in between, predicts its result from the last computed steps with a Taylor "
-                "expansion instead of reusing it."
+                "expansion instead of reusing it: the block stack's output, or (predict = 'attention+MLP "
+                "outputs') every attention and feed-forward output inside the blocks."
             ),
             inputs=[
                 io.Model.Input("model", tooltip="The diffusion model (Flux, Wan, Qwen-Image, ...) to speed up."),
