@@ -42,7 +42,7 @@ from .layout import DIFFUSERS_LAYOUTS, BlockLayout, Segment, layout_for_module
 from .policy import Policy
 from .runner import BlockCacheRunner, CallInfo, Streams
 from .stats import RunStats
-from .taylorseer import TaylorSeerConfig, TaylorSeerPolicy
+from .taylorseer import TaylorSeerConfig, taylorseer_policy
 
 __all__ = ["DEFAULT_STREAM", "DiffusersCache", "apply_cache", "flow_sigma_window", "policy_for"]
 
@@ -55,7 +55,7 @@ _MISSING = object()
 # Method configs -> their policy class; a Policy instance is accepted as is.
 _POLICIES: dict[type, Callable[[Any], Policy | AttentionPolicy]] = {
     FirstBlockCacheConfig: FirstBlockCachePolicy, MagCacheConfig: MagCachePolicy, DBCacheConfig: DBCachePolicy,
-    TaylorSeerConfig: TaylorSeerPolicy, AdaptiveCacheConfig: AdaptiveCachePolicy, PABConfig: PABPolicy,
+    TaylorSeerConfig: taylorseer_policy, AdaptiveCacheConfig: AdaptiveCachePolicy, PABConfig: PABPolicy,
     FasterCacheConfig: FasterCachePolicy}
 # FasterCache's unconditional-branch reuse slices these keyword arguments (and every positional tensor) to the
 # conditional half of a [uncond; cond] batch, as diffusers' denoiser hook does

@@ -6,23 +6,38 @@ compute when ``s < warmup_steps``, or ``(s - warmup_steps - 1) % cache_interval 
 ``final_full_steps`` steps; otherwise forecast (cache_core/forecast.py) from the factors of the computed calls.
 diffusers' defaults: interval 5, 3 warm-up steps, no final full steps, order 1, bfloat16 factors.
 
-What is predicted ("predict"): "block outputs" = the output of the last block of each segment, per stream
-(the runner passes the other blocks through). With every block cached this equals diffusers' TaylorSeer with
-whole blocks as ``cache_identifiers``; the factors take ``(max_order + 1)`` tensors of each segment's output
-size per stream (see :meth:`TaylorSeerPolicy.factor_bytes`).
+What is predicted ("predict"):
+
+- "block outputs": the output of the last block of each segment, per stream (the runner passes the other
+  blocks through). With every block cached this equals diffusers' TaylorSeer with whole blocks as
+  ``cache_identifiers``; the factors take ``(max_order + 1)`` tensors of each segment's output size per stream
+  (see :meth:`TaylorSeerPolicy.factor_bytes`).
+- "attention+MLP outputs" (the TaylorSeer paper's default): every attention computation and feed-forward
+  module inside every block is a site (cache_core/attention.py) with its own Taylor factors per stream; on a
+  predicted call each site returns its forecast and the rest of the block (projections, modulation, norms,
+  residual adds) still runs (:class:`TaylorSeerComponentPolicy`). The factors take ``(max_order + 1)`` tensors
+  of every site's output per stream: usually tens of times the block-output mode. On the diffusers host the
+  sites are the blocks' attention modules (``Segment.attention_modules``, what diffusers' default identifiers
+  match); it hooks no feed-forward modules.
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
+from .attention import COMPONENT_KINDS, AttentionPolicy, SiteCall
 from .config import check_int
 from .forecast import TaylorSeries
 from .policy import Gate, Policy, RunInfo, StreamCall
 
-PREDICT_TARGETS = ("block outputs",)  # room for "attention outputs" (component-level caching)
+log = logging.getLogger("dit_cache")
+
+BLOCK_OUTPUTS = "block outputs"
+COMPONENT_OUTPUTS = "attention+MLP outputs"
+PREDICT_TARGETS = (BLOCK_OUTPUTS, COMPONENT_OUTPUTS)
 FACTOR_DTYPES: dict[str, torch.dtype] = {"bfloat16": torch.bfloat16, "float16": torch.float16,
                                          "float32": torch.float32}
 
@@ -38,7 +53,7 @@ class TaylorSeerConfig:
     warmup_steps: int = 3
     final_full_steps: int = 0
     max_order: int = 1
-    predict: str = "block outputs"
+    predict: str = BLOCK_OUTPUTS
     factor_dtype: str = "bfloat16"
     num_inference_steps: int = 0  # steps of a run when the host has no sigmas (0 = unknown)
     gate: Gate = field(init=False, repr=False, compare=False)
@@ -77,6 +92,11 @@ class _SeerState:
         self.series: dict[tuple[int, str], TaylorSeries] = {}
 
 
+def computes(config: TaylorSeerConfig, step: int) -> bool:
+    """The schedule without the final steps: warm-up, then one computed call in every ``cache_interval``."""
+    return step < config.warmup_steps or (step - config.warmup_steps - 1) % config.cache_interval == 0
+
+
 class TaylorSeerPolicy(Policy):
     name = "TaylorSeer"
     probe_blocks = 0
@@ -101,8 +121,7 @@ class TaylorSeerPolicy(Policy):
         return None if state.last_computed is None else float(state.step - state.last_computed)
 
     def wants_skip(self, state: _SeerState, metric: float | None) -> bool:
-        c = self.config
-        return not state.final and (state.step - c.warmup_steps - 1) % c.cache_interval != 0
+        return not state.final and not computes(self.config, state.step)
 
     def observe_segments(self, state: _SeerState, values: dict[tuple[int, str], torch.Tensor]) -> None:
         for key, value in values.items():
@@ -128,3 +147,73 @@ class TaylorSeerPolicy(Policy):
         return {"cache_interval": c.cache_interval, "warmup_steps": c.warmup_steps,
                 "final_full_steps": c.final_full_steps, "max_order": c.max_order, "predict": c.predict,
                 "factor_dtype": c.factor_dtype}
+
+
+class TaylorSeerComponentPolicy(AttentionPolicy):
+    """TaylorSeer on attention and feed-forward outputs ("attention+MLP outputs", see the module docstring).
+
+    Each site (one attention computation or feed-forward module of one block, per CFG stream) holds a
+    :class:`TaylorSeries`; the schedule is block mode's, by the stream's call index. The final full steps are
+    the calls with ``call_index >= steps - final_full_steps``, ``steps`` being the run's step count from the
+    host's sigmas (``SiteCall.steps``), else ``num_inference_steps``; with neither known no final step is forced
+    (a warning says so once). Counting calls, this is exact for samplers that call the model once per step
+    (euler, dpmpp_2m, ...); two-call samplers (heun, dpmpp_2s) get more computed calls at the end than asked.
+    """
+
+    name = "TaylorSeer"
+    part = "component"
+
+    def __init__(self, config: TaylorSeerConfig) -> None:
+        if config.predict != COMPONENT_OUTPUTS:
+            raise ValueError(f"TaylorSeerComponentPolicy predicts {COMPONENT_OUTPUTS!r}, not {config.predict!r}")
+        self.config = config
+        self.threshold = float(config.cache_interval)
+        self.dtype = FACTOR_DTYPES[config.factor_dtype]
+        self._warned_steps = False
+
+    def kinds(self) -> frozenset[str]:
+        return frozenset(COMPONENT_KINDS)
+
+    def window_names(self) -> frozenset[str]:
+        return frozenset()  # the schedule is by call index, not by sigma window
+
+    def computes(self, call: SiteCall) -> bool:
+        c = self.config
+        if computes(c, call.call_index):
+            return True
+        if c.final_full_steps <= 0:
+            return False
+        steps = call.steps or c.num_inference_steps
+        if not steps:
+            if not self._warned_steps:
+                self._warned_steps = True
+                log.warning("[dit-cache] TaylorSeer: the run's step count is unknown, final_full_steps %d is "
+                            "ignored (set num_inference_steps)", c.final_full_steps)
+            return False
+        return call.call_index >= steps - c.final_full_steps
+
+    def new_site_state(self) -> TaylorSeries:
+        return TaylorSeries(self.config.max_order, self.dtype)
+
+    def reuse(self, state: TaylorSeries, call: SiteCall) -> bool:
+        return state.step is not None and not self.computes(call)
+
+    def cached(self, state: TaylorSeries, call: SiteCall) -> torch.Tensor:
+        return state.predict(call.call_index)  # in the dtype of the computed outputs
+
+    def store(self, state: TaylorSeries, output: torch.Tensor, computed: bool, call: SiteCall) -> None:
+        if computed:
+            state.update(output.detach(), call.call_index)
+
+    def settings(self) -> dict[str, Any]:
+        c = self.config
+        return {"cache_interval": c.cache_interval, "warmup_steps": c.warmup_steps,
+                "final_full_steps": c.final_full_steps, "max_order": c.max_order, "predict": c.predict,
+                "factor_dtype": c.factor_dtype}
+
+
+def taylorseer_policy(config: TaylorSeerConfig) -> TaylorSeerPolicy | TaylorSeerComponentPolicy:
+    """The policy for ``config.predict``: block outputs (block runner) or attention+MLP outputs (sites)."""
+    if config.predict == COMPONENT_OUTPUTS:
+        return TaylorSeerComponentPolicy(config)
+    return TaylorSeerPolicy(config)

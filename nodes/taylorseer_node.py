@@ -5,7 +5,7 @@ import logging
 
 from comfy_api.latest import io
 
-from ..cache_core.taylorseer import FACTOR_DTYPES, PREDICT_TARGETS, TaylorSeerConfig, TaylorSeerPolicy
+from ..cache_core.taylorseer import FACTOR_DTYPES, PREDICT_TARGETS, TaylorSeerConfig, taylorseer_policy
 from .comfy_host import apply_cache
 
 log = logging.getLogger("dit_cache")
@@ -21,7 +21,8 @@ class ApplyTaylorSeer(io.ComfyNode):
             description=(
                 "TaylorSeer: computes the transformer on a fixed schedule (one step in every 'cache_interval') "
                 "and, on the steps in between, predicts its result from the last computed steps with a Taylor "
-                "expansion instead of reusing it."
+                "expansion instead of reusing it: the block stack's output, or (predict = 'attention+MLP "
+                "outputs') every attention and feed-forward output inside the blocks."
             ),
             inputs=[
                 io.Model.Input("model", tooltip="The diffusion model (Flux, Wan, Qwen-Image, ...) to speed up."),
@@ -36,9 +37,15 @@ class ApplyTaylorSeer(io.ComfyNode):
                              tooltip="Taylor order: 0 reuses the last result, 1 extrapolates linearly, 2 also "
                                      "uses the curvature. Memory per CFG stream grows with order + 1."),
                 io.Combo.Input("predict", options=list(PREDICT_TARGETS), default=PREDICT_TARGETS[0],
-                               tooltip="What is predicted on skipped steps: 'block outputs' = the output of the "
+                               tooltip="What is predicted on skipped steps. 'block outputs': the output of the "
                                        "transformer block stack (per block group, e.g. Flux's double and single "
-                                       "blocks)."),
+                                       "blocks); the blocks are skipped. 'attention+MLP outputs' (the TaylorSeer "
+                                       "paper's default): the output of every attention and feed-forward layer "
+                                       "inside every block; the rest of each block (projections, modulation, "
+                                       "residual adds) still runs, so it is slower but closer to the uncached "
+                                       "result. Memory: (max_order + 1) factors per attention/feed-forward "
+                                       "output per CFG stream, tens of times the 'block outputs' mode (Flux.1 "
+                                       "1024x1024, order 1, bfloat16: about 4 GiB per stream vs 108 MiB)."),
                 io.Combo.Input("factor_dtype", options=list(FACTOR_DTYPES), default="bfloat16",
                                tooltip="Precision the Taylor factors are stored in: bfloat16 halves the memory of "
                                        "float32 (diffusers' default); float32 is the most accurate."),
@@ -58,5 +65,5 @@ class ApplyTaylorSeer(io.ComfyNode):
                                   final_full_steps=final_full_steps, max_order=max_order, predict=predict,
                                   factor_dtype=factor_dtype)
         node_id = cls.hidden.unique_id if cls.hidden is not None else None
-        return io.NodeOutput(apply_cache(model, TaylorSeerPolicy(config), "Apply TaylorSeer",
+        return io.NodeOutput(apply_cache(model, taylorseer_policy(config), "Apply TaylorSeer",
                                          None if node_id is None else str(node_id)))

@@ -9,7 +9,9 @@ from dit_cache.cache_core.adaptive import AdaptiveCacheConfig, AdaptiveCachePoli
 from dit_cache.cache_core.dbcache import DBCacheConfig, DBCachePolicy
 from dit_cache.cache_core.forecast import TaylorSeries
 from dit_cache.cache_core.policy import Policy
-from dit_cache.cache_core.taylorseer import TaylorSeerConfig, TaylorSeerPolicy, is_final_step
+from dit_cache.cache_core.attention import AttentionCacheRunner, SiteCall
+from dit_cache.cache_core.taylorseer import (TaylorSeerComponentPolicy, TaylorSeerConfig, TaylorSeerPolicy,
+                                             is_final_step, taylorseer_policy)
 from dit_cache.cache_core.policy import RunInfo, StreamCall
 
 ONE = BlockLayout("toy1", ("Toy1",), (Segment("blocks", "b", ("img",)),))
@@ -106,6 +108,8 @@ def test_is_final_step_by_sigma_and_by_index():
         TaylorSeerConfig(max_order=3)
     with pytest.raises(ValueError):
         TaylorSeerConfig(predict="attention outputs")
+    with pytest.raises(ValueError, match="predicts"):
+        TaylorSeerComponentPolicy(TaylorSeerConfig())
     with pytest.raises(ValueError):
         TaylorSeerConfig(warmup_steps=0)
 
@@ -186,3 +190,67 @@ def test_adaptive_per_stream_state_and_batch_join():
                         ("cond", 3, True, "metric"), ("uncond", 3, True, "metric")]
     assert [r.metric for r in stats.records][4:6] == pytest.approx([5 * 0.1 / 3, 5 * 1.8 / 3], rel=1e-4)
     assert stats.skipped_calls == 1
+
+
+# ------------------------------------------------------------------------------------ TaylorSeer, attention+MLP
+def comp(interval=3, warmup=2, final=0, order=1, dtype="float32", steps=0):
+    return taylorseer_policy(TaylorSeerConfig(cache_interval=interval, warmup_steps=warmup, final_full_steps=final,
+                                              max_order=order, predict="attention+MLP outputs",
+                                              factor_dtype=dtype, num_inference_steps=steps))
+
+
+def test_taylorseer_component_schedule_final_steps_and_exact_linear_forecast():
+    policy = comp(interval=3, warmup=2, final=2, order=2)
+    assert isinstance(policy, TaylorSeerComponentPolicy) and isinstance(taylorseer_policy(TaylorSeerConfig()),
+                                                                        TaylorSeerPolicy)
+    site = policy.new_site_state()
+    decisions = []
+    for s in range(12):
+        call = SiteCall("ffn", s, True, True, 12)
+        y = torch.full((2, 3), 1.0 + 0.5 * s, dtype=torch.float64)  # linear in the step
+        reuse = policy.reuse(site, call)
+        decisions.append(reuse)
+        if reuse:
+            out = policy.cached(site, call)
+            assert out.dtype == torch.float64
+            assert site.order >= 1 and torch.allclose(out, y), s  # the 2nd difference is 0: exact
+            policy.store(site, out, False, call)
+        else:
+            policy.store(site, y, True, call)
+    # compute while s < 2, (s - 3) % 3 == 0, or s >= 12 - 2
+    assert [not r for r in decisions] == [True, True, False, True, False, False, True, False, False, True, True,
+                                          True]
+    # without steps: num_inference_steps, else no final steps
+    assert comp(final=2, steps=12).computes(SiteCall("spatial", 10, True, True, None))
+    assert not comp(final=2).computes(SiteCall("spatial", 10, True, True, None))
+
+
+def test_taylorseer_component_runner_predicts_per_stream_and_counts_factor_bytes():
+    """Two streams batched, two sites per block (an attention slot and an ffn): outputs linear in the call index
+    and different per stream, so an order-1 forecast is exact and any mix-up of streams shows."""
+    layout = BlockLayout("toy", ("Toy",), (Segment("blocks", "b", ("img",), attention=("spatial",)),))
+    for order, dtype, size in ((0, "float32", 4), (1, "float32", 4), (2, "bfloat16", 2)):
+        policy = comp(interval=2, warmup=1, order=order, dtype=dtype)
+        stats = RunStats(policy.name, policy.settings(), "toy")
+        runner = AttentionCacheRunner(layout, [2], policy, stats)
+        computed = []
+        for s in range(7):
+            runner.begin_call(CallInfo([("c", "cond"), ("u", "uncond")]))
+            x = torch.stack([torch.full((4, 2), float(s)), torch.full((4, 2), 10.0 - 2 * s)])
+            ran = []
+            for i in range(2):
+                def block(st, i=i):
+                    a = runner.attention(lambda: ran.append("attn") or st["img"] * 1.0)
+                    f = runner.attention(lambda: ran.append("ffn") or st["img"] + i, kind="ffn", slot=1000)
+                    return {"img": a + f}
+                x = out = runner.block(0, i, {"img": x}, block)["img"]
+            computed.append(bool(ran))
+            if order >= 1 and ran == [] and s >= 3:  # linear in s: exact once two computed calls are in
+                x1 = torch.stack([torch.full((4, 2), float(s)), torch.full((4, 2), 10.0 - 2 * s)])
+                want = 2 * (2 * x1) + 1  # block 0: x + x = 2x, block 1: 2x + 2x + 1
+                assert torch.allclose(out, want, atol=1e-2 if dtype == "bfloat16" else 1e-5), (order, s)
+            runner.end_call(0.0)
+        assert computed == [True, False, True, False, True, False, True]  # s = 0 warm-up, (s - 2) % 2 == 0
+        assert [r.metric for r in stats.records if r.stream == "cond"] == [0, 1, 0, 1, 0, 1, 0]
+        # order + 1 factors of 4 sites x (4 x 2) values per stream, two streams
+        assert stats.cache_bytes == 2 * (order + 1) * 4 * 8 * size
