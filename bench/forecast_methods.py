@@ -52,7 +52,7 @@ def run_once(label: str, model, m, steps: int, kind: str) -> Result:
 def line(r: Result, ref: Result) -> str:
     q = psnr(r.latent, ref.latent)
     q_s = "     inf" if q == float("inf") else f"{q:6.2f}dB"
-    return (f"{r.label:<44} {r.wall_s:7.2f}s  computed {r.computed:3d}/{r.calls:<3d} "
+    return (f"{r.label:<50} {r.wall_s:7.2f}s  computed {r.computed:3d}/{r.calls:<3d} "
             f"speedup {ref.wall_s / r.wall_s:5.2f}x  "
             f"ideal {r.ideal if r.ideal is not None else r.calls / max(r.computed, 1):5.2f}x  "
             f"PSNR {q_s}  SSIM {ssim(r.latent, ref.latent):.4f}")
@@ -65,7 +65,8 @@ def main() -> None:
     ap.add_argument("--easycache", type=float, nargs="+", default=[0.1, 0.2, 0.3], help="reuse_threshold values")
     ap.add_argument("--dbcache", nargs="+", default=["F4B0:0.2:1", "F1B0:0.2:1", "F1B0:0.3:1"],
                     help="F<n>B<n>:threshold:taylorseer_order (warm-up 4 steps)")
-    ap.add_argument("--taylorseer", nargs="+", default=["3:1", "4:1", "5:1"], help="cache_interval:max_order")
+    ap.add_argument("--taylorseer", nargs="+", default=["3:1", "4:1", "5:1", "4:1:c"],
+                    help="cache_interval:max_order[:c] (c: predict attention+MLP outputs, else block outputs)")
     ap.add_argument("--adaptive", type=float, nargs="+", default=[0.2, 0.4, 0.8], help="threshold values")
     ap.add_argument("--smoothcache", type=float, nargs="+", default=[0.05, 0.1, 0.2],
                     help="alpha values (one calibration, schedule rebuilt per alpha)")
@@ -93,9 +94,11 @@ def main() -> None:
         model = ApplyDBCache.execute(m.patcher, fn, bn, float(thr), 4, -1, -1, int(order), 0.0, 1.0).result[0]
         configs.append((f"DBCache {blocks} thr {thr} taylor {order}", model, "ours"))
     for spec in args.taylorseer:
-        interval, order = (int(x) for x in spec.split(":"))
-        model = ApplyTaylorSeer.execute(m.patcher, interval, 3, 1, order, "block outputs", "bfloat16").result[0]
-        configs.append((f"TaylorSeer interval {interval} order {order} (final 1)", model, "ours"))
+        interval, order, *mode = spec.split(":")
+        predict = "attention+MLP outputs" if mode == ["c"] else "block outputs"
+        model = ApplyTaylorSeer.execute(m.patcher, int(interval), 3, 1, int(order), predict, "bfloat16").result[0]
+        what = ", attn+MLP" if mode == ["c"] else ""
+        configs.append((f"TaylorSeer interval {interval} order {order}{what} (final 1)", model, "ours"))
     for t in args.adaptive:
         model = ApplyAdaptiveCache.execute(m.patcher, t, 0.15, 1.0, -1, 0).result[0]
         configs.append((f"Adaptive Cache threshold {t}", model, "ours"))
