@@ -170,17 +170,28 @@ class MagCacheCalibrate(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, filename_prefix: str) -> io.NodeOutput:
-        ident = calibration_store.identify(model)
-        if ident is None:
-            log.warning("[dit-cache] MagCache Calibrate: %s is not a supported DiT model; nothing to calibrate",
-                        type(model.get_model_object("diffusion_model")).__name__)
+        run = calibration_run(cls, model, "MagCache Calibrate")
+        if run is None:
             return io.NodeOutput(model)
-        hidden = cls.hidden
-        node_id = str(hidden.unique_id) if hidden is not None and hidden.unique_id is not None else None
-        sampler, scheduler = _sampler_settings(hidden.prompt if hidden is not None else None, node_id)
+        ident, node_id, sampler, scheduler = run
         saver = _Saver(ident, filename_prefix, sampler, scheduler, node_id)
         patched = apply_cache(model, MagCacheCalibratePolicy(saver), "MagCache Calibrate", node_id)
         folder = calibration_store.save_dir()
         return io.NodeOutput(patched, ui={"text": [f"Calibrating {ident.layout.family} ({ident.model_class}); "
                                                    f"ratios are saved to {folder} when the sampler finishes "
                                                    f"(sampler {sampler}, scheduler {scheduler})."]})
+
+
+def calibration_run(cls: type[io.ComfyNode], model: Any, label: str
+                    ) -> tuple[calibration_store.ModelIdentity, str | None, str, str] | None:
+    """What a Calibrate node needs before patching: the model's identity, the node's graph id and the sampler /
+    scheduler of the KSampler it feeds; None (after a warning) for a model that is no supported DiT."""
+    ident = calibration_store.identify(model)
+    if ident is None:
+        log.warning("[dit-cache] %s: %s is not a supported DiT model; nothing to calibrate", label,
+                    type(model.get_model_object("diffusion_model")).__name__)
+        return None
+    hidden = cls.hidden
+    node_id = str(hidden.unique_id) if hidden is not None and hidden.unique_id is not None else None
+    sampler, scheduler = _sampler_settings(hidden.prompt if hidden is not None else None, node_id)
+    return ident, node_id, sampler, scheduler

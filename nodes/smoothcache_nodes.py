@@ -10,7 +10,7 @@ from ..cache_core import smoothcache_calibration as smooth_io
 from ..cache_core.smoothcache import DEFAULT_ALPHA, Errors, SmoothCacheCalibratePolicy, SmoothCacheConfig, SmoothCachePolicy
 from . import calibration_store, run_log
 from .comfy_host import apply_cache
-from .magcache_nodes import _sampler_settings
+from .magcache_nodes import calibration_run
 
 log = logging.getLogger("dit_cache")
 
@@ -81,14 +81,10 @@ class SmoothCacheCalibrate(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, filename_prefix: str, alpha: float = DEFAULT_ALPHA) -> io.NodeOutput:
-        ident = calibration_store.identify(model)
-        if ident is None:
-            log.warning("[dit-cache] SmoothCache Calibrate: %s is not a supported DiT model; nothing to calibrate",
-                        type(model.get_model_object("diffusion_model")).__name__)
+        run = calibration_run(cls, model, "SmoothCache Calibrate")
+        if run is None:
             return io.NodeOutput(model)
-        hidden = cls.hidden
-        node_id = str(hidden.unique_id) if hidden is not None and hidden.unique_id is not None else None
-        sampler, scheduler = _sampler_settings(hidden.prompt if hidden is not None else None, node_id)
+        ident, node_id, sampler, scheduler = run
         saver = _Saver(ident, filename_prefix, alpha, sampler, scheduler, node_id)
         patched = apply_cache(model, SmoothCacheCalibratePolicy(saver), "SmoothCache Calibrate", node_id)
         folder = calibration_store.save_dir()
