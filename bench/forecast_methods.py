@@ -104,7 +104,7 @@ def main() -> None:
         configs.append((f"Adaptive Cache threshold {t}", model, "ours"))
     ctx = Context(PACK, m, args.steps, 1.0)
     try:
-        calibration = ctx.smoothcache_calibration() if args.smoothcache else ""
+        calibration = ctx.calibration("DitCache.SmoothCacheCalibrate", "magcache") if args.smoothcache else ""
         for a in args.smoothcache:
             model = ApplySmoothCache.execute(m.patcher, calibration, a).result[0]
             configs.append((f"SmoothCache alpha {a}", model, "ours"))

@@ -1,19 +1,21 @@
 """Sweep every caching method's main knob on one model and compare with the uncached run (all in one process).
 
-    .venv/bin/python bench/sweep.py                       # medium Flux-class model (~100 M), CPU, 3-10 min
+    .venv/bin/python bench/sweep.py                       # medium Flux-class model (~100 M), CPU, 5-8 min
     .venv/bin/python bench/sweep.py --size tiny           # seconds
     .venv/bin/python bench/sweep.py --size large          # ~0.55 B, meant for a GPU (--device auto picks it)
 
 The methods and knob values come from bench/sweep_methods.py (one entry per method; ComfyUI's built-in EasyCache
-is the reference curve). Each point applies the method's node with that knob value (other inputs at the node's
-defaults) and samples with ComfyUI's KSampler path (euler, simple, cfg 1). The uncached run opens and closes
-each round; with ``--repeats N`` the rounds run N times and each point keeps its fastest wall time, so load from
-elsewhere on the machine hits all alike. CPU runs use one torch thread unless ``--threads`` says otherwise.
-Per point: wall time, speedup (uncached wall / this wall, same run; the CSV also has the process CPU time and
-its ratio), ideal speedup (model calls / computed calls), PSNR and SSIM of the final latent against the
-uncached one, and peak memory: on CPU the process's peak resident set size during the run (Linux VmHWM, reset
-before each run through /proc/self/clear_refs; it includes the weights), on GPU torch.cuda.max_memory_allocated
-(reset before each run).
+is the reference curve). Each point applies the method's node with that knob value (other inputs at the entry's
+fixed values or the node's defaults) and samples with ComfyUI's KSampler path (euler, simple, cfg 1). The
+uncached run opens and closes each round; with ``--repeats N`` the rounds run N times and each point keeps its
+fastest wall time, so load from elsewhere on the machine hits all alike. CPU runs use one torch thread unless
+``--threads`` says otherwise.
+Per point: wall time, speedup (uncached wall / this wall, same run), the same ratio of process CPU times (it
+leaves out time spent waiting for a core while other processes run), ideal speedup (model calls / computed
+calls; attention-level methods skip no call, their reused attention computations are listed under the table
+and in the CSV), PSNR and SSIM of the final latent against the uncached one, and peak memory: on CPU the
+process's peak resident set size during the run (Linux VmHWM, reset before each run through
+/proc/self/clear_refs; it includes the weights), on GPU torch.cuda.max_memory_allocated (reset before each run).
 Prints a table and writes bench/out/sweep_<size>.csv and bench/out/sweep_<size>.png (speedup vs PSNR).
 """
 from __future__ import annotations
@@ -35,7 +37,7 @@ import textwrap
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 OUT_DIR = Path(__file__).resolve().parent / "out"
 # ComfyUI's EasyCache logs "EasyCache - skipped X/Y steps (...)" at the end of each run (no run record)
@@ -120,6 +122,7 @@ class Point:
     calls: int = 0
     skipped: int = 0
     cache_mb: float | None = None
+    attention_reused: tuple[int, int] | None = None  # attention-level methods: (reused, total) computations
     peak_mb: float = 0.0
     latent: Any = None
 
@@ -146,66 +149,77 @@ def node_classes(pack: Any) -> dict[str, Any]:
     return found
 
 
-def apply_node(cls: Any, model: Any, knob: str, value: float, prepared: dict[str, Any]) -> Any:
-    """``cls.execute`` with ``knob`` = value, ``prepared`` inputs, every other input at the node's default."""
+def node_inputs(cls: Any, given: dict[str, Any]) -> dict[str, Any]:
+    """Keyword inputs for ``cls.execute`` (all but the model): ``given`` ones, every other at the node's default.
+    Int inputs take integral numbers only (knob values come in as floats); an unknown name raises ValueError."""
+    from comfy_api.latest import io
+
+    schema = cls.define_schema()
+    inputs = [i for i in schema.inputs if i.id != "model"]
+    unknown = set(given) - {i.id for i in inputs}
+    if unknown:
+        raise ValueError(f"{schema.node_id} has no input {', '.join(sorted(map(repr, unknown)))}")
     kwargs: dict[str, Any] = {}
-    for inp in cls.define_schema().inputs:
-        if inp.id == "model":
-            continue
-        if inp.id in prepared:
-            kwargs[inp.id] = prepared[inp.id]
-        elif inp.id == knob:
-            kwargs[inp.id] = value
-        else:
-            kwargs[inp.id] = getattr(inp, "default", None)
-    if knob not in kwargs:
-        raise ValueError(f"{cls.define_schema().node_id} has no input {knob!r}")
-    return cls.execute(model, **kwargs).result[0]
+    for inp in inputs:
+        value = given.get(inp.id, getattr(inp, "default", None))
+        if isinstance(inp, io.Int.Input) and isinstance(value, float):
+            if not value.is_integer():
+                raise ValueError(f"{schema.node_id}: {inp.id} takes whole numbers, got {value:g}")
+            value = int(value)
+        kwargs[inp.id] = value
+    return kwargs
+
+
+def apply_node(cls: Any, model: Any, knob: str, value: float, prepared: dict[str, Any],
+               fixed: Mapping[str, Any] | None = None) -> Any:
+    """``cls.execute`` with ``knob`` = value, the ``fixed`` and ``prepared`` inputs, every other input at the
+    node's default."""
+    return cls.execute(model, **node_inputs(cls, {**(fixed or {}), knob: value, **prepared})).result[0]
 
 
 class Context:
     """What entries may need from the bench model (sweep_methods.SweepMethod.prepared)."""
 
-    def __init__(self, pack: Any, tiny: Any, steps: int, cfg: float) -> None:
+    def __init__(self, pack: Any, tiny: Any, steps: int, cfg: float, classes: dict[str, Any] | None = None) -> None:
         self.pack, self.tiny, self.steps, self.cfg = pack, tiny, steps, cfg
-        self._calibrations: dict[str, str] = {}  # calibration run-log record name -> saved file
-        self.tempdir: str | None = None
+        self.classes = classes if classes is not None else node_classes(pack)
+        self._calibrations: dict[str, str] = {}
+        self._tempdirs: dict[str, str] = {}  # model folder name -> temporary folder put first in it
 
-    def magcache_calibration(self) -> str:
-        """Calibrate MagCache on the bench model (MagCache Calibrate + one full run, same steps) into a
-        temporary calibration folder; the saved file's name, as Apply MagCache lists it."""
-        return self._calibrate(self.pack.nodes.magcache_nodes.MagCacheCalibrate, "MagCacheCalibrate")
-
-    def smoothcache_calibration(self) -> str:
-        """The same for SmoothCache (SmoothCache Calibrate, default alpha); the name Apply SmoothCache lists."""
-        return self._calibrate(self.pack.nodes.smoothcache_nodes.SmoothCacheCalibrate, "SmoothCacheCalibrate")
-
-    def _calibrate(self, node: Any, record: str) -> str:
-        if record not in self._calibrations:
+    def calibration(self, node_id: str, folder: str) -> str:
+        """Calibrate on the bench model with the calibrate node ``node_id`` (filename_prefix "bench", other inputs
+        at their defaults) and one full KSampler run (same steps and cfg as the sweep); the file is saved in a
+        temporary folder put first in ComfyUI's model folder ``folder``. Returns the saved file's name as the
+        apply node lists it: the ``calibration.file`` of the run-log record the calibrate node writes (as
+        MagCache Calibrate does). Made once per node."""
+        if node_id not in self._calibrations:
             import folder_paths
             from sampling import ksample
 
-            store = self.pack.nodes.calibration_store
             run_log = self.pack.nodes.run_log
-            if self.tempdir is None:
-                self.tempdir = tempfile.mkdtemp(prefix="dit_cache_bench_calibrations_")
-                store.register()
-                folder_paths.folder_names_and_paths[store.FOLDER][0].insert(0, self.tempdir)
-            calibrating = node.execute(self.tiny.patcher, "bench").result[0]
+            if folder not in self._tempdirs:
+                self._tempdirs[folder] = tempfile.mkdtemp(prefix=f"dit_cache_bench_{folder}_")
+                folder_paths.add_model_folder_path(folder, self._tempdirs[folder], is_default=True)
+            cls = self.classes[node_id]
+            calibrating = cls.execute(self.tiny.patcher, **node_inputs(cls, {"filename_prefix": "bench"})).result[0]
             run_log.clear()
             ksample(calibrating, self.tiny, steps=self.steps, cfg=self.cfg)
-            self._calibrations[record] = [r for r in run_log.recent()
-                                          if r.get("method") == record and "calibration" in r][-1]["calibration"]["file"]
-        return self._calibrations[record]
+            saved = [r for r in run_log.recent() if "calibration" in r]
+            if not saved:
+                raise RuntimeError(f"{node_id} recorded no calibration in the run log")
+            self._calibrations[node_id] = saved[-1]["calibration"]["file"]
+        return self._calibrations[node_id]
 
     def close(self) -> None:
-        if self.tempdir:
-            import folder_paths
+        import folder_paths
 
-            paths = folder_paths.folder_names_and_paths[self.pack.nodes.calibration_store.FOLDER][0]
-            if self.tempdir in paths:
-                paths.remove(self.tempdir)  # the process (e.g. a test session) goes on: forget the folder too
-            shutil.rmtree(self.tempdir, ignore_errors=True)
+        for folder, tempdir in self._tempdirs.items():
+            paths = folder_paths.folder_names_and_paths.get(folder, ([], set()))[0]
+            if tempdir in paths:
+                paths.remove(tempdir)  # the process (e.g. a test session) goes on: forget the folder too
+            getattr(folder_paths, "filename_list_cache", {}).pop(folder, None)
+            shutil.rmtree(tempdir, ignore_errors=True)
+        self._tempdirs.clear()
 
 
 def _machine(gpu: bool) -> str:
@@ -233,13 +247,19 @@ def plot(rows: list[dict[str, Any]], path: Path, title: str) -> None:
 
     finite = [r["psnr_db"] for r in rows if r["method"] != "uncached" and math.isfinite(r["psnr_db"])]
     cap = (max(finite) + 5) if finite else 60.0  # "identical" points are drawn at the top
-    fig, ax = plt.subplots(figsize=(7.5, 5))
+    fig, ax = plt.subplots(figsize=(9.5, 5))
+    # method colours: tab10 without its grey (the reference's), then tab20's light shades
+    colours = [c for i, c in enumerate(plt.get_cmap("tab10").colors) if i != 7]
+    colours += list(plt.get_cmap("tab20").colors[1::2])
+    n = 0
     for label in dict.fromkeys(r["label"] for r in rows if r["method"] != "uncached"):
         pts = sorted((r for r in rows if r["label"] == label), key=lambda r: r["value"])  # along the knob
         ref = pts[0]["reference"]
         xs = [r["speedup"] for r in pts]
         ys = [min(r["psnr_db"], cap) for r in pts]
-        ax.plot(xs, ys, "--" if ref else "-", marker="s" if ref else "o", color="0.45" if ref else None,
+        colour = "0.45" if ref else colours[n % len(colours)]
+        n += 0 if ref else 1
+        ax.plot(xs, ys, "--" if ref else "-", marker="s" if ref else "o", color=colour,
                 label=label + (" (reference)" if ref else ""))
         for r, x, y in zip(pts, xs, ys):
             ax.annotate(f"{r['value']:g}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
@@ -248,7 +268,7 @@ def plot(rows: list[dict[str, Any]], path: Path, title: str) -> None:
     ax.set_ylabel("PSNR of the final latent vs uncached (dB)")
     ax.set_title("\n".join(textwrap.wrap(title, 90)), fontsize=9)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -315,7 +335,7 @@ def main() -> None:
     load = f", load average {os.getloadavg()[0]:.1f}" if hasattr(os, "getloadavg") else ""
     print(f"dit-cache sweep: Flux-class {args.size} ({tiny_models.parameter_count(m) / 1e6:.1f} M params, ComfyUI's "
           f"Flux class, random weights), {args.steps} euler steps, cfg {cfg}, {machine}{load}")
-    ctx = Context(PACK, m, args.steps, cfg)
+    ctx = Context(PACK, m, args.steps, cfg, classes)
     points = [Point("uncached", "uncached", "-", None, m.patcher)]
     try:
         for meth in methods:
@@ -324,11 +344,11 @@ def main() -> None:
                 print(f"skipped {meth.key}: node {meth.node_id} is not installed")
                 continue
             prepared = meth.prepared(ctx) if meth.prepared else {}
-            if meth.key == "magcache":
-                print(f"MagCache calibrated on this model: {prepared.get('calibration')}")
+            for name, value in prepared.items():
+                print(f"{meth.label}: {name} prepared on this model: {value}")
             for v in overrides.get(meth.key, meth.values_for(args.size)):
-                points.append(Point(meth.key, meth.label, meth.knob, v, apply_node(cls, m.patcher, meth.knob, v,
-                                                                                   prepared), meth.reference))
+                patched = apply_node(cls, m.patcher, meth.knob, v, prepared, meth.fixed)
+                points.append(Point(meth.key, meth.label, meth.knob, v, patched, meth.reference))
         mem = Memory(gpu)
         ksample(points[-1].model, m, steps=2, cfg=cfg)  # warm-up
         t_start = time.perf_counter()
@@ -354,6 +374,9 @@ def main() -> None:
                         if run is not None and "calls" in run:
                             p.calls, p.skipped = run["calls"], run["skipped_calls"]
                             p.cache_mb = run.get("cache_bytes", 0) / 2**20
+                            reuse = run.get("reuse", {})  # "attention" (PAB, FasterCache), "component"
+                            if reuse:
+                                p.attention_reused = tuple(next(iter(reuse.values())))
                         elif catcher.matches:
                             p.skipped, p.calls = catcher.matches[-1]
                         else:
@@ -379,17 +402,28 @@ def main() -> None:
             "skipped": p.skipped, "ideal_speedup": round(p.calls / max(p.calls - p.skipped, 1), 3),
             "psnr_db": q if math.isinf(q) else round(q, 2), "ssim": round(ssim(p.latent, ref.latent), 4),
             "peak_mem_mb": round(p.peak_mb, 1), "cache_mb": "" if p.cache_mb is None else round(p.cache_mb, 2),
+            "attention_reused": "" if p.attention_reused is None else "{}/{}".format(*p.attention_reused),
         })
-    print(f"{'method':<30} {'knob':>22} {'wall':>7} {'speedup':>7} {'ideal':>6} {'computed':>9} "
+    print(f"{'method':<30} {'knob':>22} {'wall':>7} {'speedup':>7} {'CPU':>6} {'ideal':>6} {'computed':>9} "
           f"{'PSNR':>10} {'SSIM':>6} {'peak MB':>8} {'cache MB':>8}")
     for r in rows:
         knob = "-" if r["value"] == "" else f"{r['knob']} {r['value']:g}"
-        print(f"{r['label']:<30} {knob:>22} {r['wall_s']:6.2f}s {r['speedup']:6.2f}x {r['ideal_speedup']:5.2f}x "
+        print(f"{r['label']:<30} {knob:>22} {r['wall_s']:6.2f}s {r['speedup']:6.2f}x {r['cpu_speedup']:5.2f}x "
+              f"{r['ideal_speedup']:5.2f}x "
               f"{r['computed']:>4}/{r['calls']:<4} {_fmt_q(r['psnr_db']):>10} {r['ssim']:6.3f} {r['peak_mem_mb']:8.0f} "
               f"{'-' if r['cache_mb'] == '' else format(r['cache_mb'], '.1f'):>8}")
-    print(f"peak memory: {mem.kind}; cache MB: the cache's own tensors (dit-cache run record); "
-          f"{args.repeats} run(s) per point, interleaved, fastest kept (uncached: first and last of each round); "
-          f"sweep {total:.0f} s")
+    reused = [f"{r['label']} {r['knob']} {r['value']:g}: {r['attention_reused']}"
+              for r in rows if r["attention_reused"]]
+    if reused:
+        print("computations reused inside the calls (attention / component-level methods): " + "; ".join(reused))
+    for meth in methods:
+        if meth.note and meth.node_id in classes:
+            print(f"{meth.label}: {meth.note}")
+    load_end = f", load average at the end {os.getloadavg()[0]:.1f}" if hasattr(os, "getloadavg") else ""
+    print(f"speedup: uncached wall / this wall; CPU: the same ratio of process CPU times (leaves out time spent "
+          f"waiting for a core); peak memory: {mem.kind}; cache MB: the cache's own tensors (dit-cache run "
+          f"record); {args.repeats} run(s) per point, interleaved, fastest kept (uncached: first and last of each "
+          f"round); sweep {total:.0f} s{load_end}")
 
     args.out.mkdir(parents=True, exist_ok=True)
     csv_path = args.out / f"sweep_{args.size}.csv"

@@ -2,14 +2,22 @@
 
 An entry names the ComfyUI node that applies the method (looked up by node id among this pack's nodes and
 ComfyUI's own, see :data:`NODE_SOURCES`), the input swept (its main knob) with the values tried at each model
-size, and any inputs that need the bench model first (MagCache's calibration). Every other input keeps the
-node's own default, so a point is exactly what a user gets by dropping the node in with that knob value.
+size, any inputs that need the bench model first (``prepared``: MagCache's calibration) and any inputs held at
+a value other than the node's default (``fixed``, e.g. DBCache's Fn for a 17-block model). Every other input
+keeps the node's own default, so a point is what a user gets by dropping the node in with those values.
 An entry whose node is not installed is skipped with a message (nodes added on other branches).
+
+A method with a calibrate node (MagCache Calibrate -> Apply MagCache) gets its file from
+``Context.calibration(calibrate_node_id, folder)`` in ``bench/sweep.py``: add a one-line ``prepared`` hook that
+calls it (see :func:`_magcache_inputs`) and the entry.
+
+All points run at cfg 1 (one model call per step, as guidance-distilled Flux runs), against an uncached run at
+the same cfg.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 # Modules whose ``comfy_entrypoint`` lists the nodes entries may name ("pack": this pack).
 NODE_SOURCES = ("pack", "comfy_extras.nodes_easycache")
@@ -25,29 +33,64 @@ class SweepMethod:
     values: dict[str, tuple[float, ...]]
     # inputs computed from the bench context (e.g. a calibration made on the bench model), by input name
     prepared: Callable[[Any], dict[str, Any]] | None = None
+    # inputs held at a non-default value for every point, by input name (Int inputs take ints)
+    fixed: Mapping[str, Any] = field(default_factory=dict)
     reference: bool = False  # drawn as the reference curve (ComfyUI's built-in EasyCache)
     note: str = field(default="", compare=False)
+
+    def __post_init__(self) -> None:
+        if self.knob in self.fixed:
+            raise ValueError(f"{self.key}: the swept input {self.knob!r} cannot also be fixed")
 
     def values_for(self, size: str) -> tuple[float, ...]:
         return self.values.get(size, self.values["medium"])
 
 
 def _magcache_inputs(ctx: Any) -> dict[str, Any]:
-    return {"calibration": ctx.magcache_calibration()}
+    return {"calibration": ctx.calibration("DitCache.MagCacheCalibrate", "magcache")}
+
+
+def _smoothcache_inputs(ctx: Any) -> dict[str, Any]:
+    return {"calibration": ctx.calibration("DitCache.SmoothCacheCalibrate", "magcache")}
 
 
 # Knob values: the bench models have random weights; their step-to-step changes are smaller than a trained
 # model's, so MagCache's useful thresholds are small (calibrated ratios within 1 +- 0.02, trained Flux up to
-# 1.21). Values span "few skips" to "most steps skipped" at 20 steps on each size.
+# 1.21). Values span "few skips" to "most steps skipped" at 20 steps on each size; the medium values of DBCache,
+# TaylorSeer and Adaptive Cache are among those bench/forecast_methods.py measured on the same model. MagCache
+# with its default max_skip_steps 3 computes at least 8 of 20 steps (0.03 already reaches that). Two or three
+# points each keep the default command (medium, CPU) near 5 minutes on a quiet 2-core machine.
 METHODS: tuple[SweepMethod, ...] = (
     SweepMethod("fbc", "First Block Cache", "DitCache.ApplyFirstBlockCache", "threshold",
                 {"tiny": (0.1, 0.2, 0.3), "medium": (0.08, 0.12, 0.2)}),
     SweepMethod("magcache", "MagCache (calibrated)", "DitCache.ApplyMagCache", "threshold",
-                {"tiny": (0.02, 0.1, 0.3), "medium": (0.01, 0.03, 0.08)}, prepared=_magcache_inputs,
+                {"tiny": (0.02, 0.1, 0.3), "medium": (0.01, 0.03)}, prepared=_magcache_inputs,
                 note="calibrated on the bench model first (MagCache Calibrate, same steps)"),
     SweepMethod("teacache", "TeaCache", "DitCache.ApplyTeaCache", "rel_l1_threshold",
                 {"tiny": (0.25, 0.6, 1.0), "medium": (0.25, 0.4, 0.6)}),
+    # Fn 1 (cache-dit's fastest Flux setting, F1B0) with its TaylorSeer calibrator: the node's defaults (Fn 8,
+    # warm-up 8) are cache-dit's for 28-50 steps of a 57-block Flux; this model has 17 blocks and runs 20 steps
+    SweepMethod("dbcache", "DBCache F1B0 + TaylorSeer 1", "DitCache.ApplyDBCache", "threshold",
+                {"tiny": (0.1, 0.3), "medium": (0.1, 0.3)},
+                fixed={"Fn": 1, "Bn": 0, "warmup_steps": 4, "taylorseer_order": 1},
+                note="Fn 1, Bn 0, warmup_steps 4, taylorseer_order 1 (node defaults Fn 8 / warm-up 8 suit "
+                     "28-50 steps of a 57-block Flux; this model has 17 blocks and runs 20 steps)"),
+    SweepMethod("taylorseer", "TaylorSeer", "DitCache.ApplyTaylorSeer", "cache_interval",
+                {"tiny": (3, 5), "medium": (3, 5)}),
+    SweepMethod("adaptive", "Adaptive Cache", "DitCache.ApplyAdaptiveCache", "threshold",
+                {"tiny": (0.2, 0.8), "medium": (0.2, 0.4, 0.8)}),
+    SweepMethod("pab", "PAB", "DitCache.PABConfig", "spatial_skip",
+                {"tiny": (2, 4), "medium": (2, 4)},
+                note="reuses attention cores only (no model call is skipped): computed/ideal stay 20/20 and 1x"),
+    SweepMethod("fastercache", "FasterCache", "DitCache.ApplyFasterCache", "spatial_skip",
+                {"tiny": (2, 4), "medium": (2, 4)},
+                note="at the sweep's cfg 1 only its attention extrapolation acts (no unconditional branch to "
+                     "rebuild; bench/attention_methods.py measures that part at CFG 5)"),
+    SweepMethod("smoothcache", "SmoothCache (calibrated)", "DitCache.ApplySmoothCache", "alpha",
+                {"tiny": (0.05, 0.2), "medium": (0.1, 0.3)}, prepared=_smoothcache_inputs,
+                note="calibrated on the bench model first (SmoothCache Calibrate, same steps); reuses attention "
+                     "cores and feed-forward outputs (no model call is skipped), the schedule rebuilt per alpha"),
     SweepMethod("easycache", "EasyCache (ComfyUI built-in)", "EasyCache", "reuse_threshold",
-                {"tiny": (0.05, 0.2, 0.5), "medium": (0.05, 0.2, 0.5)}, reference=True,
+                {"tiny": (0.05, 0.2, 0.5), "medium": (0.1, 0.2, 0.5)}, reference=True,
                 note="comfy_extras.nodes_easycache, start 0.15 / end 0.95 (its defaults)"),
 )

@@ -1,9 +1,10 @@
 """The sweep benchmark (bench/sweep.py, bench/sweep_methods.py) and the SSIM it reports.
 
 - SSIM: 1 for equal latents, falling as noise grows, image and video latents, a clear error otherwise.
-- Every registry entry whose node is installed applies through its real node with the knob swept (other inputs
-  at the node's defaults), and its largest knob value skips model calls of a real KSampler run on the tiny
-  Flux; entries name inputs their nodes have.
+- Every registry entry whose node is installed applies through its real node with the knob swept, its fixed
+  inputs and the node's defaults for the rest, and its largest knob value skips model calls (attention-level
+  methods: reuses attention computations) of a real KSampler run on the tiny Flux; entries name inputs their
+  nodes have. Node inputs: Int inputs take whole-number knob values, unknown names and fractional ints are refused.
 - The command itself, at a tiny size and few steps, prints the table and writes the CSV and the PNG.
 """
 from __future__ import annotations
@@ -42,10 +43,28 @@ def test_ssim_orders_noise_levels():
 def test_registry_entries_are_complete():
     keys = [m.key for m in sweep_methods.METHODS]
     assert len(keys) == len(set(keys))
-    assert {"fbc", "magcache", "teacache", "easycache"} <= set(keys)
+    assert {"fbc", "magcache", "teacache", "dbcache", "taylorseer", "adaptive", "pab", "fastercache",
+            "easycache"} <= set(keys)
     assert [m.key for m in sweep_methods.METHODS if m.reference] == ["easycache"]
     for m in sweep_methods.METHODS:
         assert m.values["medium"] and all(v > 0 for vals in m.values.values() for v in vals)
+    with pytest.raises(ValueError, match="cannot also be fixed"):
+        sweep_methods.SweepMethod("x", "X", "DitCache.ApplyDBCache", "threshold", {"medium": (0.1,)},
+                                  fixed={"threshold": 0.2})
+
+
+def test_node_inputs_defaults_fixed_and_int_knobs(pack):
+    classes = sweep.node_classes(pack)
+    dbcache, taylorseer = classes["DitCache.ApplyDBCache"], classes["DitCache.ApplyTaylorSeer"]
+    kwargs = sweep.node_inputs(dbcache, {"Fn": 1, "threshold": 0.3})
+    assert kwargs["Fn"] == 1 and kwargs["threshold"] == 0.3 and kwargs["Bn"] == 0 and kwargs["warmup_steps"] == 8
+    assert "model" not in kwargs
+    kwargs = sweep.node_inputs(taylorseer, {"cache_interval": 4.0})  # --values and the registry give floats
+    assert kwargs["cache_interval"] == 4 and isinstance(kwargs["cache_interval"], int)
+    with pytest.raises(ValueError, match="whole numbers"):
+        sweep.node_inputs(taylorseer, {"cache_interval": 2.5})
+    with pytest.raises(ValueError, match="no input 'fn'"):
+        sweep.node_inputs(dbcache, {"fn": 1})
 
 
 def test_every_installed_method_skips_through_its_node(pack, one_thread):
@@ -70,13 +89,15 @@ def test_every_installed_method_skips_through_its_node(pack, one_thread):
                 continue  # a node of another branch; the command skips it with a message
             assert m.knob in [i.id for i in cls.define_schema().inputs], (m.key, m.knob)
             prepared = m.prepared(ctx) if m.prepared else {}
-            patched = sweep.apply_node(cls, tiny.patcher, m.knob, max(m.values_for("tiny")), prepared)
+            patched = sweep.apply_node(cls, tiny.patcher, m.knob, max(m.values_for("tiny")), prepared, m.fixed)
             assert patched is not tiny.patcher
             pack.nodes.run_log.clear()
             catcher.matches.clear()
             out = ksample(patched, tiny, steps=12)
             run = pack.nodes.run_log.last()
             skipped = run["skipped_calls"] if run else catcher.matches[-1][0]
+            if run and run.get("reuse"):  # attention / component level: every call runs, parts are reused
+                skipped = next(iter(run["reuse"].values()))[0]
             assert skipped > 0, m.key
             assert torch.isfinite(out).all() and not torch.equal(out, ref)
             assert math.isfinite(psnr(out, ref))
