@@ -70,11 +70,16 @@ def main() -> None:
     ap.add_argument("--adaptive", type=float, nargs="+", default=[0.2, 0.4, 0.8], help="threshold values")
     ap.add_argument("--smoothcache", type=float, nargs="+", default=[0.05, 0.1, 0.2],
                     help="alpha values (one calibration, schedule rebuilt per alpha)")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch CPU threads (1: on a shared 2-core machine two threads' barriers cost more than "
+                         "they gain, see bench/sweep.py)")
     ap.add_argument("--repeats", type=int, default=2, help="runs per setting, interleaved; the fastest counts")
     args = ap.parse_args()
 
     import torch
     from comfy_extras.nodes_easycache import EasyCacheNode
+
+    torch.set_num_threads(args.threads)
 
     from sweep import Context
 
