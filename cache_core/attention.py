@@ -139,7 +139,7 @@ class AttentionCacheRunner:
         # current call's unconditional branch was left out (FasterCache's uncond reuse)
         self.cfg_active = False
         self.uncond_dropped = False
-        self.cfg1_logged = False  # the host said once that the uncond reuse has nothing to do (CFG 1)
+        self.uncond_idle_logged = False  # the host said once that the uncond reuse cannot act (CFG 1, separate calls)
         self.uncond_state = policy.new_uncond_state() if policy.uncond_reuse else None
 
     # ----------------------------------------------------------------------------------------- call life

@@ -277,14 +277,22 @@ class DiffusersCache:
         def forward(*args: Any, **kwargs: Any) -> Any:
             names, sigma = self._stream
             runner = self._runner
+            if isinstance(runner, AttentionCacheRunner) and "uncond" in names:
+                runner.cfg_active = True  # a run with an unconditional branch: attention extrapolation only in
+                # calls without it (as diffusers)
             if not isinstance(runner, AttentionCacheRunner) or runner.uncond_state is None:
                 return call(names, sigma, args, kwargs)
             if "uncond" not in names:
                 return call(names, sigma, args, kwargs)
             if names != ("uncond", "cond"):
-                raise ValueError(f"dit-cache: FasterCache's unconditional-branch reuse expects batched calls in the "
-                                 f"order ('uncond', 'cond'), got {names}")
-            runner.cfg_active = True
+                # separate cond / uncond calls (the Flux and Wan pipelines): nothing to rebuild the uncond from in
+                # this call; say so once per run and compute it (never an error in the middle of sampling)
+                if not runner.uncond_idle_logged:
+                    runner.uncond_idle_logged = True
+                    log.warning("[dit-cache] FasterCache: the unconditional branch came in a separate call %s; its "
+                                "reuse needs cond and uncond batched as ('uncond', 'cond') in one call, so it is "
+                                "computed every step in this run (attention extrapolation is unaffected)", names)
+                return call(names, sigma, args, kwargs)
             return self._uncond_reuse_call(runner, call, sigma, args, kwargs)
 
         return forward

@@ -338,7 +338,10 @@ def _model_call_wrapper(executor: Any, *args: Any, **kwargs: Any) -> Any:
     sigmas = t_opts.get("sigmas")
     sigma = float(sigmas.reshape(-1)[0]) if sigmas is not None else None
     n_chunks = len(t_opts.get("cond_or_uncond") or [0])
-    runner.begin_call(CallInfo(_stream_labels(t_opts, n_chunks), sigma))
+    streams = _stream_labels(t_opts, n_chunks)
+    if isinstance(runner, AttentionCacheRunner) and any(label.startswith("uncond") for _, label in streams):
+        runner.cfg_active = True  # the run has an unconditional branch (FasterCache extrapolates only without one)
+    runner.begin_call(CallInfo(streams, sigma))
     first_record = len(runner.stats.records)
     spec = t_opts.get(SPEC_KEY)
     token = _ACTIVE.set((spec.id if spec is not None else "", runner))

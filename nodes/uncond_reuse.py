@@ -32,8 +32,8 @@ def calc_cond_batch_wrapper(executor: Any, model: Any, conds: list, x_in: torch.
         return executor(model, conds, x_in, timestep, model_options)
     has_uncond = len(conds) > 1 and conds[1] is not None
     if not has_uncond:
-        if not runner.cfg_active and not runner.cfg1_logged:
-            runner.cfg1_logged = True
+        if not runner.cfg_active and not runner.uncond_idle_logged:
+            runner.uncond_idle_logged = True
             log.info("[dit-cache] %s: CFG is 1 (no unconditional branch is computed), so the unconditional-branch "
                      "reuse does nothing in this run; attention reuse still applies", runner.policy.name)
         return executor(model, conds, x_in, timestep, model_options)

@@ -150,3 +150,34 @@ def test_attention_policy_refuses_model_without_attention_modules() -> None:
     model = _reinit(torch.nn.Linear(2, 2), 0)
     with pytest.raises(ValueError):
         apply_cache(model, PABConfig())
+
+
+def test_fastercache_separate_cfg_calls_warn_and_compute(caplog) -> None:
+    """Pipelines that run cond and uncond as separate calls (diffusers' Flux and Wan pipelines): the uncond reuse
+    cannot act; one warning, every call computed, no error in the middle of sampling; output equals FasterCache
+    with the uncond reuse off (uncond_skip 0)."""
+    model, x0, _ = _batched("wan")
+    g = torch.Generator().manual_seed(7)
+    ctx = torch.randn(2, 8, 32, generator=g)
+
+    def run(config: FasterCacheConfig) -> tuple[torch.Tensor, Any]:
+        cache = apply_cache(model, config)
+        x = x0
+        ts = _timesteps()
+        for i in range(STEPS):
+            out = {}
+            for j, name in enumerate(("cond", "uncond")):
+                with cache.stream(name, sigma=ts[i] / 1000.0):
+                    out[name] = model(hidden_states=x, timestep=torch.tensor([ts[i]]),
+                                      encoder_hidden_states=ctx[j:j + 1], return_dict=False)[0]
+            x = x + (ts[i + 1] - ts[i]) / 1000.0 * (out["uncond"] + CFG * (out["cond"] - out["uncond"]))
+        stats = cache.reset()
+        cache.remove()
+        return x, stats
+
+    with caplog.at_level(logging.WARNING, logger="dit_cache"):
+        out, stats = run(FasterCacheConfig(spatial_skip=2, uncond_skip=2))
+    assert caplog.text.count("came in a separate call") == 1
+    assert "uncond" not in stats.reuse or stats.reuse["uncond"][0] == 0
+    ref, _ = run(FasterCacheConfig(spatial_skip=2, uncond_skip=0))
+    assert torch.equal(out, ref)
