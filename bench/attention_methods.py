@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from common import PACK, psnr, run_log, tiny_models
+from common import PACK, component_shares, psnr, run_log, tiny_models
 from sampling import ksample
 
 PABConfigNode = PACK.nodes.pab_node.PABConfigNode
@@ -22,23 +22,6 @@ ApplyFasterCache = PACK.nodes.fastercache_node.ApplyFasterCache
 def _inputs():
     import methods_registry
     return methods_registry.pab_inputs, methods_registry.fastercache_inputs
-
-
-def attention_share(model, tiny, cfg: float) -> float:
-    """Share of one uncached model call spent inside attention cores, timed through the attention override."""
-    spent = [0.0]
-
-    def timed(func, *args, **kwargs):
-        t0 = time.perf_counter()
-        out = func(*args, **kwargs)
-        spent[0] += time.perf_counter() - t0
-        return out
-
-    m = model.clone()
-    m.model_options.setdefault("transformer_options", {})["optimized_attention_override"] = timed
-    t0 = time.perf_counter()
-    ksample(m, tiny, steps=2, cfg=cfg)
-    return spent[0] / (time.perf_counter() - t0)
 
 
 def main() -> None:
@@ -53,7 +36,7 @@ def main() -> None:
 
     pab_inputs, fc_inputs = _inputs()
     m = tiny_models.build(args.family, args.size)
-    share = attention_share(m.patcher, m, args.cfg)
+    share = component_shares(m.patcher, m, args.cfg)["attention"]
     print(f"Attention-level caching benchmark: {args.family} {args.size} "
           f"({tiny_models.parameter_count(m) / 1e6:.1f} M params), {args.steps} euler steps, CFG {args.cfg}, "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU; attention cores = {share:.0%} of "

@@ -88,22 +88,13 @@ def component_shares(model: Any, tiny: Any, cfg: float, steps: int = 2) -> dict[
 
     m = model.clone()
     m.model_options.setdefault("transformer_options", {})["optimized_attention_override"] = attention
-    dm = m.get_model_object("diffusion_model")
-    layout = PACK.cache_core.layout.layout_for_module(dm, PACK.cache_core.layout.COMFY_LAYOUTS)
+    layout = PACK.cache_core.layout.layout_for_module(m.get_model_object("diffusion_model"),
+                                                      PACK.cache_core.layout.COMFY_LAYOUTS)
     handles = []
-    import comfy.utils
-
-    for seg in layout.segments:
-        blocks = getattr(dm, seg.attr)
-        for i in range(len(blocks)):
-            for path in seg.ffn:
-                try:
-                    module = comfy.utils.get_attr(blocks[i], path)
-                except AttributeError:
-                    continue
-                handles.append(module.register_forward_pre_hook(lambda *_: started.append(time.perf_counter())))
-                handles.append(module.register_forward_hook(
-                    lambda *_: spent.__setitem__("ffn", spent["ffn"] + time.perf_counter() - started.pop())))
+    for _, _, module in PACK.nodes.comfy_host.feed_forward_modules(m, layout):
+        handles.append(module.register_forward_pre_hook(lambda *_: started.append(time.perf_counter())))
+        handles.append(module.register_forward_hook(
+            lambda *_: spent.__setitem__("ffn", spent["ffn"] + time.perf_counter() - started.pop())))
     try:
         t0 = time.perf_counter()
         ksample(m, tiny, steps=steps, cfg=cfg)

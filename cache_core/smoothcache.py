@@ -83,9 +83,14 @@ def build_schedule(errors: Errors, alpha: float) -> Schedule:
     return schedule
 
 
+def schedule_strings(schedule: Schedule) -> dict[str, str]:
+    """Per type, the schedule as a string: ``#`` computed, ``.`` reused."""
+    return {kind: "".join("#" if c else "." for c in steps) for kind, steps in schedule.items()}
+
+
 def schedule_text(schedule: Schedule) -> str:
-    """One line per type: ``#`` computed, ``.`` reused."""
-    return "\n".join(f"{kind:>8} {''.join('#' if c else '.' for c in steps)}" for kind, steps in schedule.items())
+    """One line per type (see :func:`schedule_strings`)."""
+    return "\n".join(f"{kind:>8} {line}" for kind, line in schedule_strings(schedule).items())
 
 
 @dataclass(frozen=True)
@@ -165,9 +170,8 @@ class SmoothCachePolicy(AttentionPolicy):
             state.cache = output
 
     def settings(self) -> dict[str, Any]:
-        sched = self.schedule(None)
         return {"alpha": self.config.alpha, "calibrated_steps": self.config.calibrated_steps,
-                "schedule": {k: "".join("#" if c else "." for c in v) for k, v in sched.items()}}
+                "schedule": schedule_strings(self.schedule(None))}
 
 
 class _CalSite:

@@ -92,6 +92,12 @@ class _SeerState:
         self.series: dict[tuple[int, str], TaylorSeries] = {}
 
 
+def config_settings(c: TaylorSeerConfig) -> dict[str, Any]:
+    """The settings a run record shows, for either predict target."""
+    return {"cache_interval": c.cache_interval, "warmup_steps": c.warmup_steps, "final_full_steps": c.final_full_steps,
+            "max_order": c.max_order, "predict": c.predict, "factor_dtype": c.factor_dtype}
+
+
 def computes(config: TaylorSeerConfig, step: int) -> bool:
     """The schedule without the final steps: warm-up, then one computed call in every ``cache_interval``."""
     return step < config.warmup_steps or (step - config.warmup_steps - 1) % config.cache_interval == 0
@@ -143,10 +149,7 @@ class TaylorSeerPolicy(Policy):
         return sum(s.nbytes() for s in state.series.values())
 
     def settings(self) -> dict[str, Any]:
-        c = self.config
-        return {"cache_interval": c.cache_interval, "warmup_steps": c.warmup_steps,
-                "final_full_steps": c.final_full_steps, "max_order": c.max_order, "predict": c.predict,
-                "factor_dtype": c.factor_dtype}
+        return config_settings(self.config)
 
 
 class TaylorSeerComponentPolicy(AttentionPolicy):
@@ -206,10 +209,7 @@ class TaylorSeerComponentPolicy(AttentionPolicy):
             state.update(output.detach(), call.call_index)
 
     def settings(self) -> dict[str, Any]:
-        c = self.config
-        return {"cache_interval": c.cache_interval, "warmup_steps": c.warmup_steps,
-                "final_full_steps": c.final_full_steps, "max_order": c.max_order, "predict": c.predict,
-                "factor_dtype": c.factor_dtype}
+        return config_settings(self.config)
 
 
 def taylorseer_policy(config: TaylorSeerConfig) -> TaylorSeerPolicy | TaylorSeerComponentPolicy:

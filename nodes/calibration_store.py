@@ -54,9 +54,22 @@ def _files() -> list[str]:
     return [f for f in listed if f.endswith(EXTENSION)]
 
 
+_formats: dict[tuple[str, int, int], str | None] = {}  # (path, mtime_ns, size) -> format metadata
+
+
 def _format_of(name: str) -> str | None:
+    """A file's ``format`` metadata, read once per file version (both dropdowns ask on every /object_info)."""
     path = folder_paths.get_full_path(FOLDER, name)
-    return cal_io.file_format(path) if path else None
+    if not path:
+        return None
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    key = (path, st.st_mtime_ns, st.st_size)
+    if key not in _formats:
+        _formats[key] = cal_io.file_format(path)
+    return _formats[key]
 
 
 def choices() -> list[str]:

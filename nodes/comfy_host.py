@@ -17,7 +17,7 @@ import inspect
 import logging
 import time
 import uuid
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import comfy.model_patcher
 import torch
@@ -108,7 +108,7 @@ def apply_cache(model: Any, policy: Policy | AttentionPolicy, node_label: str, n
     if isinstance(policy, AttentionPolicy):
         _attach_attention(m, policy)
         if FFN in policy.kinds():
-            _attach_ffn(m, dm, layout, spec.id)
+            _attach_ffn(m, layout, spec.id)
     m.add_wrapper_with_key(WrappersMP.OUTER_SAMPLE, WRAPPER_KEY, _outer_sample_wrapper)
     # APPLY_MODEL (BaseModel.apply_model, every family) rather than DIFFUSION_MODEL, which some forwards of
     # ComfyUI 0.3.75 (SD3's MMDiT, Mochi) do not run their wrappers for
@@ -254,10 +254,10 @@ class _FeedForwardProxy(torch.nn.Module):
         return active[1].attention(lambda: inner(*args, **kwargs), kind=FFN, slot=self.slot)
 
 
-def _attach_ffn(m: Any, dm: Any, layout: BlockLayout, spec_id: str) -> None:
-    """Object-patch every feed-forward module the layout names (``Segment.ffn``) with a proxy."""
-    import comfy.utils
-
+def feed_forward_modules(m: Any, layout: BlockLayout) -> Iterator[tuple[str, int, torch.nn.Module]]:
+    """(object-patch key, index j in ``Segment.ffn``, module) of every feed-forward module the layout names that
+    the model's blocks have (SD3's last context block has none), unwrapped from our own proxies."""
+    dm = diffusion_model_of(m)
     for seg in layout.segments:
         for i in range(len(getattr(dm, seg.attr))):
             for j, path in enumerate(seg.ffn):
@@ -265,11 +265,17 @@ def _attach_ffn(m: Any, dm: Any, layout: BlockLayout, spec_id: str) -> None:
                 try:
                     module = m.get_model_object(key)
                 except AttributeError:
-                    continue  # this block has no such module (e.g. SD3's last context block)
+                    continue
                 while isinstance(module, _FeedForwardProxy):  # the model is still patched by an earlier clone
                     module = module._dit_cache_inner
                 if isinstance(module, torch.nn.Module):
-                    m.add_object_patch(key, _FeedForwardProxy(module, FFN_SLOT + j, spec_id))
+                    yield key, j, module
+
+
+def _attach_ffn(m: Any, layout: BlockLayout, spec_id: str) -> None:
+    """Object-patch every feed-forward module the layout names (``Segment.ffn``) with a proxy."""
+    for key, j, module in list(feed_forward_modules(m, layout)):
+        m.add_object_patch(key, _FeedForwardProxy(module, FFN_SLOT + j, spec_id))
 
 
 def _make_runner(spec: CacheSpec, stats: RunStats, model_sampling: Any, run_info: RunInfo) -> Any:

@@ -7,7 +7,8 @@ from comfy_api.latest import io
 
 from ..cache_core import calibration as cal_io
 from ..cache_core import smoothcache_calibration as smooth_io
-from ..cache_core.smoothcache import DEFAULT_ALPHA, Errors, SmoothCacheCalibratePolicy, SmoothCacheConfig, SmoothCachePolicy
+from ..cache_core.smoothcache import (DEFAULT_ALPHA, Errors, SmoothCacheCalibratePolicy, SmoothCacheConfig,
+                                      SmoothCachePolicy, schedule_text)
 from . import calibration_store, run_log
 from .comfy_host import apply_cache
 from .magcache_nodes import calibration_run
@@ -142,7 +143,6 @@ class ApplySmoothCache(io.ComfyNode):
                                    schedule=cal.schedule if saved else None)
         policy = SmoothCachePolicy(config)
         log.info("[dit-cache] Apply SmoothCache: using %s (%s, %d steps, alpha %g%s)\n%s", cal.name, cal.family,
-                 cal.steps, config.alpha, ", saved schedule" if saved else "",
-                 "\n".join(f"{k:>8} {v}" for k, v in policy.settings()["schedule"].items()))
+                 cal.steps, config.alpha, ", saved schedule" if saved else "", schedule_text(policy.schedule(None)))
         node_id = cls.hidden.unique_id if cls.hidden is not None else None
         return io.NodeOutput(apply_cache(model, policy, "Apply SmoothCache", None if node_id is None else str(node_id)))
