@@ -76,7 +76,9 @@ def row(r: Result, ref: Result) -> str:
 
 def component_shares(model: Any, tiny: Any, cfg: float, steps: int = 2) -> dict[str, float]:
     """Share of an uncached run's wall time spent in attention cores (timed through ComfyUI's attention
-    override) and in the feed-forward modules the layout names (forward hooks), on a clone of ``model``."""
+    override) and in the feed-forward modules the layout names (forward hooks), on a clone of ``model``. One
+    untimed step first: the first run of a process also loads the model, which is no part of a step."""
+    ksample(model, tiny, steps=1, cfg=cfg)
     spent = {"attention": 0.0, "ffn": 0.0}
     started: list[float] = []
 
