@@ -25,7 +25,7 @@ import tiny_models  # noqa: E402,F401  (re-exported for the scripts)
 from metrics import psnr  # noqa: E402
 from sampling import ksample  # noqa: E402
 
-run_log = PACK.nodes.run_log
+run_log = PACK.hosts.comfy.run_log
 
 
 @dataclass
@@ -93,7 +93,7 @@ def component_shares(model: Any, tiny: Any, cfg: float, steps: int = 2) -> dict[
     layout = PACK.cache_core.layout.layout_for_module(m.get_model_object("diffusion_model"),
                                                       PACK.cache_core.layout.COMFY_LAYOUTS)
     handles = []
-    for _, _, module in PACK.nodes.comfy_host.feed_forward_modules(m, layout):
+    for _, _, module in PACK.hosts.comfy.patch.feed_forward_modules(m, layout):
         handles.append(module.register_forward_pre_hook(lambda *_: started.append(time.perf_counter())))
         handles.append(module.register_forward_hook(
             lambda *_: spent.__setitem__("ffn", spent["ffn"] + time.perf_counter() - started.pop())))

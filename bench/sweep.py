@@ -196,7 +196,7 @@ class Context:
             import folder_paths
             from sampling import ksample
 
-            run_log = self.pack.nodes.run_log
+            run_log = self.pack.hosts.comfy.run_log
             if folder not in self._tempdirs:
                 self._tempdirs[folder] = tempfile.mkdtemp(prefix=f"dit_cache_bench_{folder}_")
                 folder_paths.add_model_folder_path(folder, self._tempdirs[folder], is_default=True)

@@ -1,32 +1,30 @@
-"""Host-agnostic caching core of dit-cache.
+"""Host-agnostic caching core of dit-cache: rules, state, layouts and statistics.
 
-Nothing here imports ComfyUI: the ComfyUI glue lives in ``nodes/comfy_host.py`` and the diffusers glue in
-``cache_core/diffusers_host.py``. A host describes its model with a :class:`BlockLayout` and forwards every
-block call to a :class:`BlockCacheRunner`; the runner asks the method's policy whether a model call may
-reuse cached residuals and keeps per-run, per-CFG-stream state and statistics.
+Nothing here imports ComfyUI or diffusers: the hosts (``hosts/comfy``, ``hosts/diffusers.py``) live beside the
+core. A host describes its model with a :class:`BlockLayout` and forwards every block call to the runner the
+method's policy asks for; the runner asks the policy whether a model call may reuse cached values and keeps
+per-run, per-CFG-stream state and statistics.
+
+Every caching method lives in ``cache_core/methods/`` and registers itself (:mod:`cache_core.registry`); its
+config class, its policy and the extra names it lists are the public names of this package.
 """
+from __future__ import annotations
+
+import sys
+
+from .block_runner import BlockCacheRunner, CallInfo
 from .config import CacheWindow
-from .fbc import FirstBlockCacheConfig, FirstBlockCachePolicy
 from .layout import BlockLayout, Segment, layout_for_class_names
-from .magcache import MagCacheCalibratePolicy, MagCacheConfig, MagCachePolicy
-from .teacache import TeaCacheConfig, TeaCachePolicy
-from .runner import BlockCacheRunner, CallInfo
+from .registry import MethodSpec, methods, policy_for, register
 from .stats import CallRecord, RunStats
 
-__all__ = [
-    "BlockCacheRunner",
-    "BlockLayout",
-    "CacheWindow",
-    "CallInfo",
-    "CallRecord",
-    "FirstBlockCacheConfig",
-    "FirstBlockCachePolicy",
-    "MagCacheCalibratePolicy",
-    "MagCacheConfig",
-    "MagCachePolicy",
-    "RunStats",
-    "Segment",
-    "TeaCacheConfig",
-    "TeaCachePolicy",
-    "layout_for_class_names",
-]
+__all__ = ["BlockCacheRunner", "BlockLayout", "CacheWindow", "CallInfo", "CallRecord", "MethodSpec", "RunStats",
+           "Segment", "layout_for_class_names", "methods", "policy_for", "register"]
+
+for _spec in methods().values():
+    _module = sys.modules[_spec.config.__module__]
+    for _name in (_spec.config.__name__, getattr(_spec.policy, "__name__", ""), *_spec.exports):
+        if _name and _name not in globals():
+            globals()[_name] = getattr(_module, _name)
+            __all__.append(_name)
+del _spec, _module, _name

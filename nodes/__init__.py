@@ -1,21 +1,29 @@
-"""ComfyUI nodes of dit-cache (V3 schema) and the extension entry point."""
+"""ComfyUI nodes of dit-cache (V3 schema) and the extension entry point.
+
+The node list is built from the method registry (``cache_core/registry.py``): each method names its node
+classes as ``"<module in nodes/>:<class>"``.
+"""
 from __future__ import annotations
+
+import importlib
 
 from comfy_api.latest import ComfyExtension, io
 
-from .adaptive_node import ApplyAdaptiveCache
-from .dbcache_node import ApplyDBCache
-from .fastercache_node import ApplyFasterCache
-from .fbc_node import ApplyFirstBlockCache
-from .magcache_nodes import ApplyMagCache, MagCacheCalibrate
-from .pab_node import PABConfigNode
-from .smoothcache_nodes import ApplySmoothCache, SmoothCacheCalibrate
-from .taylorseer_node import ApplyTaylorSeer
-from .teacache_node import ApplyTeaCache
+from ..cache_core.registry import methods
 
-NODES: list[type[io.ComfyNode]] = [ApplyFirstBlockCache, ApplyMagCache, MagCacheCalibrate, ApplyTeaCache,
-                                   ApplyDBCache, ApplyTaylorSeer, ApplyAdaptiveCache, PABConfigNode, ApplyFasterCache,
-                                   SmoothCacheCalibrate, ApplySmoothCache]
+
+def _node_classes() -> list[type[io.ComfyNode]]:
+    classes: list[type[io.ComfyNode]] = []
+    for spec in methods().values():
+        for ref in spec.nodes:
+            module, name = ref.split(":")
+            cls = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+            if cls not in classes:
+                classes.append(cls)
+    return classes
+
+
+NODES: list[type[io.ComfyNode]] = _node_classes()
 
 
 class DitCacheExtension(ComfyExtension):

@@ -5,8 +5,8 @@ import logging
 
 from comfy_api.latest import io
 
-from ..cache_core.adaptive import AdaptiveCacheConfig, AdaptiveCachePolicy
-from .comfy_host import apply_cache
+from ..cache_core.methods.adaptive import AdaptiveCacheConfig, AdaptiveCachePolicy
+from ..hosts.comfy.patch import apply_cache
 from .common_inputs import gate_inputs, validate_window
 
 log = logging.getLogger("dit_cache")

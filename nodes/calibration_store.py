@@ -18,8 +18,8 @@ from typing import Any
 
 import folder_paths
 
-from ..cache_core import calibration as cal_io
-from ..cache_core import smoothcache_calibration as smooth_io
+from ..cache_core.methods import magcache_calibration as cal_io
+from ..cache_core.methods import smoothcache_calibration as smooth_io
 from ..cache_core.layout import COMFY_LAYOUTS, BlockLayout, layout_for_module
 
 log = logging.getLogger("dit_cache")

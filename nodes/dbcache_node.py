@@ -5,8 +5,8 @@ import logging
 
 from comfy_api.latest import io
 
-from ..cache_core.dbcache import DBCacheConfig, DBCachePolicy
-from .comfy_host import apply_cache, block_count
+from ..cache_core.methods.dbcache import DBCacheConfig, DBCachePolicy
+from ..hosts.comfy.patch import apply_cache, block_count
 from .common_inputs import validate_window, window_inputs
 
 log = logging.getLogger("dit_cache")

@@ -6,8 +6,8 @@ import logging
 from comfy_api.latest import io
 
 from ..cache_core.config import CacheWindow
-from ..cache_core.fastercache import FasterCacheConfig, FasterCachePolicy
-from .comfy_host import apply_cache
+from ..cache_core.methods.fastercache import FasterCacheConfig, FasterCachePolicy
+from ..hosts.comfy.patch import apply_cache
 from .common_inputs import named_window_inputs, validate_windows
 
 log = logging.getLogger("dit_cache")

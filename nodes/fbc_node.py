@@ -5,8 +5,8 @@ import logging
 
 from comfy_api.latest import io
 
-from ..cache_core.fbc import FirstBlockCacheConfig, FirstBlockCachePolicy
-from .comfy_host import apply_cache
+from ..cache_core.methods.fbc import FirstBlockCacheConfig, FirstBlockCachePolicy
+from ..hosts.comfy.patch import apply_cache
 from .common_inputs import gate_inputs, validate_window
 
 log = logging.getLogger("dit_cache")

@@ -6,10 +6,11 @@ from typing import Any
 
 from comfy_api.latest import io
 
-from ..cache_core import calibration as cal_io
-from ..cache_core.magcache import MagCacheCalibratePolicy, MagCacheConfig, MagCachePolicy, StreamCalibration
-from . import calibration_store, run_log, stats_server
-from .comfy_host import apply_cache
+from ..cache_core.methods import magcache_calibration as cal_io
+from ..cache_core.methods.magcache import MagCacheCalibratePolicy, MagCacheConfig, MagCachePolicy, StreamCalibration
+from . import calibration_store
+from ..hosts.comfy import run_log, stats_server
+from ..hosts.comfy.patch import apply_cache
 from .common_inputs import validate_window, window_inputs
 
 log = logging.getLogger("dit_cache")

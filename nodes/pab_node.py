@@ -5,10 +5,10 @@ import logging
 
 from comfy_api.latest import io
 
-from ..cache_core.attention import KINDS
+from ..cache_core.component_runner import KINDS
 from ..cache_core.config import CacheWindow
-from ..cache_core.pab import PABConfig, PABPolicy
-from .comfy_host import apply_cache
+from ..cache_core.methods.pab import PABConfig, PABPolicy
+from ..hosts.comfy.patch import apply_cache
 from .common_inputs import named_window_inputs, validate_windows
 
 log = logging.getLogger("dit_cache")

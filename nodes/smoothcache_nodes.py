@@ -5,12 +5,13 @@ import logging
 
 from comfy_api.latest import io
 
-from ..cache_core import calibration as cal_io
-from ..cache_core import smoothcache_calibration as smooth_io
-from ..cache_core.smoothcache import (DEFAULT_ALPHA, Errors, SmoothCacheCalibratePolicy, SmoothCacheConfig,
+from ..cache_core.methods import magcache_calibration as cal_io
+from ..cache_core.methods import smoothcache_calibration as smooth_io
+from ..cache_core.methods.smoothcache import (DEFAULT_ALPHA, Errors, SmoothCacheCalibratePolicy, SmoothCacheConfig,
                                       SmoothCachePolicy, schedule_text)
-from . import calibration_store, run_log
-from .comfy_host import apply_cache
+from . import calibration_store
+from ..hosts.comfy import run_log
+from ..hosts.comfy.patch import apply_cache
 from .magcache_nodes import calibration_run
 
 log = logging.getLogger("dit_cache")

@@ -5,8 +5,8 @@ import logging
 
 from comfy_api.latest import io
 
-from ..cache_core.taylorseer import FACTOR_DTYPES, PREDICT_TARGETS, TaylorSeerConfig, taylorseer_policy
-from .comfy_host import apply_cache
+from ..cache_core.methods.taylorseer import FACTOR_DTYPES, PREDICT_TARGETS, TaylorSeerConfig, taylorseer_policy
+from ..hosts.comfy.patch import apply_cache
 
 log = logging.getLogger("dit_cache")
 

@@ -6,9 +6,9 @@ import logging
 from comfy_api.latest import io
 
 from ..cache_core.layout import COMFY_LAYOUTS, layout_for_module
-from ..cache_core.signals import signal_fn
-from ..cache_core.teacache import CHOICES, TeaCacheConfig, TeaCachePolicy, resolve_coefficients
-from .comfy_host import apply_cache
+from ..cache_core.methods.teacache_signals import signal_fn
+from ..cache_core.methods.teacache import CHOICES, TeaCacheConfig, TeaCachePolicy, resolve_coefficients
+from ..hosts.comfy.patch import apply_cache
 from .common_inputs import max_consecutive_skips_input, validate_window, window_inputs
 
 log = logging.getLogger("dit_cache")

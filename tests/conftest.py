@@ -33,7 +33,7 @@ def one_thread():
 
 @pytest.fixture(autouse=True)
 def _clear_run_log():
-    PACK.nodes.run_log.clear()
+    PACK.hosts.comfy.run_log.clear()
     yield
 
 

@@ -13,10 +13,10 @@ from metrics import psnr
 from sampling import ksample
 
 from dit_cache.cache_core.config import CacheWindow
-from dit_cache.cache_core.fastercache import (FasterCacheConfig, UncondState, split_frequencies, uncond_observe,
+from dit_cache.cache_core.methods.fastercache import (FasterCacheConfig, UncondState, split_frequencies, uncond_observe,
                                               uncond_rebuild)
-from dit_cache.cache_core.pab import PABConfig
-from dit_cache.nodes import run_log
+from dit_cache.cache_core.methods.pab import PABConfig
+from dit_cache.hosts.comfy import run_log
 from dit_cache.nodes.fastercache_node import ApplyFasterCache
 from dit_cache.nodes.pab_node import PABConfigNode
 

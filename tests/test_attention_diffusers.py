@@ -18,9 +18,9 @@ from diffusers.hooks import PyramidAttentionBroadcastConfig, apply_faster_cache,
 from test_diffusers_parity import SHIFT, _reinit, tiny_flux, tiny_wan
 
 from dit_cache.cache_core.config import SigmaWindow
-from dit_cache.cache_core.diffusers_host import apply_cache
-from dit_cache.cache_core.fastercache import FasterCacheConfig
-from dit_cache.cache_core.pab import PABConfig
+from dit_cache.hosts.diffusers import apply_cache
+from dit_cache.cache_core.methods.fastercache import FasterCacheConfig
+from dit_cache.cache_core.methods.pab import PABConfig
 
 log = logging.getLogger("dit_cache.tests")
 

@@ -91,10 +91,10 @@ def test_every_installed_method_skips_through_its_node(pack, one_thread):
             prepared = m.prepared(ctx) if m.prepared else {}
             patched = sweep.apply_node(cls, tiny.patcher, m.knob, max(m.values_for("tiny")), prepared, m.fixed)
             assert patched is not tiny.patcher
-            pack.nodes.run_log.clear()
+            pack.hosts.comfy.run_log.clear()
             catcher.matches.clear()
             out = ksample(patched, tiny, steps=12)
-            run = pack.nodes.run_log.last()
+            run = pack.hosts.comfy.run_log.last()
             skipped = run["skipped_calls"] if run else catcher.matches[-1][0]
             if run and run.get("reuse"):  # attention / component level: every call runs, parts are reused
                 skipped = next(iter(run["reuse"].values()))[0]

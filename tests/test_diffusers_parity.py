@@ -18,8 +18,8 @@ import torch
 from diffusers import FluxTransformer2DModel, WanTransformer3DModel
 from diffusers.hooks import FirstBlockCacheConfig as DiffusersFBCConfig
 
-from dit_cache.cache_core.diffusers_host import DiffusersCache, apply_cache
-from dit_cache.cache_core.fbc import FirstBlockCacheConfig
+from dit_cache.hosts.diffusers import DiffusersCache, apply_cache
+from dit_cache.cache_core.methods.fbc import FirstBlockCacheConfig
 from dit_cache.cache_core.stats import RunStats
 
 log = logging.getLogger("dit_cache.tests")

@@ -10,7 +10,7 @@ import tiny_models
 from metrics import psnr
 from sampling import ksample
 
-from dit_cache.nodes import run_log
+from dit_cache.hosts.comfy import run_log
 from dit_cache.nodes.fbc_node import ApplyFirstBlockCache
 
 log = logging.getLogger("dit_cache.tests")

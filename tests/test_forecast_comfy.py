@@ -10,7 +10,7 @@ import tiny_models
 from metrics import psnr
 from sampling import ksample
 
-from dit_cache.nodes import run_log
+from dit_cache.hosts.comfy import run_log
 from dit_cache.nodes.adaptive_node import ApplyAdaptiveCache
 from dit_cache.nodes.dbcache_node import ApplyDBCache
 from dit_cache.nodes.taylorseer_node import ApplyTaylorSeer

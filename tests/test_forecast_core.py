@@ -5,12 +5,12 @@ import pytest
 import torch
 
 from dit_cache.cache_core import BlockCacheRunner, BlockLayout, CallInfo, RunStats, Segment
-from dit_cache.cache_core.adaptive import AdaptiveCacheConfig, AdaptiveCachePolicy
-from dit_cache.cache_core.dbcache import DBCacheConfig, DBCachePolicy
+from dit_cache.cache_core.methods.adaptive import AdaptiveCacheConfig, AdaptiveCachePolicy
+from dit_cache.cache_core.methods.dbcache import DBCacheConfig, DBCachePolicy
 from dit_cache.cache_core.forecast import TaylorSeries
 from dit_cache.cache_core.policy import Policy
-from dit_cache.cache_core.attention import AttentionCacheRunner, SiteCall
-from dit_cache.cache_core.taylorseer import (TaylorSeerComponentPolicy, TaylorSeerConfig, TaylorSeerPolicy,
+from dit_cache.cache_core.component_runner import AttentionCacheRunner, SiteCall
+from dit_cache.cache_core.methods.taylorseer import (TaylorSeerComponentPolicy, TaylorSeerConfig, TaylorSeerPolicy,
                                              is_final_step, taylorseer_policy)
 from dit_cache.cache_core.policy import RunInfo, StreamCall
 

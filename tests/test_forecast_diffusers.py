@@ -7,9 +7,9 @@ import logging
 import pytest
 import torch
 
-from dit_cache.cache_core.adaptive import AdaptiveCacheConfig
-from dit_cache.cache_core.dbcache import DBCacheConfig
-from dit_cache.cache_core.diffusers_host import apply_cache
+from dit_cache.cache_core.methods.adaptive import AdaptiveCacheConfig
+from dit_cache.cache_core.methods.dbcache import DBCacheConfig
+from dit_cache.hosts.diffusers import apply_cache
 
 from test_diffusers_parity import BUILDERS, run_plain, sample, skips_of
 

@@ -10,8 +10,9 @@ import tiny_models
 from metrics import psnr
 from sampling import ksample
 
-from dit_cache.cache_core import calibration as cal_io
-from dit_cache.nodes import calibration_store, run_log
+from dit_cache.cache_core.methods import magcache_calibration as cal_io
+from dit_cache.nodes import calibration_store
+from dit_cache.hosts.comfy import run_log
 from dit_cache.nodes.magcache_nodes import ApplyMagCache, MagCacheCalibrate
 
 log = logging.getLogger("dit_cache.tests")

@@ -7,8 +7,8 @@ import pytest
 import torch
 from diffusers.hooks.mag_cache import FLUX_MAG_RATIOS, nearest_interp
 
-from dit_cache.cache_core import calibration as cal_io
-from dit_cache.cache_core.magcache import MagCacheConfig, MagRatioCurve, schedule_position
+from dit_cache.cache_core.methods import magcache_calibration as cal_io
+from dit_cache.cache_core.methods.magcache import MagCacheConfig, MagRatioCurve, schedule_position
 from dit_cache.cache_core.policy import RunInfo, StreamCall
 
 RATIOS = [1.0, 1.2, 1.1, 1.05, 1.0, 0.98, 0.95, 0.9]

@@ -15,8 +15,8 @@ import torch
 from diffusers.hooks import MagCacheConfig as DiffusersMagCacheConfig
 from diffusers.hooks.mag_cache import FLUX_MAG_RATIOS
 
-from dit_cache.cache_core.diffusers_host import apply_cache
-from dit_cache.cache_core.magcache import MagCacheCalibratePolicy, MagCacheConfig
+from dit_cache.hosts.diffusers import apply_cache
+from dit_cache.cache_core.methods.magcache import MagCacheCalibratePolicy, MagCacheConfig
 
 from test_diffusers_parity import ATOL, RTOL, STEPS, STREAMS, run_plain, sample, skips_of, tiny_flux
 

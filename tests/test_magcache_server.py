@@ -65,7 +65,7 @@ def test_calibrate_save_dropdown_apply(server: Server):
         assert path.is_file() and path.parent.name == "magcache" and path.name.startswith(f"{prefix}_wan_12steps_")
         # the node's UI output says where it saves; the metadata names the KSampler's sampler and scheduler
         assert "magcache" in str(entry["outputs"]["2"]["text"])
-        from dit_cache.cache_core import calibration as cal_io
+        from dit_cache.cache_core.methods import magcache_calibration as cal_io
         cal = cal_io.load(path)
         assert (cal.sampler, cal.scheduler, cal.steps, set(cal.ratios)) == ("euler", "simple", 12, {"cond", "uncond"})
 

@@ -24,7 +24,7 @@ from metrics import psnr
 from sampling import ksample
 
 from dit_cache.cache_core.layout import COMFY_LAYOUTS
-from dit_cache.nodes import run_log
+from dit_cache.hosts.comfy import run_log
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS_FILE = ROOT / "tests" / "out" / "matrix.json"

@@ -67,7 +67,7 @@ def _cache_nodes(wf: dict) -> list[dict]:
 
 def test_stats_without_a_server_record_only():
     """In-process (no ComfyUI server): nothing is registered or sent, the run is still recorded, JSON-safe."""
-    from dit_cache.nodes import run_log, stats_server
+    from dit_cache.hosts.comfy import run_log, stats_server
     assert stats_server.prompt_server() is None
     assert stats_server.register_routes() is False
     run = {"method": "FirstBlockCache", "calls": 2, "skipped_calls": 1,
@@ -85,9 +85,9 @@ def test_cache_spec_carries_the_executing_node_id():
     execution context, real tiny Flux)."""
     import tiny_models
     from comfy_execution.utils import CurrentNodeContext
-    from dit_cache.cache_core.fbc import FirstBlockCacheConfig, FirstBlockCachePolicy
-    from dit_cache.nodes import stats_server
-    from dit_cache.nodes.comfy_host import SPEC_KEY, apply_cache
+    from dit_cache.cache_core.methods.fbc import FirstBlockCacheConfig, FirstBlockCachePolicy
+    from dit_cache.hosts.comfy import stats_server
+    from dit_cache.hosts.comfy.patch import SPEC_KEY, apply_cache
 
     model = tiny_models.build("flux", "tiny", seed=0).patcher
     policy = FirstBlockCachePolicy(FirstBlockCacheConfig(threshold=0.1))
@@ -279,7 +279,7 @@ def _calibrate_workflow(prefix: str, steps: int = 8, cfg: float = 4.0) -> dict:
 @pytest.mark.browser
 def test_magcache_calibration_on_node_in_headless_chromium(server: Server, tmp_path: Path):
     _require_browser()
-    from dit_cache.cache_core import calibration as cal_io
+    from dit_cache.cache_core.methods import magcache_calibration as cal_io
 
     prefix, steps = f"e2e{uuid.uuid4().hex[:6]}", 8
     wf = _calibrate_workflow(prefix, steps)

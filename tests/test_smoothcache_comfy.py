@@ -12,10 +12,11 @@ import tiny_models
 from metrics import psnr
 from sampling import ksample
 
-from dit_cache.cache_core import smoothcache_calibration as smooth_io
+from dit_cache.cache_core.methods import smoothcache_calibration as smooth_io
 from dit_cache.cache_core.layout import COMFY_LAYOUTS, layout_for_module
-from dit_cache.cache_core.smoothcache import build_schedule
-from dit_cache.nodes import calibration_store, run_log
+from dit_cache.cache_core.methods.smoothcache import build_schedule
+from dit_cache.nodes import calibration_store
+from dit_cache.hosts.comfy import run_log
 from dit_cache.nodes.smoothcache_nodes import ApplySmoothCache, SmoothCacheCalibrate
 
 log = logging.getLogger("dit_cache.tests")

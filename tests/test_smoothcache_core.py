@@ -6,10 +6,10 @@ import math
 import pytest
 import torch
 
-from dit_cache.cache_core import smoothcache_calibration as smooth_io
-from dit_cache.cache_core.attention import SiteCall
-from dit_cache.cache_core.calibration import CalibrationError
-from dit_cache.cache_core.smoothcache import (SmoothCacheCalibratePolicy, SmoothCacheConfig, SmoothCachePolicy,
+from dit_cache.cache_core.methods import smoothcache_calibration as smooth_io
+from dit_cache.cache_core.component_runner import SiteCall
+from dit_cache.cache_core.methods.magcache_calibration import CalibrationError
+from dit_cache.cache_core.methods.smoothcache import (SmoothCacheCalibratePolicy, SmoothCacheConfig, SmoothCachePolicy,
                                               build_schedule, resample)
 
 NAN = math.nan
@@ -108,7 +108,7 @@ def test_file_round_trip_and_errors(tmp_path):
     (tmp_path / "bad.safetensors").write_bytes(b"not a safetensors file")
     with pytest.raises(CalibrationError, match="corrupt"):
         smooth_io.load(tmp_path / "bad.safetensors")
-    from dit_cache.cache_core import calibration as mag_io
+    from dit_cache.cache_core.methods import magcache_calibration as mag_io
     with pytest.raises(CalibrationError, match="not a dit-cache MagCache"):
         mag_io.load(path)
     assert mag_io.file_format(path) == smooth_io.FORMAT

@@ -12,7 +12,7 @@ import tiny_models
 from metrics import psnr
 from sampling import ksample
 
-from dit_cache.nodes import run_log
+from dit_cache.hosts.comfy import run_log
 from dit_cache.nodes.taylorseer_node import ApplyTaylorSeer
 
 from test_smoothcache_comfy import sites_per_kind

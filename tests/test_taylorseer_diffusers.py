@@ -22,8 +22,8 @@ import pytest
 import torch
 from diffusers.hooks import TaylorSeerCacheConfig as DiffusersTaylorSeerConfig
 
-from dit_cache.cache_core.diffusers_host import apply_cache
-from dit_cache.cache_core.taylorseer import FACTOR_DTYPES, TaylorSeerConfig
+from dit_cache.hosts.diffusers import apply_cache
+from dit_cache.cache_core.methods.taylorseer import FACTOR_DTYPES, TaylorSeerConfig
 
 from test_diffusers_parity import ATOL, RTOL, STEPS, STREAMS, run_plain, sample, skips_of, tiny_flux, tiny_wan
 

@@ -10,8 +10,8 @@ import tiny_models
 from metrics import psnr
 from sampling import ksample
 
-from dit_cache.cache_core.teacache import COEFFICIENTS, TeaCacheConfig, resolve_coefficients
-from dit_cache.nodes import run_log
+from dit_cache.cache_core.methods.teacache import COEFFICIENTS, TeaCacheConfig, resolve_coefficients
+from dit_cache.hosts.comfy import run_log
 from dit_cache.nodes.teacache_node import ApplyTeaCache
 
 log = logging.getLogger("dit_cache.tests")

@@ -85,7 +85,7 @@ def record(pack: Any, folder: str) -> tuple[dict[str, Any], dict[str, torch.Tens
     paths = folder_paths.folder_names_and_paths[store.FOLDER][0]
     paths.insert(0, folder)
     nodes = node_classes(pack)
-    run_log = pack.nodes.run_log
+    run_log = pack.hosts.comfy.run_log
     decisions: dict[str, Any] = {}
     latents: dict[str, torch.Tensor] = {}
     n_threads = torch.get_num_threads()

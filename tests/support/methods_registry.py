@@ -56,7 +56,8 @@ def _calibration_for(model: Any, family: str, method: str = "MagCache") -> str:
     import tiny_models
     from sampling import ksample
 
-    from dit_cache.nodes import calibration_store, run_log
+    from dit_cache.nodes import calibration_store
+    from dit_cache.hosts.comfy import run_log
     from dit_cache.nodes.magcache_nodes import MagCacheCalibrate
     from dit_cache.nodes.smoothcache_nodes import SmoothCacheCalibrate
 
@@ -176,7 +177,7 @@ def _families_with_signal() -> frozenset[str]:
     from matrix_families import ROWS
 
     from dit_cache.cache_core.layout import COMFY_LAYOUTS
-    from dit_cache.cache_core.signals import signal_fn
+    from dit_cache.cache_core.methods.teacache_signals import signal_fn
 
     with_signal = {lay.family for lay in COMFY_LAYOUTS if lay.signal and signal_fn(lay.signal) is not None}
     return frozenset(r.key for r in ROWS if r.layout in with_signal)

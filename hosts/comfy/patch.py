@@ -23,13 +23,13 @@ import comfy.model_patcher
 import torch
 from comfy.patcher_extension import WrappersMP
 
-from ..cache_core.attention import FFN, FFN_SLOT, AttentionCacheRunner, AttentionPolicy
-from ..cache_core.config import CacheWindow, SigmaWindow
-from ..cache_core.layout import COMFY_LAYOUTS, BlockLayout, Segment, layout_for_module
-from ..cache_core.policy import Policy, RunInfo
-from ..cache_core.signals import signal_fn
-from ..cache_core.runner import BlockCacheRunner, CallInfo
-from ..cache_core.stats import RunStats
+from ...cache_core.component_runner import FFN, FFN_SLOT, AttentionCacheRunner, AttentionPolicy
+from ...cache_core.config import CacheWindow, SigmaWindow
+from ...cache_core.layout import COMFY_LAYOUTS, BlockLayout, Segment, layout_for_module
+from ...cache_core.policy import Policy, RunInfo
+from ...cache_core.methods.teacache_signals import signal_fn
+from ...cache_core.block_runner import BlockCacheRunner, CallInfo
+from ...cache_core.stats import RunStats
 from . import stats_server
 
 log = logging.getLogger("dit_cache")
@@ -225,7 +225,7 @@ def _attach_attention(m: Any, policy: AttentionPolicy) -> None:
 
     t_opts["optimized_attention_override"] = override
     if getattr(policy, "uncond_reuse", False):
-        from .uncond_reuse import calc_cond_batch_wrapper
+        from .uncond import calc_cond_batch_wrapper
         m.add_wrapper_with_key(WrappersMP.CALC_COND_BATCH, WRAPPER_KEY, calc_cond_batch_wrapper)
 
 

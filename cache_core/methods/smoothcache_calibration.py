@@ -4,7 +4,7 @@ calibration store as MagCache's (ComfyUI: ``models/magcache``), told apart by th
 Tensors: ``errors.<type>`` (float32, lags x steps: the relative L1 change of that component type between steps
 k apart, NaN where s < k) and ``schedule.<type>`` (uint8, steps: 1 = compute, 0 = reuse) built with the
 calibration's ``alpha``. Metadata: ``format``, ``alpha`` and the model/run fields every calibration carries
-(:func:`cache_core.calibration.model_meta`). Nothing here imports ComfyUI.
+(:func:`cache_core.calibration_files.model_meta`). Nothing here imports ComfyUI.
 """
 from __future__ import annotations
 
@@ -15,10 +15,9 @@ from pathlib import Path
 
 import torch
 
-from .calibration import CalibrationError, meta_steps, model_meta, read_file, write_file
+from ..calibration_files import CalibrationError, meta_steps, model_meta, read_file, write_file
+from .smoothcache import CALIBRATION_FORMAT as FORMAT
 from .smoothcache import Errors, Schedule, build_schedule, check_errors, schedule_text
-
-FORMAT = "dit-cache.smoothcache.v1"
 
 
 @dataclass

@@ -26,8 +26,10 @@ from typing import Any, Callable, Mapping, Sequence
 
 import torch
 
-from .config import CacheWindow, check_int, check_range
-from .policy import Gate, Policy, RunInfo, StreamCall
+from ..config import CacheWindow, check_int, check_range
+from ..policy import Gate, Policy, RunInfo, StreamCall
+from ..registry import MethodSpec, register
+from .magcache_calibration import FORMAT as CALIBRATION_FORMAT
 
 INTERPOLATIONS = ("schedule", "nearest")
 
@@ -283,3 +285,9 @@ class MagCacheCalibratePolicy(Policy):
 
     def settings(self) -> dict[str, Any]:
         return {"calibrate": True}
+
+
+register(MethodSpec(
+    key="magcache", label="MagCache", config=MagCacheConfig, policy=MagCachePolicy,
+    nodes=("magcache_nodes:ApplyMagCache", "magcache_nodes:MagCacheCalibrate"), calibration=CALIBRATION_FORMAT,
+    exports=("MagCacheCalibratePolicy", "MagRatioCurve")))

@@ -19,8 +19,9 @@ from typing import Any
 
 import torch
 
-from .attention import KINDS, AttentionPolicy, SiteCall
-from .config import CacheWindow, check_int
+from ..component_runner import KINDS, AttentionPolicy, SiteCall
+from ..config import CacheWindow, check_int
+from ..registry import MethodSpec, register
 
 # PAB's published Open-Sora settings (VideoSys): spatial 2, temporal 4, cross 6, timesteps 450-930 of 1000.
 # diffusers' default window is timesteps (100, 800).
@@ -93,3 +94,6 @@ class PABPolicy(AttentionPolicy):
             out[f"{kind}_skip"] = c.skips[kind]
             out[f"{kind}_window"] = [w.start_percent, w.end_percent]
         return out
+
+
+register(MethodSpec(key="pab", label="PAB", config=PABConfig, policy=PABPolicy, nodes=("pab_node:PABConfigNode",)))

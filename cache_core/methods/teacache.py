@@ -18,8 +18,9 @@ from typing import Any, Sequence
 
 import torch
 
-from .config import CacheWindow, check_int, check_range
-from .policy import Gate, Policy, RunInfo, StreamCall
+from ..config import CacheWindow, check_int, check_range
+from ..policy import Gate, Policy, RunInfo, StreamCall
+from ..registry import MethodSpec, register
 
 # Published rescaling polynomials (ali-vilab/TeaCache; highest power first).
 COEFFICIENTS: dict[str, tuple[float, ...]] = {
@@ -135,3 +136,8 @@ class TeaCachePolicy(Policy):
         return {"threshold": c.threshold, "coefficients": c.coefficients_name,
                 "max_consecutive_skips": c.max_consecutive_skips, "start_percent": c.start_percent,
                 "end_percent": c.end_percent}
+
+
+register(MethodSpec(
+    key="teacache", label="TeaCache", config=TeaCacheConfig, policy=TeaCachePolicy,
+    nodes=("teacache_node:ApplyTeaCache",), hosts=("comfy",)))

@@ -23,8 +23,9 @@ from typing import Any
 
 import torch
 
-from .attention import AttentionPolicy, SiteCall
-from .config import CacheWindow, check_int, check_range
+from ..component_runner import AttentionPolicy, SiteCall
+from ..config import CacheWindow, check_int, check_range
+from ..registry import MethodSpec, register
 
 
 @dataclass(frozen=True)
@@ -162,3 +163,8 @@ def uncond_rebuild(state: UncondState, cond: torch.Tensor, weight_low: float, we
 
 def frequency_weights(config: FasterCacheConfig, in_low: bool, in_high: bool) -> tuple[float, float]:
     return (config.alpha_low if in_low else 1.0, config.alpha_high if in_high else 1.0)
+
+
+register(MethodSpec(
+    key="fastercache", label="FasterCache", config=FasterCacheConfig, policy=FasterCachePolicy,
+    nodes=("fastercache_node:ApplyFasterCache",)))

@@ -17,9 +17,10 @@ from typing import Any
 
 import torch
 
-from .config import CacheWindow, check_int, check_range
-from .forecast import TaylorSeries
-from .policy import Gate, Policy, RunInfo, StreamCall
+from ..config import CacheWindow, check_int, check_range
+from ..forecast import TaylorSeries
+from ..policy import Gate, Policy, RunInfo, StreamCall
+from ..registry import MethodSpec, register
 
 
 @dataclass(frozen=True)
@@ -110,3 +111,7 @@ class DBCachePolicy(Policy):
                 "warmup_steps": c.warmup_steps, "max_cached_steps": c.max_cached_steps,
                 "max_consecutive_skips": c.max_consecutive_skips, "taylorseer_order": c.taylorseer_order,
                 "start_percent": c.start_percent, "end_percent": c.end_percent}
+
+
+register(MethodSpec(
+    key="dbcache", label="DBCache", config=DBCacheConfig, policy=DBCachePolicy, nodes=("dbcache_node:ApplyDBCache",)))

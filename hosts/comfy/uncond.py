@@ -13,8 +13,8 @@ from typing import Any
 
 import torch
 
-from ..cache_core.attention import AttentionCacheRunner
-from ..cache_core.fastercache import (frequency_weights, uncond_observe, uncond_rebuild, uncond_should_skip)
+from ...cache_core.component_runner import AttentionCacheRunner
+from ...cache_core.methods.fastercache import (frequency_weights, uncond_observe, uncond_rebuild, uncond_should_skip)
 
 log = logging.getLogger("dit_cache")
 
@@ -25,7 +25,7 @@ def _eps(x: torch.Tensor, denoised: torch.Tensor, sigma: torch.Tensor) -> torch.
 
 def calc_cond_batch_wrapper(executor: Any, model: Any, conds: list, x_in: torch.Tensor, timestep: torch.Tensor,
                             model_options: dict) -> Any:
-    from .comfy_host import RUN_KEY
+    from .patch import RUN_KEY
 
     runner = model_options.get("transformer_options", {}).get(RUN_KEY)
     if not isinstance(runner, AttentionCacheRunner) or runner.uncond_state is None:

@@ -24,8 +24,11 @@ from typing import Any, Callable
 
 import torch
 
-from .attention import COMPONENT_KINDS, AttentionPolicy, SiteCall
-from .config import check_int, check_range
+from ..component_runner import COMPONENT_KINDS, AttentionPolicy, SiteCall
+from ..config import check_int, check_range
+from ..registry import MethodSpec, register
+
+CALIBRATION_FORMAT = "dit-cache.smoothcache.v1"  # the ``format`` header of its calibration files
 
 log = logging.getLogger("dit_cache")
 
@@ -232,3 +235,9 @@ class SmoothCacheCalibratePolicy(AttentionPolicy):
         self._sums, self._steps = {}, 0
         if self.on_finish is not None:
             self.on_finish(self.errors, labels, completed)
+
+
+register(MethodSpec(
+    key="smoothcache", label="SmoothCache", config=SmoothCacheConfig, policy=SmoothCachePolicy,
+    nodes=("smoothcache_nodes:SmoothCacheCalibrate", "smoothcache_nodes:ApplySmoothCache"), hosts=("comfy",),
+    calibration=CALIBRATION_FORMAT, exports=("SmoothCacheCalibratePolicy",)))

@@ -23,8 +23,9 @@ from typing import Any
 
 import torch
 
-from .config import CacheWindow, check_int, check_range
-from .policy import Gate, Policy, RunInfo, StreamCall
+from ..config import CacheWindow, check_int, check_range
+from ..policy import Gate, Policy, RunInfo, StreamCall
+from ..registry import MethodSpec, register
 
 
 @dataclass(frozen=True)
@@ -122,3 +123,8 @@ class AdaptiveCachePolicy(Policy):
         return {"threshold": c.threshold, "start_percent": c.start_percent, "end_percent": c.end_percent,
                 "warmup_steps": c.warmup_steps, "max_consecutive_skips": c.max_consecutive_skips,
                 "token_stride": c.token_stride}
+
+
+register(MethodSpec(
+    key="adaptive", label="Adaptive Cache", config=AdaptiveCacheConfig, policy=AdaptiveCachePolicy,
+    nodes=("adaptive_node:ApplyAdaptiveCache",)))

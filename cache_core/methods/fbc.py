@@ -15,8 +15,9 @@ from typing import Any
 
 import torch
 
-from .config import CacheWindow, check_range
-from .policy import Gate, Policy
+from ..config import CacheWindow, check_range
+from ..policy import Gate, Policy
+from ..registry import MethodSpec, register
 
 
 @dataclass(frozen=True)
@@ -76,3 +77,8 @@ class FirstBlockCachePolicy(Policy):
             "start_percent": c.start_percent,
             "end_percent": c.end_percent,
         }
+
+
+register(MethodSpec(
+    key="fbc", label="First Block Cache", config=FirstBlockCacheConfig, policy=FirstBlockCachePolicy,
+    nodes=("fbc_node:ApplyFirstBlockCache",)))

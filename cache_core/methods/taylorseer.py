@@ -28,10 +28,11 @@ from typing import Any
 
 import torch
 
-from .attention import COMPONENT_KINDS, AttentionPolicy, SiteCall
-from .config import check_int
-from .forecast import TaylorSeries
-from .policy import Gate, Policy, RunInfo, StreamCall
+from ..component_runner import COMPONENT_KINDS, AttentionPolicy, SiteCall
+from ..config import check_int
+from ..forecast import TaylorSeries
+from ..policy import Gate, Policy, RunInfo, StreamCall
+from ..registry import MethodSpec, register
 
 log = logging.getLogger("dit_cache")
 
@@ -217,3 +218,8 @@ def taylorseer_policy(config: TaylorSeerConfig) -> TaylorSeerPolicy | TaylorSeer
     if config.predict == COMPONENT_OUTPUTS:
         return TaylorSeerComponentPolicy(config)
     return TaylorSeerPolicy(config)
+
+
+register(MethodSpec(
+    key="taylorseer", label="TaylorSeer", config=TaylorSeerConfig, policy=taylorseer_policy,
+    nodes=("taylorseer_node:ApplyTaylorSeer",), exports=("TaylorSeerPolicy", "TaylorSeerComponentPolicy")))

@@ -26,7 +26,7 @@ import torch
 from .config import CacheWindow, SigmaWindow
 from .layout import BlockLayout
 from .policy import Policy, RunInfo
-from .runner import CallInfo, RunBlock, Streams
+from .block_runner import CallInfo, RunBlock, Streams
 from .stats import CallRecord, RunStats
 
 log = logging.getLogger("dit_cache")

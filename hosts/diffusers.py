@@ -29,20 +29,15 @@ from typing import Any, Callable, Iterator, Sequence
 
 import torch
 
-from .adaptive import AdaptiveCacheConfig, AdaptiveCachePolicy
-from .attention import AttentionCacheRunner, AttentionPolicy
-from .config import CacheWindow, SigmaWindow
-from .dbcache import DBCacheConfig, DBCachePolicy
-from .fastercache import (FasterCacheConfig, FasterCachePolicy, frequency_weights, uncond_observe, uncond_rebuild,
-                          uncond_should_skip)
-from .fbc import FirstBlockCacheConfig, FirstBlockCachePolicy
-from .magcache import MagCacheConfig, MagCachePolicy
-from .pab import PABConfig, PABPolicy
-from .layout import DIFFUSERS_LAYOUTS, BlockLayout, Segment, layout_for_module
-from .policy import Policy
-from .runner import BlockCacheRunner, CallInfo, Streams
-from .stats import RunStats
-from .taylorseer import TaylorSeerConfig, taylorseer_policy
+from ..cache_core.component_runner import AttentionCacheRunner, AttentionPolicy
+from ..cache_core.config import CacheWindow, SigmaWindow
+from ..cache_core.methods.fastercache import frequency_weights, uncond_observe, uncond_rebuild, uncond_should_skip
+from ..cache_core.layout import DIFFUSERS_LAYOUTS, BlockLayout, Segment, layout_for_module
+from ..cache_core.policy import Policy
+from ..cache_core.registry import methods
+from ..cache_core.registry import policy_for as registry_policy_for
+from ..cache_core.block_runner import BlockCacheRunner, CallInfo, Streams
+from ..cache_core.stats import RunStats
 
 __all__ = ["DEFAULT_STREAM", "DiffusersCache", "apply_cache", "flow_sigma_window", "policy_for"]
 
@@ -52,25 +47,21 @@ DEFAULT_STREAM = "default"
 _MARKER = "_dit_cache"  # instance attribute naming the DiffusersCache applied to a transformer
 _MISSING = object()
 
-# Method configs -> their policy class; a Policy instance is accepted as is.
-_POLICIES: dict[type, Callable[[Any], Policy | AttentionPolicy]] = {
-    FirstBlockCacheConfig: FirstBlockCachePolicy, MagCacheConfig: MagCachePolicy, DBCacheConfig: DBCachePolicy,
-    TaylorSeerConfig: taylorseer_policy, AdaptiveCacheConfig: AdaptiveCachePolicy, PABConfig: PABPolicy,
-    FasterCacheConfig: FasterCachePolicy}
 # FasterCache's unconditional-branch reuse slices these keyword arguments (and every positional tensor) to the
 # conditional half of a [uncond; cond] batch, as diffusers' denoiser hook does
 _BATCHED_KWARGS = ("hidden_states", "encoder_hidden_states", "timestep", "attention_mask", "encoder_attention_mask")
 
 
 def policy_for(method: Any) -> Policy | AttentionPolicy:
-    """The policy for a method config (or ``method`` itself when it already is a policy)."""
+    """The policy for a method config (or ``method`` itself when it already is a policy); only methods whose
+    registry entry names the diffusers host."""
     if isinstance(method, (Policy, AttentionPolicy)):
         return method
-    make = _POLICIES.get(type(method))
-    if make is None:
-        raise TypeError(f"unsupported cache method {type(method).__name__}; expected a Policy or one of "
-                        f"{', '.join(t.__name__ for t in _POLICIES)}")
-    return make(method)
+    for spec in methods().values():
+        if type(method) is spec.config and "diffusers" not in spec.hosts:
+            raise TypeError(f"unsupported cache method {type(method).__name__} on the diffusers host: {spec.label} runs on "
+                            f"{', '.join(spec.hosts)}")
+    return registry_policy_for(method)
 
 
 def flow_sigma_window(window: CacheWindow) -> SigmaWindow:

@@ -1,0 +1,80 @@
+"""The one list of caching methods: each method module in ``cache_core/methods/`` registers itself here.
+
+A :class:`MethodSpec` says everything the rest of the pack needs to know about a method: its key and label,
+its config class and the factory that turns a config into a policy, the ComfyUI node classes that apply it
+(named as ``"<module in nodes/>:<class>"``, so the core never imports ComfyUI), the hosts that run it and the
+calibration format it saves, if any. ComfyUI's node list (``nodes.NODES``), the diffusers host's
+config → policy table and the public names of ``cache_core`` are all built from :func:`methods`.
+
+Method modules are found by listing ``cache_core/methods/`` (:func:`load_methods`): adding a method means adding
+its module (with one ``register(...)`` call) and its node module, nothing else to edit.
+"""
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from dataclasses import dataclass
+from typing import Any, Callable
+
+HOSTS = ("comfy", "diffusers")
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    key: str  # short name: support-matrix column, bench sweep entry, file names ("fbc", "magcache", ...)
+    label: str  # what people call it ("First Block Cache")
+    config: type  # the <Method>Config dataclass
+    policy: Callable[[Any], Any]  # config -> policy (a Policy or a ComponentPolicy)
+    nodes: tuple[str, ...] = ()  # ComfyUI nodes applying it, "<module in nodes/>:<class>"
+    hosts: tuple[str, ...] = HOSTS  # hosts that run it
+    calibration: str | None = None  # the calibration file format it saves/reads, if any
+    exports: tuple[str, ...] = ()  # further public names of the method module (re-exported by cache_core)
+
+    def __post_init__(self) -> None:
+        unknown = set(self.hosts) - set(HOSTS)
+        if unknown:
+            raise ValueError(f"{self.key}: unknown hosts {sorted(unknown)}; known: {HOSTS}")
+        for ref in self.nodes:
+            if ref.count(":") != 1:
+                raise ValueError(f"{self.key}: node reference {ref!r} must be '<module>:<class>'")
+
+
+_METHODS: dict[str, MethodSpec] = {}
+_MODULES: dict[str, str] = {}  # method key -> the module that registered it
+
+
+def register(spec: MethodSpec, module: str | None = None) -> MethodSpec:
+    """Add a method (called once, at the bottom of its module). A second method with the same key is an error."""
+    if spec.key in _METHODS and _METHODS[spec.key] != spec:
+        raise ValueError(f"method {spec.key!r} is registered twice ({_MODULES.get(spec.key)} and {module})")
+    _METHODS[spec.key] = spec
+    _MODULES[spec.key] = module or getattr(spec.config, "__module__", "")
+    return spec
+
+
+def load_methods() -> dict[str, MethodSpec]:
+    """Import every module of ``cache_core/methods/`` (each registers its method) and return the registry."""
+    package = importlib.import_module(f"{__package__}.methods")
+    for info in pkgutil.iter_modules(package.__path__):
+        importlib.import_module(f"{package.__name__}.{info.name}")
+    return dict(_METHODS)
+
+
+def methods() -> dict[str, MethodSpec]:
+    """Every registered method, by key, in registration order (module names sorted)."""
+    return load_methods()
+
+
+def module_of(key: str) -> str:
+    """The module that registered method ``key``."""
+    load_methods()
+    return _MODULES[key]
+
+
+def policy_for(method: Any) -> Any:
+    """The policy for a method config (found by its class in the registry)."""
+    for spec in load_methods().values():
+        if type(method) is spec.config:
+            return spec.policy(method)
+    known = ", ".join(s.config.__name__ for s in _METHODS.values())
+    raise TypeError(f"unsupported cache method {type(method).__name__}; expected a Policy or one of {known}")
