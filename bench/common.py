@@ -1,4 +1,8 @@
-"""Shared set-up for the demo and the benchmarks: the host ComfyUI, the pack and timed KSampler runs."""
+"""Shared set-up for the demo and the benchmark: the host ComfyUI, the pack and timed KSampler runs.
+
+The benchmark reaches the pack's nodes by ComfyUI node id (``bench/sweep.py`` ``node_classes``); it reads the
+ComfyUI host's run log and feed-forward walk and the block layouts directly.
+"""
 from __future__ import annotations
 
 import logging
@@ -14,10 +18,15 @@ sys.path.insert(0, str(REPO / "tests" / "support"))
 
 import comfy_env  # noqa: E402
 
-# DITCACHE_BENCH_DEVICE=gpu (set by bench/sweep.py --device) lets ComfyUI use the GPU; the default is CPU.
-comfy_env.setup_comfy(cpu=os.environ.get("DITCACHE_BENCH_DEVICE", "cpu") == "cpu")
+# A bench script sets ComfyUI up here; a process that loaded the pack already (the tests, whose conftest set
+# ComfyUI up) keeps its own set-up and logging level.
+_HOSTED = "dit_cache" in sys.modules
+if not _HOSTED:
+    # DITCACHE_BENCH_DEVICE=gpu (set by bench/sweep.py --device) lets ComfyUI use the GPU; the default is CPU.
+    comfy_env.setup_comfy(cpu=os.environ.get("DITCACHE_BENCH_DEVICE", "cpu") == "cpu")
 PACK = comfy_env.load_pack()
-logging.getLogger().setLevel(logging.WARNING)  # keep ComfyUI's per-run model-loading lines out of the table
+if not _HOSTED:
+    logging.getLogger().setLevel(logging.WARNING)  # keep ComfyUI's per-run model-loading lines out of the table
 
 import torch  # noqa: E402
 
@@ -35,7 +44,6 @@ class Result:
     calls: int
     skipped: int
     latent: torch.Tensor
-    ideal: float | None = None  # component-level methods: cost-weighted (see component_ideal)
 
     @property
     def computed(self) -> int:
@@ -90,8 +98,8 @@ def component_shares(model: Any, tiny: Any, cfg: float, steps: int = 2) -> dict[
 
     m = model.clone()
     m.model_options.setdefault("transformer_options", {})["optimized_attention_override"] = attention
-    layout = PACK.cache_core.layout.layout_for_module(m.get_model_object("diffusion_model"),
-                                                      PACK.cache_core.layout.COMFY_LAYOUTS)
+    layouts = PACK.cache_core.layout
+    layout = layouts.layout_for_module(m.get_model_object("diffusion_model"), layouts.COMFY_LAYOUTS)
     handles = []
     for _, _, module in PACK.hosts.comfy.patch.feed_forward_modules(m, layout):
         handles.append(module.register_forward_pre_hook(lambda *_: started.append(time.perf_counter())))
@@ -107,9 +115,17 @@ def component_shares(model: Any, tiny: Any, cfg: float, steps: int = 2) -> dict[
     return {k: v / total for k, v in spent.items()}
 
 
-def component_ideal(run: dict, shares: dict[str, float]) -> float:
-    """Ideal speedup of a component-level run: the uncached work over what was still computed, counting each
-    reused attention / feed-forward computation at its measured share (attention kinds share one figure)."""
+def weighted_ideal(run: dict, shares: dict[str, float], streams: int = 1) -> float:
+    """Cost-weighted ideal speedup of a dit-cache run (its run-log record): the uncached work over what was still
+    computed. Skipped model calls count whole; of the ``streams`` CFG passes per call (2 with CFG, batched in one
+    call by ComfyUI), each unconditional pass rebuilt instead of run (FasterCache) counts as one pass; inside
+    what ran, each reused attention / feed-forward computation counts at its measured share of an uncached run
+    (:func:`component_shares`; attention kinds share one figure). Block-skipping methods get calls / computed."""
+    calls = run.get("calls", 0)
+    left = (calls - run.get("skipped_calls", 0)) / calls if calls else 1.0
+    rebuilt = run.get("reuse", {}).get("uncond", [0, 0])[0]
+    if calls and streams > 1:
+        left *= 1.0 - rebuilt / (calls * streams)
     by_kind = run.get("reuse_by_kind", {})
     saved = 0.0
     for part, kinds in (("attention", ("spatial", "temporal", "cross")), ("ffn", ("ffn",))):
@@ -117,5 +133,4 @@ def component_ideal(run: dict, shares: dict[str, float]) -> float:
         total = sum(by_kind.get(k, [0, 0])[1] for k in kinds)
         if total:
             saved += shares[part] * reused / total
-    computed = (run["calls"] - run["skipped_calls"]) / run["calls"] if run["calls"] else 1.0
-    return 1.0 / max(computed - saved * computed, 1e-9)
+    return 1.0 / max(left * (1.0 - saved), 1e-9)

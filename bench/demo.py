@@ -8,8 +8,7 @@ from __future__ import annotations
 import argparse
 
 from common import PACK, measure, row, timed, tiny_models
-
-ApplyFirstBlockCache = PACK.nodes.fbc_node.ApplyFirstBlockCache
+from sweep import apply_node, node_classes
 
 
 def main() -> None:
@@ -22,7 +21,9 @@ def main() -> None:
     tiny = tiny_models.build("flux", "tiny")
     print(f"dit-cache demo: tiny Flux ({tiny_models.parameter_count(tiny) / 1e6:.2f} M params, ComfyUI's Flux class), "
           f"{args.steps} euler steps, CPU")
-    cached_model = ApplyFirstBlockCache.execute(tiny.patcher, args.threshold, 0.0, 1.0, -1, 0).result[0]
+    # Apply FirstBlockCache by its node id, every input but the threshold at the node's default
+    fbc = node_classes(PACK)["DitCache.ApplyFirstBlockCache"]
+    cached_model = apply_node(fbc, tiny.patcher, "threshold", args.threshold, {})
     timed("warm-up", cached_model, tiny, 2, 1.0, True)
     ref, cached = measure([("uncached", tiny.patcher, False),
                            (f"FirstBlockCache threshold {args.threshold}", cached_model, True)],

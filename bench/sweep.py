@@ -1,22 +1,34 @@
-"""Sweep every caching method's main knob on one model and compare with the uncached run (all in one process).
+"""Sweep caching methods' knobs on one model and compare with the uncached run (all in one process): the
+project's one benchmark.
 
-    .venv/bin/python bench/sweep.py                       # medium Flux-class model (~100 M), CPU, 5-8 min
-    .venv/bin/python bench/sweep.py --size tiny           # seconds
-    .venv/bin/python bench/sweep.py --size large          # ~0.55 B, meant for a GPU (--device auto picks it)
+    .venv/bin/python bench/sweep.py                          # every method, medium Flux-class model, CPU, 5-8 min
+    .venv/bin/python bench/sweep.py --size tiny              # seconds
+    .venv/bin/python bench/sweep.py --size large             # ~0.55 B, meant for a GPU (--device auto picks it)
+    .venv/bin/python bench/sweep.py --preset fbc-overhead    # First Block Cache's overhead when nothing is skipped
+    .venv/bin/python bench/sweep.py --preset attention       # PAB, FasterCache: medium Wan-class video, CFG 5
+    .venv/bin/python bench/sweep.py --preset forecast        # forecasting methods vs ComfyUI's EasyCache
+    .venv/bin/python bench/sweep.py --list-presets
 
-The methods and knob values come from bench/sweep_methods.py (one entry per method; ComfyUI's built-in EasyCache
-is the reference curve). Each point applies the method's node with that knob value (other inputs at the entry's
-fixed values or the node's defaults) and samples with ComfyUI's KSampler path (euler, simple, cfg 1). The
-uncached run opens and closes each round; with ``--repeats N`` the rounds run N times and each point keeps its
-fastest wall time, so load from elsewhere on the machine hits all alike. CPU runs use one torch thread unless
-``--threads`` says otherwise.
+A preset (:data:`PRESETS`, data only) names the model family and size, cfg, steps, repeats and the runs: entries
+of bench/sweep_methods.py (one per method, keyed as the support matrix's methods; ComfyUI's built-in EasyCache is
+the reference curve), each with its knob values and, where it differs from the entry, the swept input and more
+fixed inputs. Flags given explicitly override the preset (``--methods`` keeps the preset's runs of those keys and
+adds the entry of any other key; ``--values`` replaces the values of every run of a key). Each point applies the
+method's node with that knob value (other inputs at the run's fixed values or the node's defaults) and samples
+with ComfyUI's KSampler path (euler, simple). The uncached run opens and closes each round; with ``--repeats N``
+the rounds run N times and each point keeps its fastest wall time, so load from elsewhere on the machine hits all
+alike. CPU runs use one torch thread unless ``--threads`` says otherwise.
 Per point: wall time, speedup (uncached wall / this wall, same run), the same ratio of process CPU times (it
 leaves out time spent waiting for a core while other processes run), ideal speedup (model calls / computed
 calls; attention-level methods skip no call, their reused attention computations are listed under the table
-and in the CSV), PSNR and SSIM of the final latent against the uncached one, and peak memory: on CPU the
-process's peak resident set size during the run (Linux VmHWM, reset before each run through
+and in the CSV; with ``--weighted-ideal``, as the attention and forecast presets set, the ideal counts reused
+attention / feed-forward computations and rebuilt unconditional passes at their measured share of an uncached
+run, bench/common.py weighted_ideal), PSNR and SSIM of the final latent against the uncached one, and peak
+memory: on CPU the process's peak resident set size during the run (Linux VmHWM, reset before each run through
 /proc/self/clear_refs; it includes the weights), on GPU torch.cuda.max_memory_allocated (reset before each run).
-Prints a table and writes bench/out/sweep_<size>.csv and bench/out/sweep_<size>.png (speedup vs PSNR).
+A dit-cache point that skipped and reused nothing also gets a line with its wall time over the uncached one (the
+patched model's overhead). Prints a table and writes bench/out/sweep_<size>.csv and .png (speedup vs PSNR;
+other presets: sweep_<preset>_<size>.*).
 """
 from __future__ import annotations
 
@@ -35,7 +47,7 @@ import sys
 import tempfile
 import textwrap
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -44,24 +56,155 @@ OUT_DIR = Path(__file__).resolve().parent / "out"
 EASYCACHE_LINE = re.compile(r"^(?:EasyCache|LazyCache) - skipped (\d+)/(\d+) steps")
 
 
-def _parse() -> argparse.Namespace:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--size", default="medium", choices=["tiny", "medium", "large"],
-                    help="tiny / medium (CPU), large (GPU)")
-    ap.add_argument("--steps", type=int, default=20)
-    ap.add_argument("--repeats", type=int, default=1,
-                    help="runs per point, interleaved; the fastest counts (2-3 on a quiet machine for steadier times)")
+@dataclass(frozen=True)
+class Run:
+    """One curve of a preset: the bench/sweep_methods.py entry ``key`` with, where given, its own knob values
+    (else the entry's for the model size), another swept input, inputs fixed on top of the entry's, and its own
+    legend label (needed when a preset runs one entry twice)."""
+
+    key: str
+    values: tuple[float, ...] | None = None
+    knob: str | None = None
+    fixed: Mapping[str, Any] = field(default_factory=dict)
+    label: str | None = None
+
+
+@dataclass(frozen=True)
+class Preset:
+    about: str
+    family: str = "flux"  # tests/support/tiny_models.py FAMILIES key
+    size: str = "medium"
+    cfg: float = 1.0
+    steps: int = 20
+    repeats: int = 1
+    runs: tuple[Run, ...] | None = None  # None: every sweep_methods entry at its values for the size
+    weighted_ideal: bool = False  # ideal speedup weighted by measured component shares (common.weighted_ideal)
+    best_at_psnr: float | None = None  # also print the fastest point at or above this PSNR (dB)
+
+
+def _windows(start: float, end: float, kinds: tuple[str, ...] = ("spatial", "temporal", "cross")) -> dict:
+    return {f"{k}_{edge}_percent": v for k in kinds for edge, v in (("start", start), ("end", end))}
+
+
+PRESETS: dict[str, Preset] = {
+    "default": Preset("every method's main knob on the medium Flux-class image model at cfg 1"),
+    # threshold 1e-9 never skips (0 would disable the cache and return the model unpatched): every block still
+    # runs through the cache core, so its wall time over the uncached one is the patched model's overhead
+    "fbc-overhead": Preset(
+        "First Block Cache on the medium Flux-class model: a threshold that never skips (every block through the "
+        "cache core: the patched model's overhead) next to its usual thresholds",
+        repeats=2, runs=(Run("fbc", values=(1e-9,), label="First Block Cache, nothing skipped"), Run("fbc"))),
+    # 5 latent frames of 32x32 = 1280 tokens, attention about half the work; CFG 5 so that FasterCache's
+    # unconditional-branch rebuild applies (at cfg 1 ComfyUI runs no unconditional branch)
+    "attention": Preset(
+        "PAB and FasterCache on the medium Wan-class video model at CFG 5 (FasterCache's unconditional-branch "
+        "rebuild applies), ideal speedup weighted by the measured attention share",
+        family="wan21", cfg=5.0, weighted_ideal=True,
+        runs=(Run("pab", values=(2,)),
+              Run("pab", values=(3,), fixed=_windows(0.1, 0.95), label="PAB, windows 0.1-0.95"),
+              Run("fastercache", knob="uncond_skip", values=(5, 3)))),
+    # TaylorSeer with one full final step, as cache-dit's setting; DBCache Fn 4 next to the entry's Fn 1
+    "forecast": Preset(
+        "DBCache, TaylorSeer, Adaptive Cache and SmoothCache against ComfyUI's built-in EasyCache on the medium "
+        "Flux-class model, with the cost-weighted ideal and the fastest point at PSNR >= 30 dB",
+        repeats=2, weighted_ideal=True, best_at_psnr=30.0,
+        runs=(Run("easycache", values=(0.1, 0.2, 0.3)),
+              Run("dbcache", values=(0.2,), fixed={"Fn": 4}, label="DBCache F4B0 + TaylorSeer 1"),
+              Run("dbcache", values=(0.2, 0.3)),
+              Run("taylorseer", values=(3, 4, 5), fixed={"final_full_steps": 1}, label="TaylorSeer, final 1"),
+              Run("taylorseer", values=(4,), fixed={"final_full_steps": 1, "predict": "attention+MLP outputs"},
+                  label="TaylorSeer attention+MLP, final 1"),
+              Run("adaptive", values=(0.2, 0.4, 0.8)),
+              Run("smoothcache", values=(0.05, 0.1, 0.2)))),
+}
+
+FAMILY_LABELS = {"flux": "Flux-class", "wan21": "Wan-class video"}
+
+
+@dataclass(frozen=True)
+class Curve:
+    """A resolved run: the entry, its legend label, swept input, values and every fixed input."""
+
+    method: Any  # sweep_methods.SweepMethod
+    label: str
+    knob: str
+    values: tuple[float, ...]
+    fixed: Mapping[str, Any]
+
+
+def resolve(preset: Preset, size: str, methods: list[str] | None = None,
+            values: Mapping[str, tuple[float, ...]] | None = None) -> list[Curve]:
+    """The curves ``preset`` runs at ``size``: its runs (``methods``: only those of these keys, plus the entry of
+    any key the preset does not run), ``values`` replacing the values of every run of a key. Unknown keys, a run
+    that fixes its own swept input and two curves with one label raise ValueError."""
+    import sweep_methods
+
+    by_key = sweep_methods.BY_KEY
+    values = dict(values or {})
+    runs = list(preset.runs) if preset.runs is not None else [Run(k) for k in by_key]
+    unknown = ({r.key for r in runs} | set(methods or []) | set(values)) - set(by_key)
+    if unknown:
+        raise ValueError(f"unknown method(s) {', '.join(sorted(unknown))}; bench/sweep_methods.py has "
+                         f"{', '.join(by_key)}")
+    if methods is not None:
+        ran = {r.key for r in runs}
+        runs = [r for r in runs if r.key in methods] + [Run(k) for k in dict.fromkeys(methods) if k not in ran]
+    curves = []
+    for run in runs:
+        entry = by_key[run.key]
+        knob = run.knob or entry.knob
+        if knob in run.fixed:
+            raise ValueError(f"{run.key}: the swept input {knob!r} cannot also be fixed")
+        fixed = {k: v for k, v in {**entry.fixed, **run.fixed}.items() if k != knob}
+        curves.append(Curve(entry, run.label or entry.label, knob,
+                            tuple(values.get(run.key) or run.values or entry.values_for(size)), fixed))
+    labels = [c.label for c in curves]
+    if len(labels) != len(set(labels)):
+        raise ValueError(f"two runs share a label: {labels}")
+    return curves
+
+
+def _presets_text() -> str:
+    lines = ["presets (--preset NAME; explicit flags override them):"]
+    for name, p in PRESETS.items():
+        lines.append(f"  {name}: {p.about}; {p.family} {p.size}, cfg {p.cfg:g}, {p.steps} steps, "
+                     f"{p.repeats} repeat(s)")
+    return "\n".join(lines)
+
+
+def _parse(argv: list[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__, epilog=_presets_text(),
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--preset", default="default", choices=list(PRESETS), help="what to run (see below)")
+    ap.add_argument("--list-presets", action="store_true", help="print the presets and exit")
+    ap.add_argument("--family", default=None, help="tiny_models family key (preset's: flux, or wan21)")
+    ap.add_argument("--size", default=None, choices=["tiny", "medium", "large"],
+                    help="tiny / medium (CPU), large (GPU, Flux only); default: the preset's (medium)")
+    ap.add_argument("--cfg", type=float, default=None, help="default: the preset's (1, attention: 5)")
+    ap.add_argument("--steps", type=int, default=None, help="default: the preset's (20)")
+    ap.add_argument("--repeats", type=int, default=None,
+                    help="runs per point, interleaved; the fastest counts (2-3 on a quiet machine for steadier times; "
+                         "default: the preset's)")
     ap.add_argument("--threads", type=int, default=None,
                     help="torch CPU threads (default on CPU: 1; with other processes busy on a small machine, "
                          "several threads stall each other: 2 threads ran 6x slower than 1 on the 2-core host)")
-    ap.add_argument("--methods", nargs="+", default=None, help="method keys of bench/sweep_methods.py (default: all)")
+    ap.add_argument("--methods", nargs="+", default=None,
+                    help="method keys of bench/sweep_methods.py (default: the preset's; default preset: all)")
     ap.add_argument("--values", nargs="+", default=[], metavar="KEY=V1,V2",
                     help="override a method's knob values, e.g. fbc=0.05,0.1")
+    ap.add_argument("--weighted-ideal", action=argparse.BooleanOptionalAction, default=None,
+                    help="measure the attention / feed-forward shares of an uncached run first and weight the ideal "
+                         "speedup by them (default: the preset's)")
     ap.add_argument("--device", default="auto", choices=["auto", "cpu", "gpu"], help="auto: GPU when torch sees one")
     ap.add_argument("--out", type=Path, default=OUT_DIR)
     ap.add_argument("--replot", type=Path, default=None, metavar="CSV",
                     help="only redraw the PNG of a CSV this script wrote (next to it)")
-    return ap.parse_args()
+    args = ap.parse_args(argv)
+    preset = PRESETS[args.preset]
+    for name in ("family", "size", "cfg", "steps", "repeats", "weighted_ideal"):
+        if getattr(args, name) is None:
+            setattr(args, name, getattr(preset, name))
+    return args
 
 
 class _SkipLines(logging.Handler):
@@ -123,6 +266,9 @@ class Point:
     skipped: int = 0
     cache_mb: float | None = None
     attention_reused: tuple[int, int] | None = None  # attention-level methods: (reused, total) computations
+    uncond_rebuilt: tuple[int, int] | None = None  # FasterCache at cfg != 1: (rebuilt, total) unconditional passes
+    recorded: bool = False  # a dit-cache run record was read
+    weighted: float | None = None  # cost-weighted ideal speedup (--weighted-ideal)
     peak_mb: float = 0.0
     latent: Any = None
 
@@ -139,7 +285,7 @@ def node_classes(pack: Any) -> dict[str, Any]:
     found: dict[str, Any] = {}
     for source in sweep_methods.NODE_SOURCES:
         try:
-            module = pack.nodes if source == "pack" else importlib.import_module(source)
+            module = pack if source == "pack" else importlib.import_module(source)
         except ImportError as e:
             logging.getLogger("dit_cache.bench").warning("[dit-cache] bench: cannot import %s: %s", source, e)
             continue
@@ -194,9 +340,9 @@ class Context:
         MagCache Calibrate does). Made once per node."""
         if node_id not in self._calibrations:
             import folder_paths
+            from common import run_log  # the pack's run log, wherever the pack keeps it
             from sampling import ksample
 
-            run_log = self.pack.hosts.comfy.run_log
             if folder not in self._tempdirs:
                 self._tempdirs[folder] = tempfile.mkdtemp(prefix=f"dit_cache_bench_{folder}_")
                 folder_paths.add_model_folder_path(folder, self._tempdirs[folder], is_default=True)
@@ -291,6 +437,9 @@ def replot(csv_path: Path) -> Path:
 def main() -> None:
     args = _parse()
     sys.stdout.reconfigure(line_buffering=True)  # lines show up before the progress bar when piped
+    if args.list_presets:
+        print(_presets_text())
+        return
     if args.replot is not None:
         print(f"wrote {replot(args.replot)}")
         return
@@ -299,13 +448,13 @@ def main() -> None:
         args.device = "gpu" if torch.cuda.is_available() else "cpu"
     os.environ["DITCACHE_BENCH_DEVICE"] = args.device
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from common import PACK, run_log, tiny_models  # noqa: E402  (sets up ComfyUI for the device)
-    import sweep_methods
+    from common import PACK, component_shares, run_log, tiny_models, weighted_ideal  # noqa: E402  (sets up ComfyUI)
     import torch
     from metrics import psnr, ssim
     from sampling import ksample
     from tqdm import tqdm
 
+    preset = PRESETS[args.preset]
     gpu = args.device == "gpu"
     if args.threads or not gpu:
         torch.set_num_threads(args.threads or 1)
@@ -313,11 +462,12 @@ def main() -> None:
     for item in args.values:
         key, _, vals = item.partition("=")
         overrides[key] = tuple(float(v) for v in vals.split(","))
-    unknown = (set(args.methods or []) | set(overrides)) - {m.key for m in sweep_methods.METHODS}
-    if unknown:
-        sys.exit(f"unknown method(s) {', '.join(sorted(unknown))}; bench/sweep_methods.py has "
-                 f"{', '.join(m.key for m in sweep_methods.METHODS)}")
-    methods = [m for m in sweep_methods.METHODS if args.methods is None or m.key in args.methods]
+    try:
+        curves = resolve(preset, args.size, args.methods, overrides)
+    except ValueError as e:
+        sys.exit(str(e))
+    if args.size not in tiny_models.FAMILIES.get(args.family, {}):
+        sys.exit(f"tests/support/tiny_models.py has no {args.size} {args.family} model")
     classes = node_classes(PACK)
 
     catcher = _SkipLines()
@@ -329,26 +479,40 @@ def main() -> None:
     root.addHandler(catcher)
     root.setLevel(logging.INFO)
 
-    m = tiny_models.build("flux", args.size)
-    cfg = 1.0
+    m = tiny_models.build(args.family, args.size)
+    cfg = args.cfg
+    streams = 1 if cfg == 1.0 else 2  # ComfyUI runs the unconditional branch only at cfg != 1 (batched)
     machine = _machine(gpu)
+    family = FAMILY_LABELS.get(args.family, f"{args.family} family")
+    params = tiny_models.parameter_count(m) / 1e6
+    named = "" if args.preset == "default" else f" (preset {args.preset})"
     load = f", load average {os.getloadavg()[0]:.1f}" if hasattr(os, "getloadavg") else ""
-    print(f"dit-cache sweep: Flux-class {args.size} ({tiny_models.parameter_count(m) / 1e6:.1f} M params, ComfyUI's "
-          f"Flux class, random weights), {args.steps} euler steps, cfg {cfg}, {machine}{load}")
+    print(f"dit-cache sweep{named}: {family} {args.size} ({params:.1f} M params, ComfyUI's "
+          f"{m.spec.supported_model} class, random weights), {args.steps} euler steps, cfg {cfg}, {machine}{load}")
+    shares = None
+    if args.weighted_ideal:
+        shares = component_shares(m.patcher, m, cfg)
+        print(f"uncached run's shares (for the weighted ideal): attention cores {shares['attention']:.0%}, "
+              f"feed-forward modules {shares['ffn']:.0%}")
     ctx = Context(PACK, m, args.steps, cfg, classes)
     points = [Point("uncached", "uncached", "-", None, m.patcher)]
+    used = []
     try:
-        for meth in methods:
+        prepared_for: dict[str, dict[str, Any]] = {}
+        for c in curves:
+            meth = c.method
             cls = classes.get(meth.node_id)
             if cls is None:
-                print(f"skipped {meth.key}: node {meth.node_id} is not installed")
+                print(f"skipped {c.label}: node {meth.node_id} is not installed")
                 continue
-            prepared = meth.prepared(ctx) if meth.prepared else {}
-            for name, value in prepared.items():
-                print(f"{meth.label}: {name} prepared on this model: {value}")
-            for v in overrides.get(meth.key, meth.values_for(args.size)):
-                patched = apply_node(cls, m.patcher, meth.knob, v, prepared, meth.fixed)
-                points.append(Point(meth.key, meth.label, meth.knob, v, patched, meth.reference))
+            if meth.key not in prepared_for:
+                prepared_for[meth.key] = meth.prepared(ctx) if meth.prepared else {}
+                for name, value in prepared_for[meth.key].items():
+                    print(f"{meth.label}: {name} prepared on this model: {value}")
+            used.append(c)
+            for v in c.values:
+                patched = apply_node(cls, m.patcher, c.knob, v, prepared_for[meth.key], c.fixed)
+                points.append(Point(meth.key, c.label, c.knob, v, patched, meth.reference))
         mem = Memory(gpu)
         ksample(points[-1].model, m, steps=2, cfg=cfg)  # warm-up
         t_start = time.perf_counter()
@@ -372,15 +536,20 @@ def main() -> None:
                         p.latent = out.float().cpu()
                         run = run_log.last()
                         if run is not None and "calls" in run:
+                            p.recorded = True
                             p.calls, p.skipped = run["calls"], run["skipped_calls"]
                             p.cache_mb = run.get("cache_bytes", 0) / 2**20
-                            reuse = run.get("reuse", {})  # "attention" (PAB, FasterCache), "component"
-                            if reuse:
-                                p.attention_reused = tuple(next(iter(reuse.values())))
+                            # "attention" (PAB, FasterCache) or "component" (SmoothCache); "uncond" (FasterCache)
+                            reuse = {part: tuple(rt) for part, rt in run.get("reuse", {}).items()}
+                            inside = [rt for part, rt in reuse.items() if part != "uncond"]
+                            p.attention_reused = inside[0] if inside else None
+                            p.uncond_rebuilt = reuse.get("uncond")
+                            if shares is not None:
+                                p.weighted = weighted_ideal(run, shares, streams)
                         elif catcher.matches:
                             p.skipped, p.calls = catcher.matches[-1]
                         else:
-                            p.calls, p.skipped = args.steps, 0  # uncached: one call per step at cfg 1
+                            p.calls, p.skipped = args.steps, 0  # uncached: one (batched) call per step
                     p.wall_s = min(p.wall_s, wall)
                     bar.update()
         total = time.perf_counter() - t_start
@@ -394,48 +563,68 @@ def main() -> None:
     rows = []
     for p in points:
         q = psnr(p.latent, ref.latent)
+        ideal = round(p.calls / max(p.calls - p.skipped, 1), 3)
         rows.append({
             "method": p.key, "label": p.label, "reference": p.reference, "knob": p.knob,
             "value": "" if p.value is None else p.value, "wall_s": round(p.wall_s, 3),
             "speedup": round(ref.wall_s / p.wall_s, 3), "cpu_s": round(p.cpu_s, 3),
             "cpu_speedup": round(ref.cpu_s / p.cpu_s, 3), "calls": p.calls, "computed": p.calls - p.skipped,
-            "skipped": p.skipped, "ideal_speedup": round(p.calls / max(p.calls - p.skipped, 1), 3),
+            "skipped": p.skipped, "ideal_speedup": ideal,
+            "weighted_ideal": "" if shares is None else round(p.weighted if p.weighted is not None else ideal, 3),
             "psnr_db": q if math.isinf(q) else round(q, 2), "ssim": round(ssim(p.latent, ref.latent), 4),
             "peak_mem_mb": round(p.peak_mb, 1), "cache_mb": "" if p.cache_mb is None else round(p.cache_mb, 2),
             "attention_reused": "" if p.attention_reused is None else "{}/{}".format(*p.attention_reused),
+            "uncond_rebuilt": "" if p.uncond_rebuilt is None else "{}/{}".format(*p.uncond_rebuilt),
         })
-    print(f"{'method':<30} {'knob':>22} {'wall':>7} {'speedup':>7} {'CPU':>6} {'ideal':>6} {'computed':>9} "
+    width = max([30, *(len(r["label"]) for r in rows)])
+    print(f"{'method':<{width}} {'knob':>22} {'wall':>7} {'speedup':>7} {'CPU':>6} {'ideal':>6} {'computed':>9} "
           f"{'PSNR':>10} {'SSIM':>6} {'peak MB':>8} {'cache MB':>8}")
     for r in rows:
         knob = "-" if r["value"] == "" else f"{r['knob']} {r['value']:g}"
-        print(f"{r['label']:<30} {knob:>22} {r['wall_s']:6.2f}s {r['speedup']:6.2f}x {r['cpu_speedup']:5.2f}x "
-              f"{r['ideal_speedup']:5.2f}x "
+        ideal = r["ideal_speedup"] if r["weighted_ideal"] == "" else r["weighted_ideal"]
+        print(f"{r['label']:<{width}} {knob:>22} {r['wall_s']:6.2f}s {r['speedup']:6.2f}x {r['cpu_speedup']:5.2f}x "
+              f"{ideal:5.2f}x "
               f"{r['computed']:>4}/{r['calls']:<4} {_fmt_q(r['psnr_db']):>10} {r['ssim']:6.3f} {r['peak_mem_mb']:8.0f} "
               f"{'-' if r['cache_mb'] == '' else format(r['cache_mb'], '.1f'):>8}")
-    reused = [f"{r['label']} {r['knob']} {r['value']:g}: {r['attention_reused']}"
-              for r in rows if r["attention_reused"]]
+    reused = [f"{r['label']} {r['knob']} {r['value']:g}: {r['attention_reused'] or '-'}"
+              + (f", unconditional passes rebuilt {r['uncond_rebuilt']}" if r["uncond_rebuilt"] else "")
+              for r in rows if r["attention_reused"] or r["uncond_rebuilt"]]
     if reused:
         print("computations reused inside the calls (attention / component-level methods): " + "; ".join(reused))
-    for meth in methods:
-        if meth.note and meth.node_id in classes:
+    for p, r in zip(points, rows):
+        if p.recorded and p.skipped == 0 and not any(rt[0] for rt in (p.attention_reused, p.uncond_rebuilt) if rt):
+            print(f"{p.label} {p.knob} {p.value:g}: nothing skipped or reused, wall {p.wall_s / ref.wall_s:.3f}x the "
+                  f"uncached run's (the patched model's overhead)")
+    for meth in {c.method.key: c.method for c in used}.values():
+        if meth.note:
             print(f"{meth.label}: {meth.note}")
+    if preset.best_at_psnr is not None:
+        good = [r for r in rows[1:] if r["psnr_db"] >= preset.best_at_psnr]
+        if good:
+            top = max(good, key=lambda r: r["speedup"])
+            print(f"fastest at PSNR >= {preset.best_at_psnr:g} dB: {top['label']} {top['knob']} {top['value']:g} "
+                  f"({top['speedup']:.2f}x, {_fmt_q(top['psnr_db']).strip()})")
+    weighted = ("" if shares is None else
+                f"ideal: cost-weighted (skipped calls, rebuilt unconditional passes, and reused attention / "
+                f"feed-forward computations at the shares above); ")
     load_end = f", load average at the end {os.getloadavg()[0]:.1f}" if hasattr(os, "getloadavg") else ""
-    print(f"speedup: uncached wall / this wall; CPU: the same ratio of process CPU times (leaves out time spent "
-          f"waiting for a core); peak memory: {mem.kind}; cache MB: the cache's own tensors (dit-cache run "
+    print(f"{weighted}speedup: uncached wall / this wall; CPU: the same ratio of process CPU times (leaves out time "
+          f"spent waiting for a core); peak memory: {mem.kind}; cache MB: the cache's own tensors (dit-cache run "
           f"record); {args.repeats} run(s) per point, interleaved, fastest kept (uncached: first and last of each "
           f"round); sweep {total:.0f} s{load_end}")
 
     args.out.mkdir(parents=True, exist_ok=True)
-    csv_path = args.out / f"sweep_{args.size}.csv"
+    stem = f"sweep_{args.size}" if args.preset == "default" else f"sweep_{args.preset}_{args.size}"
+    csv_path = args.out / f"{stem}.csv"
+    setting = f"{args.steps} steps" + ("" if cfg == 1.0 else f", cfg {cfg:g}")
     with open(csv_path, "w", newline="", encoding="utf-8") as f:
-        f.write(f"# {tiny_models.parameter_count(m) / 1e6:.1f} M params Flux-class {args.size}, {args.steps} steps, "
-                f"{machine}; peak_mem_mb = {mem.kind}\n")
+        f.write(f"# {params:.1f} M params {family} {args.size}{named}, {setting}, {machine}; "
+                f"peak_mem_mb = {mem.kind}\n")
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()
         w.writerows(rows)
-    png_path = args.out / f"sweep_{args.size}.png"
-    plot(rows, png_path, f"Flux-class {args.size} ({tiny_models.parameter_count(m) / 1e6:.0f} M params), "
-                         f"{args.steps} steps, {machine}")
+    png_path = args.out / f"{stem}.png"
+    plot(rows, png_path, f"{family} {args.size} ({params:.0f} M params){named}, {setting}, {machine}")
     print(f"wrote {csv_path} and {png_path}")
 
 

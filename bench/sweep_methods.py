@@ -6,13 +6,16 @@ size, any inputs that need the bench model first (``prepared``: MagCache's calib
 a value other than the node's default (``fixed``, e.g. DBCache's Fn for a 17-block model). Every other input
 keeps the node's own default, so a point is what a user gets by dropping the node in with those values.
 An entry whose node is not installed is skipped with a message (nodes added on other branches).
+Entry keys are the support matrix's method keys (``tests/support/methods_registry.py`` ``METHODS``), plus
+``easycache`` for ComfyUI's built-in reference; :data:`BY_KEY` maps each key to its entry.
 
 A method with a calibrate node (MagCache Calibrate -> Apply MagCache) gets its file from
 ``Context.calibration(calibrate_node_id, folder)`` in ``bench/sweep.py``: add a one-line ``prepared`` hook that
 calls it (see :func:`_magcache_inputs`) and the entry.
 
-All points run at cfg 1 (one model call per step, as guidance-distilled Flux runs), against an uncached run at
-the same cfg.
+The default sweep runs every point at cfg 1 (one model call per step, as guidance-distilled Flux runs), against
+an uncached run at the same cfg; the presets of ``bench/sweep.py`` (``--preset``) pick another model, cfg,
+entries and knob values.
 """
 from __future__ import annotations
 
@@ -25,7 +28,7 @@ NODE_SOURCES = ("pack", "comfy_extras.nodes_easycache")
 
 @dataclass(frozen=True)
 class SweepMethod:
-    key: str  # CSV / command-line name
+    key: str  # CSV / command-line name: the support matrix's method key
     label: str  # legend entry
     node_id: str
     knob: str  # the swept input
@@ -57,7 +60,7 @@ def _smoothcache_inputs(ctx: Any) -> dict[str, Any]:
 # Knob values: the bench models have random weights; their step-to-step changes are smaller than a trained
 # model's, so MagCache's useful thresholds are small (calibrated ratios within 1 +- 0.02, trained Flux up to
 # 1.21). Values span "few skips" to "most steps skipped" at 20 steps on each size; the medium values of DBCache,
-# TaylorSeer and Adaptive Cache are among those bench/forecast_methods.py measured on the same model. MagCache
+# TaylorSeer and Adaptive Cache are among those the forecast preset measures on the same model. MagCache
 # with its default max_skip_steps 3 computes at least 8 of 20 steps (0.03 already reaches that). Two or three
 # points each keep the default command (medium, CPU) near 5 minutes on a quiet 2-core machine.
 METHODS: tuple[SweepMethod, ...] = (
@@ -81,11 +84,12 @@ METHODS: tuple[SweepMethod, ...] = (
                 {"tiny": (0.2, 0.8), "medium": (0.2, 0.4, 0.8)}),
     SweepMethod("pab", "PAB", "DitCache.PABConfig", "spatial_skip",
                 {"tiny": (2, 4), "medium": (2, 4)},
-                note="reuses attention cores only (no model call is skipped): computed/ideal stay 20/20 and 1x"),
+                note="reuses attention cores only (no model call is skipped: computed stays at every call; the "
+                     "call-count ideal is 1x, --weighted-ideal counts the reused cores at their share)"),
     SweepMethod("fastercache", "FasterCache", "DitCache.ApplyFasterCache", "spatial_skip",
                 {"tiny": (2, 4), "medium": (2, 4)},
-                note="at the sweep's cfg 1 only its attention extrapolation acts (no unconditional branch to "
-                     "rebuild; bench/attention_methods.py measures that part at CFG 5)"),
+                note="at cfg 1 only its attention extrapolation acts (no unconditional branch to rebuild; "
+                     "bench/sweep.py --preset attention measures that part on a video model at CFG 5)"),
     SweepMethod("smoothcache", "SmoothCache (calibrated)", "DitCache.ApplySmoothCache", "alpha",
                 {"tiny": (0.05, 0.2), "medium": (0.1, 0.3)}, prepared=_smoothcache_inputs,
                 note="calibrated on the bench model first (SmoothCache Calibrate, same steps); reuses attention "
@@ -94,3 +98,7 @@ METHODS: tuple[SweepMethod, ...] = (
                 {"tiny": (0.05, 0.2, 0.5), "medium": (0.1, 0.2, 0.5)}, reference=True,
                 note="comfy_extras.nodes_easycache, start 0.15 / end 0.95 (its defaults)"),
 )
+
+# method key -> entry (a completeness check can compare these keys with the support matrix's)
+BY_KEY: dict[str, SweepMethod] = {m.key: m for m in METHODS}
+METHOD_KEYS: tuple[str, ...] = tuple(BY_KEY)

@@ -6,6 +6,9 @@
   methods: reuses attention computations) of a real KSampler run on the tiny Flux; entries name inputs their
   nodes have. Node inputs: Int inputs take whole-number knob values, unknown names and fractional ints are refused.
 - The command itself, at a tiny size and few steps, prints the table and writes the CSV and the PNG.
+- Presets: each names a tiny_models family/size and sweep entries whose nodes take the knob and fixed inputs;
+  explicit --methods / --values override them; one preset's command at a tiny size prints its table.
+- Every method of the support matrix (methods_registry.METHODS) has a sweep entry under the same key.
 """
 from __future__ import annotations
 
@@ -23,6 +26,7 @@ from metrics import psnr, ssim
 
 sys.path.insert(0, str(REPO / "bench"))
 
+import common  # noqa: E402  (the pack is loaded already: it keeps the tests' ComfyUI set-up)
 import sweep  # noqa: E402
 import sweep_methods  # noqa: E402
 
@@ -91,10 +95,10 @@ def test_every_installed_method_skips_through_its_node(pack, one_thread):
             prepared = m.prepared(ctx) if m.prepared else {}
             patched = sweep.apply_node(cls, tiny.patcher, m.knob, max(m.values_for("tiny")), prepared, m.fixed)
             assert patched is not tiny.patcher
-            pack.hosts.comfy.run_log.clear()
+            common.run_log.clear()
             catcher.matches.clear()
             out = ksample(patched, tiny, steps=12)
-            run = pack.hosts.comfy.run_log.last()
+            run = common.run_log.last()
             skipped = run["skipped_calls"] if run else catcher.matches[-1][0]
             if run and run.get("reuse"):  # attention / component level: every call runs, parts are reused
                 skipped = next(iter(run["reuse"].values()))[0]
@@ -129,3 +133,73 @@ def test_sweep_command_writes_csv_and_png(tmp_path: Path):
     replot = subprocess.run([sys.executable, str(REPO / "bench" / "sweep.py"), "--replot",
                              str(tmp_path / "sweep_tiny.csv")], capture_output=True, text=True, timeout=120)
     assert replot.returncode == 0 and png.is_file(), replot.stderr
+
+
+def test_every_matrix_method_has_a_sweep_entry():
+    import methods_registry
+
+    assert set(methods_registry.METHODS) <= set(sweep_methods.BY_KEY)
+    assert sweep_methods.METHOD_KEYS == tuple(m.key for m in sweep_methods.METHODS)
+    assert all(sweep_methods.BY_KEY[k].node_id == methods_registry.METHODS[k].node_id
+               for k in methods_registry.METHODS)
+
+
+def test_presets_resolve(pack):
+    import tiny_models
+
+    classes = sweep.node_classes(pack)
+    assert "default" in sweep.PRESETS
+    assert [c.method.key for c in sweep.resolve(sweep.PRESETS["default"], "medium")] == list(sweep_methods.BY_KEY)
+    for name, preset in sweep.PRESETS.items():
+        assert preset.size in tiny_models.FAMILIES[preset.family], name
+        assert "tiny" in tiny_models.FAMILIES[preset.family], name  # the quick check every preset allows
+        for size in ("tiny", preset.size):
+            curves = sweep.resolve(preset, size)
+            assert curves, name
+            for c in curves:
+                assert c.values and c.method.key in sweep_methods.BY_KEY
+                cls = classes.get(c.method.node_id)
+                if cls is not None:  # every input the curve sets is one its node has
+                    for v in c.values:
+                        sweep.node_inputs(cls, {**c.fixed, c.knob: v})
+    attention = sweep.PRESETS["attention"]
+    assert attention.family == "wan21" and attention.cfg > 1 and attention.weighted_ideal
+    assert {c.method.key for c in sweep.resolve(attention, "medium")} == {"pab", "fastercache"}
+    fbc = sweep.resolve(sweep.PRESETS["fbc-overhead"], "medium")
+    assert min(v for c in fbc for v in c.values) < 1e-6  # a threshold that never skips
+    forecast = sweep.PRESETS["forecast"]
+    assert "easycache" in {c.method.key for c in sweep.resolve(forecast, "medium")} and forecast.weighted_ideal
+
+
+def test_explicit_flags_override_a_preset():
+    preset = sweep.PRESETS["attention"]
+    curves = sweep.resolve(preset, "tiny", ["fastercache", "fbc"], {"fastercache": (2.0,)})
+    assert [(c.method.key, c.knob, c.values) for c in curves] == [
+        ("fastercache", "uncond_skip", (2.0,)), ("fbc", "threshold", sweep_methods.BY_KEY["fbc"].values_for("tiny"))]
+    with pytest.raises(ValueError, match="unknown method"):
+        sweep.resolve(preset, "tiny", ["nope"])
+    with pytest.raises(ValueError, match="cannot also be fixed"):
+        sweep.resolve(sweep.Preset("x", runs=(sweep.Run("pab", knob="cross_skip", fixed={"cross_skip": 2}),)), "tiny")
+    with pytest.raises(ValueError, match="share a label"):
+        sweep.resolve(sweep.Preset("x", runs=(sweep.Run("fbc"), sweep.Run("fbc", values=(0.1,)))), "tiny")
+    args = sweep._parse(["--preset", "attention", "--steps", "3", "--cfg", "2"])
+    assert (args.family, args.size, args.steps, args.cfg, args.weighted_ideal) == ("wan21", "medium", 3, 2.0, True)
+
+
+def test_preset_command_prints_its_table(tmp_path: Path):
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "sweep.py"), "--preset", "attention", "--size", "tiny", "--steps", "3",
+         "--repeats", "1", "--device", "cpu", "--out", str(tmp_path)],
+        capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    out = proc.stdout
+    assert "(preset attention): Wan-class video tiny" in out and "cfg 5.0" in out
+    assert "attention cores" in out and "ideal: cost-weighted" in out
+    table = out[out.index("method "):]
+    assert "PAB, windows 0.1-0.95" in table and "uncond_skip 5" in table and "uncond_skip 3" in table
+    with open(tmp_path / "sweep_attention_tiny.csv", encoding="utf-8") as f:
+        assert f.readline().startswith("# ")
+        rows = list(csv.DictReader(f))
+    assert [r["method"] for r in rows] == ["uncached", "pab", "pab", "fastercache", "fastercache"]
+    assert all(float(r["weighted_ideal"]) >= 1.0 for r in rows)
+    assert rows[3]["uncond_rebuilt"]  # FasterCache at CFG 5 ran its unconditional-branch logic
