@@ -29,13 +29,19 @@ class Workflow:
         self.name = name
         self.nodes: list[dict[str, Any]] = []
         self.links: list[list[Any]] = []
+        self.groups: list[dict[str, Any]] = []
+        self._by_id: dict[int, dict[str, Any]] = {}
 
     def node(self, type_: str, widgets: list[Any], pos: tuple[int, int], size: tuple[int, int] = (320, 100),
              inputs: tuple[tuple[str, str], ...] = (), outputs: tuple[tuple[str, str], ...] = (),
-             title: str | None = None, **extra: Any) -> int:
-        nid = len(self.nodes) + 1
+             title: str | None = None, nid: int | None = None, **extra: Any) -> int:
+        """Add a node; its id is ``nid`` or else the smallest unused one."""
+        if nid is None:
+            nid = next(i for i in range(1, len(self.nodes) + 2) if i not in self._by_id)
+        elif nid in self._by_id:
+            raise ValueError(f"{self.name}: node id {nid} is taken")
         node = {
-            "id": nid, "type": type_, "pos": list(pos), "size": list(size), "flags": {}, "order": nid - 1,
+            "id": nid, "type": type_, "pos": list(pos), "size": list(size), "flags": {}, "order": len(self.nodes),
             "mode": 0,
             "inputs": [{"name": n, "type": t, "link": None} for n, t in inputs],
             "outputs": [{"name": n, "type": t, "links": []} for n, t in outputs],
@@ -45,14 +51,26 @@ class Workflow:
             node["title"] = title
         node.update(extra)
         self.nodes.append(node)
+        self._by_id[nid] = node
         return nid
 
     def note(self, text: str, pos: tuple[int, int], size: tuple[int, int] = (380, 320)) -> int:
         return self.node("Note", [text], pos, size, **NOTE_COLOR)
 
+    def mute(self, *nids: int) -> None:
+        """Mode 2 ("never"): the front end leaves the nodes out of the prompt until they are unmuted."""
+        for nid in nids:
+            self._by_id[nid]["mode"] = 2
+
+    def group(self, title: str, bounding: tuple[int, int, int, int], color: str = "#3f789e") -> None:
+        """A titled frame; right-clicking its title offers 'Set Group Nodes to Never / Always' for the nodes
+        inside it."""
+        self.groups.append({"id": len(self.groups) + 1, "title": title, "bounding": list(bounding),
+                            "color": color, "font_size": 24, "flags": {}})
+
     def link(self, src: int, src_slot: int, dst: int, dst_input: str) -> None:
         lid = len(self.links) + 1
-        s, d = self.nodes[src - 1], self.nodes[dst - 1]
+        s, d = self._by_id[src], self._by_id[dst]
         out = s["outputs"][src_slot]
         slot = next(i for i, x in enumerate(d["inputs"]) if x["name"] == dst_input)
         if d["inputs"][slot]["type"] != out["type"]:
@@ -68,8 +86,8 @@ class Workflow:
                     raise ValueError(f"{self.name}: input {n['type']}.{i['name']} is not connected")
         return {
             "id": str(uuid.uuid5(NAMESPACE, self.name)), "revision": 0,
-            "last_node_id": len(self.nodes), "last_link_id": len(self.links),
-            "nodes": self.nodes, "links": self.links, "groups": [], "config": {},
+            "last_node_id": max(self._by_id), "last_link_id": len(self.links),
+            "nodes": self.nodes, "links": self.links, "groups": self.groups, "config": {},
             "extra": {"ds": {"scale": 0.7, "offset": [80, 40]}}, "version": 0.4,
         }
 
@@ -103,7 +121,8 @@ def ksampler(wf: Workflow, model: int, pos_c: int, neg_c: int, latent: int, widg
 
 
 def decode_save(wf: Workflow, samples: int, vae: int, pos: tuple[int, int], prefix: str,
-                video_fps: float | None = None, vae_slot: int = 0) -> None:
+                video_fps: float | None = None, vae_slot: int = 0) -> tuple[int, int]:
+    """VAE Decode and a save node under it; returns both ids."""
     d = wf.node("VAEDecode", [], pos, (210, 46), inputs=(("samples", L), ("vae", V)), outputs=(("IMAGE", I),))
     wf.link(samples, 0, d, "samples")
     wf.link(vae, vae_slot, d, "vae")
@@ -113,11 +132,12 @@ def decode_save(wf: Workflow, samples: int, vae: int, pos: tuple[int, int], pref
         s = wf.node("SaveAnimatedWEBP", [prefix, video_fps, False, 90, "default"], (pos[0], pos[1] + 90),
                     (420, 440), inputs=(("images", I),))
     wf.link(d, 0, s, "images")
+    return d, s
 
 
 def cache_node(wf: Workflow, type_: str, widgets: list[Any], model: int, pos: tuple[int, int],
-               title: str | None = None, size: tuple[int, int] = (320, 200)) -> int:
-    n = wf.node(type_, widgets, pos, size, inputs=(("model", M),), outputs=(("MODEL", M),), title=title)
+               title: str | None = None, size: tuple[int, int] = (320, 200), nid: int | None = None) -> int:
+    n = wf.node(type_, widgets, pos, size, inputs=(("model", M),), outputs=(("MODEL", M),), title=title, nid=nid)
     wf.link(model, 0, n, "model")
     return n
 
@@ -148,27 +168,40 @@ PROMPT_VIDEO = "a red fox trotting through a snowy birch forest at dawn, the cam
 NEG_WAN = "blurry, low quality, static, overexposed, worst quality, jpeg artifacts, deformed"
 
 
+# Node ids of the cache nodes in the workflows added after the first seven: the panel groups runs by node id,
+# so each gets an id no other workflow's cache node has (the first seven use 3, 4, 5, 7, 8 and 9).
+ID_DBCACHE, ID_TAYLORSEER, ID_ADAPTIVE, ID_FASTERCACHE, ID_SMOOTH_CALIBRATE, ID_SMOOTH_APPLY = 21, 22, 23, 24, 25, 26
+FLUX_KSAMPLER = [0, "fixed", 28, 1.0, "euler", "simple", 1.0]  # seed, control, steps, cfg, sampler, scheduler, denoise
+
+
 # --- the workflows ------------------------------------------------------------------------------------------
-def flux_magcache() -> Workflow:
-    wf = Workflow("flux-magcache-calibrate-apply")
+def _flux_inputs(wf: Workflow, text_y: int = 420) -> tuple[int, int, int, int, int]:
+    """Flux.1-dev loaders, prompts (FluxGuidance 3.5 on the positive one) and a 1024x1024 latent: the ids of
+    the model, VAE, guided positive, negative and latent nodes."""
     model = unet(wf, "flux1-dev.safetensors", (-40, 60))
     clip = wf.node("DualCLIPLoader", ["clip_l.safetensors", "t5xxl_fp16.safetensors", "flux", "default"],
                    (-40, 200), (320, 130), outputs=(("CLIP", CL),))
     vae = vae_loader(wf, "ae.safetensors", (-40, 380))
-    pos_t = text(wf, clip, PROMPT_IMAGE, (340, 420))
-    neg_t = text(wf, clip, "", (340, 600), negative=True)
-    guid = wf.node("FluxGuidance", [3.5], (780, 420), (300, 58), inputs=(("conditioning", C),),
+    pos_t = text(wf, clip, PROMPT_IMAGE, (340, text_y))
+    neg_t = text(wf, clip, "", (340, text_y + 180), negative=True)
+    guid = wf.node("FluxGuidance", [3.5], (780, text_y), (300, 58), inputs=(("conditioning", C),),
                    outputs=(("CONDITIONING", C),))
     wf.link(pos_t, 0, guid, "conditioning")
-    latent = wf.node("EmptySD3LatentImage", [1024, 1024, 1], (780, 540), (300, 106), outputs=(("LATENT", L),))
+    latent = wf.node("EmptySD3LatentImage", [1024, 1024, 1], (780, text_y + 120), (300, 106),
+                     outputs=(("LATENT", L),))
+    return model, vae, guid, neg_t, latent
+
+
+def flux_magcache() -> Workflow:
+    wf = Workflow("flux-magcache-calibrate-apply")
+    model, vae, guid, neg_t, latent = _flux_inputs(wf)
     calib = cache_node(wf, "DitCache.MagCacheCalibrate", ["flux-dev"], model, (340, 60), size=(320, 82),
                        title="1. MagCache Calibrate (run once, then mute this branch)")
     apply_ = cache_node(wf, "DitCache.ApplyMagCache", ["preset: flux_dev", 0.12, 3, 0.2, 0.0, 1.0, "schedule"],
                         model, (340, 200), title="2. Apply MagCache (pick your calibration file)")
-    s1 = ksampler(wf, calib, guid, neg_t, latent, [0, "fixed", 28, 1.0, "euler", "simple", 1.0], (1120, 60),
+    s1 = ksampler(wf, calib, guid, neg_t, latent, list(FLUX_KSAMPLER), (1120, 60),
                   title="KSampler (calibration pass: full model)")
-    s2 = ksampler(wf, apply_, guid, neg_t, latent, [0, "fixed", 28, 1.0, "euler", "simple", 1.0], (1120, 360),
-                  title="KSampler (cached)")
+    s2 = ksampler(wf, apply_, guid, neg_t, latent, list(FLUX_KSAMPLER), (1120, 360), title="KSampler (cached)")
     decode_save(wf, s1, vae, (1480, 60), "flux-magcache-calibration")
     decode_save(wf, s2, vae, (1940, 60), "flux-magcache")
     wf.note("Flux.1-dev with MagCache calibrated on your own model (dit-cache).\n\nFiles to download "
@@ -183,10 +216,85 @@ def flux_magcache() -> Workflow:
     return wf
 
 
+def _flux_single(name: str, type_: str, widgets: list[Any], nid: int, size: tuple[int, int], label: str,
+                 tip: str) -> Workflow:
+    """Flux.1-dev text-to-image with one cache node between the loader and the KSampler."""
+    wf = Workflow(name)
+    model, vae, guid, neg_t, latent = _flux_inputs(wf)
+    cache = cache_node(wf, type_, widgets, model, (340, 60), size=size, nid=nid)
+    s = ksampler(wf, cache, guid, neg_t, latent, list(FLUX_KSAMPLER), (1120, 60))
+    decode_save(wf, s, vae, (1480, 60), name)
+    wf.note(f"Flux.1-dev text-to-image with Apply {label} (dit-cache).\n\nFiles to download "
+            f"(ComfyUI/models/...):\n{FLUX_FILES}\n\n{tip} {PANEL_HINT}", (-40, 500), (360, 460))
+    return wf
+
+
+def flux_dbcache() -> Workflow:
+    # Fn, Bn, threshold, warmup_steps, max_cached_steps, max_consecutive_cached_steps, taylorseer_order,
+    # start_percent, end_percent
+    return _flux_single(
+        "flux-dbcache", "DitCache.ApplyDBCache", [1, 0, 0.08, 8, -1, -1, 1, 0.0, 1.0], ID_DBCACHE, (320, 290),
+        "DBCache",
+        "Fn 1, Bn 0 with taylorseer_order 1: cache-dit's fast setting for Flux. The first block always runs; "
+        "while its result changes by less than threshold, the other 56 blocks are skipped and their result is "
+        "predicted from the last computed steps. cache-dit's figures for Fn 1 Bn 0 on an L20: 1.59x at threshold 0.08, 2.90x at 0.2. "
+        "warmup_steps 8: the first 8 of the 28 steps always compute. For fidelity first use cache-dit's "
+        "defaults (the node defaults): Fn 8, Bn 0, threshold 0.08, taylorseer_order 0.")
+
+
+def flux_taylorseer() -> Workflow:
+    # cache_interval, warmup_steps, final_full_steps, max_order, predict, factor_dtype (the node defaults)
+    return _flux_single(
+        "flux-taylorseer", "DitCache.ApplyTaylorSeer", [5, 3, 0, 1, "block outputs", "bfloat16"], ID_TAYLORSEER,
+        (320, 210), "TaylorSeer",
+        "cache_interval 5 (diffusers' default): after 3 warm-up steps the transformer computes one step in 5 "
+        "and the others are predicted (max_order 1: linear Taylor extrapolation) from the computed ones. Lower "
+        "cache_interval (3-4) or set final_full_steps 1-2 for fidelity; the TaylorSeer authors ran 6 (3.53x). "
+        "predict 'attention+MLP outputs' (the paper's mode) stays closer to the uncached image but needs about "
+        "4 GiB per CFG stream at 1024x1024 instead of about 108 MiB.")
+
+
+def flux_smoothcache() -> Workflow:
+    wf = Workflow("flux-smoothcache-calibrate-apply")
+    model, vae, guid, neg_t, latent = _flux_inputs(wf)
+    # filename_prefix, alpha
+    calib = cache_node(wf, "DitCache.SmoothCacheCalibrate", ["smoothcache", 0.15], model, (1120, 60),
+                       size=(320, 82), title="1. SmoothCache Calibrate (run once)", nid=ID_SMOOTH_CALIBRATE)
+    # calibration (no file exists before the first run: a placeholder the user replaces), alpha (-1: the
+    # schedule saved with the file)
+    apply_ = cache_node(wf, "DitCache.ApplySmoothCache", ["(run group 1 once, press R, then pick its file)", -1.0],
+                        model, (1120, 760), size=(320, 82), title="2. Apply SmoothCache (pick your calibration file)",
+                        nid=ID_SMOOTH_APPLY)
+    s1 = ksampler(wf, calib, guid, neg_t, latent, list(FLUX_KSAMPLER), (1120, 220),
+                  title="KSampler (calibration pass: full model)")
+    s2 = ksampler(wf, apply_, guid, neg_t, latent, list(FLUX_KSAMPLER), (1120, 920), title="KSampler (cached)")
+    d1, v1 = decode_save(wf, s1, vae, (1480, 60), "flux-smoothcache-calibration")
+    d2, v2 = decode_save(wf, s2, vae, (1480, 760), "flux-smoothcache")
+    wf.mute(apply_, s2, d2, v2)  # nothing to apply before the first run saved a calibration
+    wf.group("1. Calibrate (queue once, then mute this group)", (1100, -10, 820, 630))
+    wf.group("2. Apply (muted until a calibration file exists)", (1100, 690, 820, 630))
+    wf.note("Flux.1-dev with SmoothCache calibrated on your own model (dit-cache).\n\nFiles to download "
+            f"(ComfyUI/models/...):\n{FLUX_FILES}\n\n1. Queue once. Group 1 runs the full model through "
+            "'SmoothCache Calibrate', which measures how much each attention and feed-forward output changes "
+            "from step to step and saves the errors with the schedule they give at alpha 0.15 to "
+            "models/magcache/smoothcache_flux_28steps_<fingerprint>_00001.safetensors (the server log prints the "
+            "schedule). Group 2 is muted (greyed out) until a file exists.\n2. Press R (reloads the node lists), "
+            "pick your file in 'Apply SmoothCache' > calibration, then right-click group 1's title > 'Set Group "
+            "Nodes to Never' and group 2's title > 'Set Group Nodes to Always', and queue again. Calibrate at the "
+            "step count, sampler and scheduler you use.\n\nalpha -1 uses the schedule saved with the file "
+            "(0.15, the SmoothCache authors' example); try 0.1 / 0.2 without recalibrating (higher = more reuse, "
+            "faster). Extra memory: about 2 GiB at 1024x1024 (the last output of every attention and "
+            "feed-forward module). " + PANEL_HINT, (-40, 500), (360, 520))
+    return wf
+
+
 def _wan_loaders(wf: Workflow) -> tuple[int, int]:
     clip = clip_loader(wf, "umt5_xxl_fp8_e4m3fn_scaled.safetensors", "wan", (-40, 200))
     vae = vae_loader(wf, "wan_2.1_vae.safetensors", (-40, 360))
     return clip, vae
+
+
+WAN21_METHODS = ("teacache", "magcache", "adaptivecache", "fastercache")
 
 
 def wan21(method: str) -> Workflow:
@@ -194,24 +302,53 @@ def wan21(method: str) -> Workflow:
     model = unet(wf, "wan2.1_t2v_1.3B_fp16.safetensors", (-40, 60))
     clip, vae = _wan_loaders(wf)
     shifted = model_sampling(wf, "ModelSamplingSD3", 8.0, model, (340, 60))
+    text_y = 420
     if method == "teacache":
+        label = "TeaCache"
         # rel_l1_threshold, coefficients, start_percent, end_percent, max_consecutive_skips
         cache = cache_node(wf, "DitCache.ApplyTeaCache", [0.08, "auto", 0.0, 1.0, -1], shifted, (340, 160))
         tip = ("Apply TeaCache on Wan reads the first block's modulation input (e0) without a published "
                "rescaling polynomial ('auto' = raw): start rel_l1_threshold near 0.05-0.1, raise it for speed.")
-    else:
+    elif method == "magcache":
+        label = "MagCache"
         cache = cache_node(wf, "DitCache.ApplyMagCache",
                            ["preset: wan21_t2v_1.3b", 0.1, 3, 0.2, 0.0, 1.0, "schedule"], shifted, (340, 160))
         tip = ("Apply MagCache uses 'preset: wan21_t2v_1.3b' (ratios published by the MagCache authors for "
                "Wan 2.1 T2V 1.3B, 50 steps, cond+uncond; other step counts are interpolated). For the 14B model "
                "pick 'preset: wan21_t2v_14b', or calibrate your own with 'MagCache Calibrate' (see the Flux "
                "MagCache workflow). threshold: higher = faster.")
-    pos_t = text(wf, clip, PROMPT_VIDEO, (340, 420))
-    neg_t = text(wf, clip, NEG_WAN, (340, 600), negative=True)
-    latent = wf.node("EmptyHunyuanLatentVideo", [832, 480, 33, 1], (780, 420), (300, 130), outputs=(("LATENT", L),))
+    elif method == "adaptivecache":
+        label = "Adaptive Cache"
+        # threshold, start_percent, end_percent, max_consecutive_skips, warmup_steps (the node defaults)
+        cache = cache_node(wf, "DitCache.ApplyAdaptiveCache", [0.2, 0.15, 1.0, -1, 0], shifted, (340, 160),
+                           nid=ID_ADAPTIVE)
+        tip = ("Apply Adaptive Cache (EasyCache-style) skips the whole transformer while the change of its "
+               "result, estimated from the change of its input, adds up to less than threshold (per CFG stream); "
+               "the last step always computes. threshold 0.2 is the node default (= ComfyUI's EasyCache "
+               "default): 0.1 careful, 0.3-0.4 fast. start_percent 0.15: the first 15 % of the schedule always "
+               "computes. The EasyCache paper reports 2.54x on Wan 2.1 T2V 1.3B (with its own signal).")
+    elif method == "fastercache":
+        label = "FasterCache"
+        text_y = 600  # below the taller node
+        # spatial_skip, temporal_skip, attention window, attention_weight, uncond_skip, uncond window,
+        # alpha_low, alpha_high, low_freq window, high_freq window: diffusers' defaults (the node defaults)
+        cache = cache_node(wf, "DitCache.ApplyFasterCache",
+                           [2, 0, 0.319, 1.0, 0.5, 5, 0.359, 1.0, 1.1, 1.1, 0.099, 0.901, 0.699, 1.0], shifted,
+                           (340, 160), size=(340, 390), nid=ID_FASTERCACHE)
+        tip = ("Apply FasterCache with diffusers' defaults: from 36 % of the schedule on, the negative-prompt "
+               "branch runs every 5th step (uncond_skip) and is rebuilt from the positive one in between (this "
+               "part needs CFG > 1: here 6); from 32 % on, self-attention is computed every 2nd call "
+               "(spatial_skip) and extrapolated in between, in calls without a negative-prompt branch. Higher "
+               "uncond_skip / spatial_skip = faster.")
+    else:
+        raise ValueError(f"no Wan 2.1 workflow for {method!r}")
+    pos_t = text(wf, clip, PROMPT_VIDEO, (340, text_y))
+    neg_t = text(wf, clip, NEG_WAN, (340, text_y + 180), negative=True)
+    latent = wf.node("EmptyHunyuanLatentVideo", [832, 480, 33, 1], (780, text_y), (300, 130),
+                     outputs=(("LATENT", L),))
     s = ksampler(wf, cache, pos_t, neg_t, latent, [0, "fixed", 30, 6.0, "uni_pc", "simple", 1.0], (1120, 60))
     decode_save(wf, s, vae, (1480, 60), f"wan21-{method}", video_fps=16.0)
-    wf.note(f"Wan 2.1 text-to-video (1.3B) with Apply {'TeaCache' if method == 'teacache' else 'MagCache'} "
+    wf.note(f"Wan 2.1 text-to-video (1.3B) with Apply {label} "
             "(dit-cache).\n\nFiles to download (ComfyUI/models/...):\n"
             "- diffusion_models/wan2.1_t2v_1.3B_fp16.safetensors\n" + WAN_FILES_COMMON + "\n\n" + tip + "\n\n"
             + PANEL_HINT, (-40, 500), (360, 420))
@@ -314,7 +451,8 @@ def ltxv_pab() -> Workflow:
     return wf
 
 
-WORKFLOWS = (flux_magcache, lambda: wan21("teacache"), lambda: wan21("magcache"), wan22, qwen_image, ltxv_pab)
+WORKFLOWS = (flux_magcache, *(lambda m=m: wan21(m) for m in WAN21_METHODS), wan22, qwen_image, ltxv_pab,
+             flux_dbcache, flux_taylorseer, flux_smoothcache)
 
 
 def main() -> int:

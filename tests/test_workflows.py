@@ -7,9 +7,11 @@ loader (one tiny model per model loader: Wan 2.2's high- and low-noise models ar
 turned into an API prompt and queued; it must finish, every sampled latent must be saved and finite, and every
 dit-cache node must have recorded a completed run in ``GET /dit-cache/runs``.
 
-A workflow using a node type the server does not list (a node added on another branch) is skipped with the
-missing types named. The Flux MagCache workflow is also run a second time with "Apply MagCache" reading the file
-its first run calibrated (Calibrate -> Apply, as the workflow's note tells users).
+Muted nodes (mode 2, e.g. the Apply branch of a calibrate -> apply workflow before a calibration exists) are
+left out of the prompt, as the front end does. A workflow using a node type the server does not list (a node
+added on another branch) is skipped with the missing types named. Every workflow with a "... Calibrate" node
+is also run a second time as its note tells users: the Apply node reading the file its first run calibrated,
+the calibration branch muted and every other node unmuted.
 
 Select with ``-m server``; ``scripts/make_workflows.py --check`` must find the files up to date.
 """
@@ -30,18 +32,35 @@ import workflow_convert
 from comfy_server import REPO, Server, comfy_server
 
 WORKFLOWS = REPO / "workflows"
-# tiny-model family (tests/support/tiny_models.py) standing in for each workflow's model
-FAMILY = {
-    "flux-firstblockcache": "flux",
-    "flux-magcache-calibrate-apply": "flux",
-    "wan21-t2v-teacache": "wan21",
-    "wan21-t2v-magcache": "wan21",
-    "wan22-t2v-high-low": "wan21",
-    "qwen-image-magcache": "qwen_image",
-    "ltxv-t2v-pab": "ltxv",
+# tiny-model family (tests/support/tiny_models.py) standing in for a workflow's model, by file name prefix
+FAMILY_BY_PREFIX = {
+    "flux-": "flux",
+    "wan21-": "wan21",
+    "wan22-": "wan21",
+    "qwen-image-": "qwen_image",
+    "ltxv-": "ltxv",
 }
 FILES = sorted(WORKFLOWS.glob("*.json"))
-SAVED = re.compile(r"\[dit-cache\] MagCache Calibrate: saved (.+\.safetensors)")
+SAVED = re.compile(r"\[dit-cache\] (?:MagCache|SmoothCache) Calibrate: saved (.+\.safetensors)")
+MUTED = workflow_convert.MUTED
+# the Apply node that reads each calibrate node's files
+APPLY_OF = {"DitCache.MagCacheCalibrate": "DitCache.ApplyMagCache",
+            "DitCache.SmoothCacheCalibrate": "DitCache.ApplySmoothCache"}
+
+
+def family(path: Path) -> str | None:
+    return next((f for prefix, f in FAMILY_BY_PREFIX.items() if path.stem.startswith(prefix)), None)
+
+
+def _is_calibrate(node: dict) -> bool:
+    return node["type"].startswith("DitCache.") and node["type"].endswith("Calibrate")
+
+
+def _active(node: dict) -> bool:
+    return node.get("mode", 0) != MUTED
+
+
+CALIBRATE_APPLY = [p for p in FILES if any(_is_calibrate(n) for n in json.loads(p.read_text("utf-8"))["nodes"])]
 LOADER_FILE_INPUTS = ("unet_name", "ckpt_name", "vae_name", "clip_name", "clip_name1", "clip_name2", "clip_name3")
 
 
@@ -62,7 +81,8 @@ def object_info(server: Server) -> dict:
 
 def test_every_workflow_has_a_tiny_family():
     assert FILES, "no workflows"
-    assert {p.stem for p in FILES} == set(FAMILY), "add new workflows to FAMILY (and remove deleted ones)"
+    assert [p.name for p in FILES if family(p) is None] == [], "add the file name prefix to FAMILY_BY_PREFIX"
+    assert {"flux-magcache-calibrate-apply", "flux-smoothcache-calibrate-apply"} <= {p.stem for p in CALIBRATE_APPLY}
 
 
 def test_generated_workflows_are_up_to_date():
@@ -100,7 +120,7 @@ def _check_outputs(server: Server, tiny: dict, entry: dict) -> None:
     import torch
     from safetensors.torch import load_file
 
-    savers = [str(n["id"]) for n in tiny["nodes"] if n["type"] == "SaveLatent"]
+    savers = [str(n["id"]) for n in tiny["nodes"] if n["type"] == "SaveLatent" and _active(n)]
     assert savers
     for sid in savers:
         (saved,) = entry["outputs"][sid]["latents"]
@@ -120,7 +140,8 @@ def _run(server: Server, object_info: dict, wf: dict, family: str) -> tuple[dict
     tiny = workflow_convert.to_tiny(wf, family=family)
     assert workflow_check.problems(tiny, object_info) == []
     prompt = workflow_convert.to_api_prompt(tiny, object_info)
-    cache_nodes = [n for n in wf["nodes"] if n["type"].startswith("DitCache.")]
+    cache_nodes = [n for n in wf["nodes"] if n["type"].startswith("DitCache.") and _active(n)]
+    assert cache_nodes
     for n in cache_nodes:  # the dit-cache nodes are queued with the workflow's own values
         assert prompt[str(n["id"])]["class_type"] == n["type"]
     entry = _queue(server, prompt)
@@ -153,11 +174,11 @@ def test_workflow_loads_and_runs_on_the_server(server: Server, object_info: dict
     assert workflow_check.problems(wf, object_info) == []
     offset = len(server.log())
     try:
-        entry, runs = _run(server, object_info, wf, FAMILY[path.stem])
+        entry, runs = _run(server, object_info, wf, family(path))
         # the sampler's model calls went through every cache node (skips are not required: tiny random
         # models at a user's threshold)
         for n in wf["nodes"]:
-            if n["type"].startswith("DitCache.") and n["type"] != "DitCache.MagCacheCalibrate":
+            if n["type"].startswith("DitCache.") and n["type"] != "DitCache.MagCacheCalibrate" and _active(n):
                 assert all(r["calls"] > 0 for r in runs[str(n["id"])])
         if path.stem == "wan22-t2v-high-low":
             high, low = (runs[str(n["id"])][0] for n in wf["nodes"] if n["type"] == "DitCache.ApplyFirstBlockCache")
@@ -168,34 +189,52 @@ def test_workflow_loads_and_runs_on_the_server(server: Server, object_info: dict
         _cleanup_calibrations(server, offset)
 
 
+def _downstream(wf: dict, start: int) -> set[int]:
+    """``start`` and every node fed, directly or not, by its outputs."""
+    found, todo = {start}, [start]
+    while todo:
+        nid = todo.pop()
+        for lk in wf["links"]:
+            if lk[1] == nid and lk[3] not in found:
+                found.add(lk[3])
+                todo.append(lk[3])
+    return found
+
+
 @pytest.mark.server
-def test_flux_magcache_workflow_calibrate_then_apply(server: Server, object_info: dict):
-    """Run the workflow, then set Apply MagCache's calibration to the file the first run saved (the server
-    lists it on the next /object_info) and run the cached branch with it."""
-    wf = _load(WORKFLOWS / "flux-magcache-calibrate-apply.json")
+@pytest.mark.parametrize("path", CALIBRATE_APPLY, ids=[p.stem for p in CALIBRATE_APPLY])
+def test_calibrate_then_apply_workflow(server: Server, object_info: dict, path: Path):
+    """Run the workflow (its calibration branch saves a file), then do step 2 of its note: set the Apply node's
+    calibration to the saved file (the server lists it on the next /object_info), mute the calibration branch,
+    unmute the rest, and run again."""
+    wf = _load(path)
     offset = len(server.log())
     try:
-        entry, runs = _run(server, object_info, wf, "flux")
-        (path,) = [Path(p.strip()) for p in SAVED.findall(server.log()[offset:])]
+        _run(server, object_info, wf, family(path))
+        (saved,) = [Path(p.strip()) for p in SAVED.findall(server.log()[offset:])]
         info = server.get("/object_info")
-        options = info["DitCache.ApplyMagCache"]["input"]["required"]["calibration"][1]["options"]
-        assert path.name in options, options
+        calib = next(n for n in wf["nodes"] if _is_calibrate(n))
+        apply_type = APPLY_OF[calib["type"]]
+        options = info[apply_type]["input"]["required"]["calibration"][1]["options"]
+        assert saved.name in options, options
 
-        apply_node = next(n for n in wf["nodes"] if n["type"] == "DitCache.ApplyMagCache")
-        apply_node["widgets_values"][0] = path.name
-        # step 2 of the note: the calibration branch muted (mode 2: the front end leaves it out of the prompt)
-        calib = next(n for n in wf["nodes"] if n["type"] == "DitCache.MagCacheCalibrate")
-        tiny = workflow_convert.to_tiny(wf, family="flux")
-        muted = {calib["id"]} | {lk[3] for lk in tiny["links"] if lk[1] == calib["id"]}
-        muted |= {lk[3] for lk in tiny["links"] if lk[1] in muted}
-        tiny["nodes"] = [n for n in tiny["nodes"] if n["id"] not in muted]
-        tiny["links"] = [lk for lk in tiny["links"] if lk[1] not in muted and lk[3] not in muted]
+        apply_node = next(n for n in wf["nodes"] if n["type"] == apply_type)
+        apply_node["widgets_values"][0] = saved.name
+        branch = _downstream(wf, calib["id"])
+        for n in wf["nodes"]:
+            n["mode"] = MUTED if n["id"] in branch else 0
+        assert workflow_check.problems(wf, info) == []
+        tiny = workflow_convert.to_tiny(wf, family=family(path))
         prompt = workflow_convert.to_api_prompt(tiny, info)
-        assert prompt[str(apply_node["id"])]["inputs"]["calibration"] == path.name
+        assert not {str(i) for i in branch} & set(prompt)
+        assert prompt[str(apply_node["id"])]["inputs"]["calibration"] == saved.name
         log_offset = len(server.log())
         second = _queue(server, prompt)
+        _check_outputs(server, tiny, second)
         (run,) = _runs_by_node(server, second["prompt_id"])[str(apply_node["id"])]
-        assert run["completed"] and run["calls"] == 28
-        assert f"using {path.name}" in server.log()[log_offset:]
+        sampler = next(n for n in wf["nodes"] if n["id"] in _downstream(wf, apply_node["id"])
+                       and n["type"] == "KSampler")
+        assert run["completed"] and run["calls"] == sampler["widgets_values"][2]  # one model call per step
+        assert f"using {saved.name}" in server.log()[log_offset:]
     finally:
         _cleanup_calibrations(server, offset)

@@ -5,13 +5,15 @@ node's widget inputs as ``/object_info`` lists them (required, then optional; an
 ``control_after_generate`` takes one extra value, the "control after generate" mode). A value of the wrong
 kind, out of range or not among a combo's options would load as garbage or be refused at queue time.
 Model-file combos of loader nodes (``*_name``: their options are the files a user has; the test server has
-none) are only checked to name a model file.
+none) are only checked to name a model file. A muted node (mode 2) is not queued until the user unmutes it,
+so its combo values need only be strings (e.g. a calibration file the workflow's first run creates); everything
+else is checked as for any node.
 """
 from __future__ import annotations
 
 from typing import Any
 
-from workflow_convert import REPLACED, VIRTUAL
+from workflow_convert import MUTED, REPLACED, VIRTUAL
 
 WIDGET_KINDS = ("INT", "FLOAT", "STRING", "BOOLEAN", "COMBO")
 CONTROL_VALUES = ("fixed", "increment", "decrement", "randomize")
@@ -30,9 +32,11 @@ def _spec(info: dict[str, Any]) -> tuple[list[str], dict[str, Any]]:
     return order, spec
 
 
-def _check_value(where: str, value: Any, entry: list, node_type: str) -> list[str]:
+def _check_value(where: str, value: Any, entry: list, node_type: str, muted: bool = False) -> list[str]:
     kind, opts = entry[0], (entry[1] if len(entry) > 1 else {})
     if isinstance(kind, list) or kind == "COMBO":
+        if muted:
+            return [] if isinstance(value, str) else [f"{where}: {value!r} is not a string"]
         options = kind if isinstance(kind, list) else opts.get("options", [])
         if node_type in REPLACED and where.rstrip("0123456789").endswith("_name"):
             # a loader's model file list (unet_name, clip_name1, vae_name, ...): the files of the test server
@@ -95,7 +99,7 @@ def problems(workflow: dict[str, Any], object_info: dict[str, Any]) -> list[str]
             if not values:
                 out.append(f"{where}: no widget value")
                 break
-            out += _check_value(where, values.pop(0), entry, n["type"])
+            out += _check_value(where, values.pop(0), entry, n["type"], muted=n.get("mode", 0) == MUTED)
             expected += 1
             opts = entry[1] if len(entry) > 1 else {}
             if entry[0] == "INT" and (opts.get("control_after_generate") or name in ("seed", "noise_seed")):

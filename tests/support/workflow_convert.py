@@ -8,8 +8,9 @@ cannot load real weights, so ``to_tiny`` replaces:
   one per model loader of the workflow (weight seeds ``seed``, ``seed + 1``, ...: two different models for a
   Wan 2.2 high-noise + low-noise workflow); conditioning and latent come from the first;
 - VAE decode + image saving by "SaveLatent" on the latent the decoder got.
-Every other node (every dit-cache node above all) keeps its id, inputs, links and ``widgets_values``; the
-result is still UI format, so the page can load it with ``app.loadGraphData``.
+Every other node (every dit-cache node above all) keeps its id, inputs, links, mode and ``widgets_values``
+(a SaveLatent takes the mode of the decoder it replaces); the result is still UI format, so the page can load
+it with ``app.loadGraphData``. ``to_api_prompt`` leaves muted nodes (mode 2) out, as the front end does.
 """
 from __future__ import annotations
 
@@ -28,6 +29,8 @@ REPLACED = frozenset({
 VIRTUAL = frozenset({"Note", "MarkdownNote", "Reroute", "PrimitiveNode"})
 DECODERS = frozenset({"VAEDecode", "VAEDecodeTiled"})
 IMAGE_SINKS = frozenset({"SaveImage", "PreviewImage", "SaveAnimatedWEBP", "SaveWEBM", "CreateVideo", "SaveVideo"})
+MUTED = 2  # LiteGraph mode "never": the front end does not queue the node
+BYPASSED = 4
 # loader output slot per input type; CONDITIONING goes to "negative" (2) when the input is named so
 _SLOTS = {"MODEL": 0, "CONDITIONING": 1, "LATENT": 3}
 
@@ -103,7 +106,8 @@ def to_tiny(workflow: dict[str, Any], family: str = "flux", seed: int = 0, batch
         next_link += 1
         saver = {
             "id": next_node, "type": "SaveLatent", "pos": list(dnode["pos"]), "size": [320, 60], "flags": {},
-            "order": 0, "mode": 0, "inputs": [{"name": "samples", "type": "LATENT", "link": lid}], "outputs": [],
+            "order": 0, "mode": dnode.get("mode", 0), "inputs": [{"name": "samples", "type": "LATENT", "link": lid}],
+            "outputs": [],
             "properties": {"Node name for S&R": "SaveLatent"}, "widgets_values": [filename_prefix],
         }
         next_node += 1
@@ -133,14 +137,19 @@ def to_tiny(workflow: dict[str, Any], family: str = "flux", seed: int = 0, batch
 def to_api_prompt(workflow: dict[str, Any], object_info: dict[str, Any]) -> dict[str, Any]:
     """The API-format prompt of a UI workflow of plain nodes (no subgraphs, no converted widgets), mapping
     ``widgets_values`` to the widget inputs in the order ``object_info`` lists them (seed inputs carry the
-    frontend's extra "control after generate" value). Virtual nodes (Note) are left out."""
+    frontend's extra "control after generate" value). Virtual nodes (Note) and muted nodes (mode 2) are left
+    out, and so are inputs linked to a muted node (as the front end does)."""
     links = {lk[0]: lk for lk in workflow["links"]}
+    modes = {n["id"]: n.get("mode", 0) for n in workflow["nodes"]}
+    if BYPASSED in modes.values():
+        raise ValueError("bypassed nodes (mode 4) are not supported")
     prompt: dict[str, Any] = {}
     for n in workflow["nodes"]:
         info = object_info.get(n["type"])
-        if info is None:
-            continue  # frontend-only node (Note, MarkdownNote, Reroute)
-        linked = {i["name"]: links[i["link"]] for i in n.get("inputs") or [] if i.get("link") is not None}
+        if info is None or n.get("mode", 0) == MUTED:
+            continue  # frontend-only node (Note, MarkdownNote, Reroute) or muted
+        linked = {i["name"]: links[i["link"]] for i in n.get("inputs") or []
+                  if i.get("link") is not None and modes.get(links[i["link"]][1], 0) != MUTED}
         values = list(n.get("widgets_values") or [])
         inputs: dict[str, Any] = {}
         order = [*info["input_order"].get("required", []), *info["input_order"].get("optional", [])]
