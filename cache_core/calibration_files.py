@@ -11,7 +11,7 @@ import hashlib
 import os
 import re
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import torch
 
@@ -113,3 +113,26 @@ def check_model(cal: Any, family: str, block_hash: str, method: str = "MagCache"
         raise CalibrationError(f"{method}: '{cal.name}' was calibrated on a {cal.model_class or cal.family} model "
                                f"with other block shapes (hash {cal.block_hash}, this model {block_hash}). "
                                f"Run {method} Calibrate on this model.")
+
+
+# ------------------------------------------------------------------------------------------------ formats
+# {format: loader}: each method's calibration module registers its format here (methods/*_calibration.py), so a
+# calibration store lists and loads every method's files without knowing the methods by name.
+_LOADERS: dict[str, Callable[[str | os.PathLike], Any]] = {}
+
+
+def register_format(fmt: str, loader: Callable[[str | os.PathLike], Any]) -> None:
+    """Declare a calibration file format and the function that reads (and validates) its files."""
+    _LOADERS[fmt] = loader
+
+
+def loader(fmt: str) -> Callable[[str | os.PathLike], Any]:
+    """The loader of format ``fmt`` (KeyError naming the known formats if it is not registered)."""
+    try:
+        return _LOADERS[fmt]
+    except KeyError:
+        raise KeyError(f"unknown calibration format {fmt!r}; known: {', '.join(sorted(_LOADERS))}") from None
+
+
+def formats() -> tuple[str, ...]:
+    return tuple(_LOADERS)

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from ..calibration_files import (CalibrationError, block_shape_hash, check_model, file_format, meta_steps,  # noqa: F401
-                                 model_meta, pack_version, read_file, utc_now, write_file)
+                                 model_meta, pack_version, read_file, register_format, utc_now, write_file)
 
 FORMAT = "dit-cache.magcache.v1"
 PRESET_DIR = Path(__file__).resolve().parents[1] / "presets"
@@ -115,3 +115,6 @@ def load_preset(name: str) -> Calibration:
     return Calibration(ratios=ratios, family=data["family"], steps=steps, model_class=data.get("model", ""),
                        sampler=data.get("sampler", "unknown"), scheduler=data.get("scheduler", "unknown"),
                        source=data.get("source", ""), name=PRESET_PREFIX + name)
+
+
+register_format(FORMAT, load)

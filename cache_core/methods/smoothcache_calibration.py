@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from ..calibration_files import CalibrationError, meta_steps, model_meta, read_file, write_file
+from ..calibration_files import CalibrationError, meta_steps, model_meta, read_file, register_format, write_file
 from .smoothcache import CALIBRATION_FORMAT as FORMAT
 from .smoothcache import Errors, Schedule, build_schedule, check_errors, schedule_text
 
@@ -85,3 +85,6 @@ def load(path: str | os.PathLike) -> SmoothCalibration:
     if cal.steps != steps or any(len(v) != steps for v in schedule.values()) or set(schedule) - set(errors):
         raise CalibrationError(f"{where}: errors/schedule do not match its {steps} steps and types")
     return cal
+
+
+register_format(FORMAT, load)
