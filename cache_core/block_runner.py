@@ -1,9 +1,8 @@
-"""The block-range executor shared by every method and host.
+"""The block-range runner of every step-level method (a :class:`~cache_core.streams.StreamRunner`).
 
-A host creates one :class:`BlockCacheRunner` per sampling run, calls :meth:`~BlockCacheRunner.begin_call`
-before each model call (naming the CFG streams that make up the batch, in batch order),
-:meth:`~BlockCacheRunner.block` for every transformer block instead of calling the block directly, and
-:meth:`~BlockCacheRunner.end_call` afterwards.
+A host drives it as every runner (``cache_core/streams.py``): :meth:`~BlockCacheRunner.begin_call` before
+each model call, :meth:`~BlockCacheRunner.block` for every transformer block instead of calling the block
+directly, and :meth:`~BlockCacheRunner.end_call` afterwards.
 
 Per call: blocks [0, probe) run; then the policy votes per CFG stream. The call skips only when every stream
 votes skip (one decision for the whole batch, since a block cannot run for half of it); each stream keeps
@@ -16,50 +15,42 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Any, Callable, Hashable, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 
 from .config import SigmaWindow
 from .layout import BlockLayout
-from .policy import Policy, RunInfo, StreamCall
+from .policy import Policy, Probe, RunInfo, StreamCall
 from .stats import CallRecord, RunStats
+from .streams import CallInfo, ResolveWindow, RunBlock, StreamRunner, StreamState, Streams
+
+__all__ = ["BlockCacheRunner", "CallInfo", "RunBlock", "Streams"]
 
 log = logging.getLogger("dit_cache")
 
-Streams = dict[str, torch.Tensor]
-RunBlock = Callable[[Streams], Streams]
 
-
-@dataclass
-class CallInfo:
-    """One model call: its CFG streams in batch order as (key, label), and the current sigma if known."""
-
-    streams: Sequence[tuple[Hashable, str]]
-    sigma: float | None = None
-
-
-class _StreamState:
-    """Everything one CFG stream remembers between model calls of a run."""
+class _StreamState(StreamState):
+    """A stream's policy state, cached residuals and skip counters (and a forecaster's state)."""
 
     def __init__(self, label: str, policy: Policy, run: RunInfo) -> None:
-        self.label = label
         self.policy = policy
         self.run = run
-        self.reset()
+        super().__init__(label)
 
     def reset(self) -> None:
-        self.signature: tuple | None = None
+        super().reset()
         self.policy_state = self.policy.new_run_state(self.run)
+        forecaster = self.policy.forecaster
+        self.forecast = forecaster.new_state() if forecaster is not None else None
         self.residuals: dict[tuple[int, str], torch.Tensor] = {}
-        self.calls = 0
         self.consecutive_skips = 0
         self.skips = 0  # skipped calls of this stream in the run (Gate.max_cached_steps)
-        self.forecast_ready = False  # a forecasting policy has observed a computed call of this stream
+        self.forecast_ready = False  # the forecaster has observed a computed call of this stream
 
     def nbytes(self) -> int:
         n = sum(t.numel() * t.element_size() for t in self.residuals.values())
-        return n + self.policy.state_bytes(self.policy_state)
+        return n + Policy.state_bytes(self.policy_state) + Policy.state_bytes(self.forecast)
 
 
 @dataclass
@@ -71,13 +62,13 @@ class _Call:
     probe_residual: torch.Tensor | None = None
     seg_in: dict[int, Streams] = field(default_factory=dict)
     new_residuals: dict[tuple[int, str], torch.Tensor] = field(default_factory=dict)
-    new_outputs: dict[tuple[int, str], torch.Tensor] = field(default_factory=dict)  # forecasts == "output"
-    stack_residual: torch.Tensor | None = None  # whole-stack hidden residual (policies that want it)
+    new_outputs: dict[tuple[int, str], torch.Tensor] = field(default_factory=dict)  # forecaster target "output"
+    stack_residual: torch.Tensor | None = None  # whole-stack hidden residual (probes STACK, INPUT_AND_STACK)
     records: list[CallRecord] = field(default_factory=list)
 
 
-class BlockCacheRunner:
-    """Per-run cache state and the per-block logic (see the module docstring)."""
+class BlockCacheRunner(StreamRunner):
+    """Per-run cache state and the per-block logic of step-level methods (see the module docstring)."""
 
     def __init__(
         self,
@@ -88,15 +79,9 @@ class BlockCacheRunner:
         window: SigmaWindow = SigmaWindow(),
         run: RunInfo = RunInfo(),
     ) -> None:
-        if len(block_counts) != len(layout.segments):
-            raise ValueError(f"{len(block_counts)} block counts for {len(layout.segments)} segments")
-        self.layout = layout
-        self.policy = policy
-        self.stats = stats
+        super().__init__(layout, block_counts, policy, stats, run)
         self.window = window
-        self.run = run
         self._offsets = [sum(block_counts[:i]) for i in range(len(block_counts))]
-        self.total_blocks = sum(block_counts)
         lo, hi = policy.probe_blocks, self.total_blocks - policy.tail_blocks
         if not 0 <= lo < hi <= self.total_blocks:
             raise ValueError(
@@ -109,25 +94,22 @@ class BlockCacheRunner:
         for s, n in enumerate(block_counts):
             a, b = max(self._offsets[s], lo), min(self._offsets[s] + n, hi) - 1
             self._seg_bounds.append((a, b) if a <= b else None)
-        self._streams: dict[Hashable, _StreamState] = {}
-        self._call: _Call | None = None
-        self.model_calls = 0  # calls begun, whether or not any block reached the runner
+
+    @classmethod
+    def for_policy(cls, layout: BlockLayout, block_counts: Sequence[int], policy: Policy, stats: RunStats,
+                   resolve: ResolveWindow, run: RunInfo = RunInfo()) -> BlockCacheRunner:
+        return cls(layout, block_counts, policy, stats, resolve("gate", policy.gate.window), run)
+
+    def new_stream(self, label: str) -> _StreamState:
+        return _StreamState(label, self.policy, self.run)
+
+    def new_call(self, info: CallInfo, states: list[Any]) -> _Call:
+        return _Call(info=info, states=states)
+
+    def stream_state(self, st: _StreamState) -> Any:  # type: ignore[override]
+        return st.policy_state
 
     # ----------------------------------------------------------------------------------------- call life
-    def begin_call(self, info: CallInfo) -> None:
-        self.model_calls += 1
-        states = []
-        for key, label in info.streams:
-            st = self._streams.get(key)
-            if st is None:
-                st = self._streams[key] = _StreamState(label, self.policy, self.run)
-            states.append(st)
-        self._call = _Call(info=info, states=states)
-
-    def abort_call(self) -> None:
-        """Forget the call in progress (the model raised or was interrupted): nothing is committed."""
-        self._call = None
-
     def end_call(self, wall_s: float) -> None:
         call, self._call = self._call, None
         if call is None or call.skip is None:
@@ -137,20 +119,21 @@ class BlockCacheRunner:
         probe_chunks = call.probe_residual.chunk(n) if call.probe_residual is not None else [None] * n
         new_chunks = {k: v.chunk(n) for k, v in call.new_residuals.items()} if computed else {}
         stack_chunks = call.stack_residual.chunk(n) if computed and call.stack_residual is not None else None
-        forecasts = self.policy.forecasts
-        if computed and forecasts:
-            seen = call.new_outputs if forecasts == "output" else call.new_residuals
+        forecaster = self.policy.forecaster
+        if computed and forecaster is not None:
+            seen = call.new_outputs if forecaster.target == "output" else call.new_residuals
             seen_chunks = {k: v.chunk(n) for k, v in seen.items()}
         for j, st in enumerate(call.states):
             if stack_chunks is not None:
                 self.policy.observe_stack_residual(st.policy_state, stack_chunks[j])
-            if computed and forecasts:
-                self.policy.observe_segments(st.policy_state, {k: v[j] for k, v in seen_chunks.items()})
+            if computed and forecaster is not None:
+                for key, chunks in seen_chunks.items():
+                    forecaster.observe(st.forecast, key, chunks[j], st.calls)
                 st.forecast_ready = True
             self.policy.commit(st.policy_state, probe_chunks[j], computed)
             if computed:
-                # a forecasting policy keeps what it needs itself: no second copy of the residuals
-                st.residuals = {} if forecasts else {k: v[j] for k, v in new_chunks.items()}
+                # a forecaster keeps what it needs itself: no second copy of the residuals
+                st.residuals = {} if forecaster is not None else {k: v[j] for k, v in new_chunks.items()}
                 st.consecutive_skips = 0
             else:
                 st.consecutive_skips += 1
@@ -164,7 +147,7 @@ class BlockCacheRunner:
               signal: Callable[[], torch.Tensor] | None = None) -> Streams:
         """Stand in for block ``index`` of ``segment``: run it via ``run`` or apply the cache.
 
-        ``signal`` (first block only, optional): computes the per-call signal a policy with ``wants_signal``
+        ``signal`` (first block only, optional): computes the per-call signal a policy with probe SIGNAL
         decides on (e.g. TeaCache's timestep-modulated input of block 0); it becomes the probe tensor.
         """
         call = self._call
@@ -173,11 +156,12 @@ class BlockCacheRunner:
         p = self._offsets[segment] + index
         hidden = self.layout.hidden
         if p == 0:
-            self._check_signatures(call, inputs)
+            self.check_signatures(call.states, inputs)
             call.head_in = inputs[hidden].clone()  # blocks may update their input in place (ComfyUI's Flux does)
-            if self.policy.wants_signal and signal is not None and self.policy.probe_blocks == 0:
+            probe = self.policy.probe
+            if probe is Probe.SIGNAL and signal is not None:
                 call.probe_residual = signal()
-            elif self.policy.wants_head_input and self.policy.probe_blocks == 0:
+            elif probe is Probe.INPUT_AND_STACK:
                 call.probe_residual = call.head_in
         lo, hi = self._cached
         if p < lo:
@@ -197,7 +181,7 @@ class BlockCacheRunner:
         outputs = self.layout.segments[segment].outputs
         first, last = self._seg_bounds[segment]
         if call.skip:
-            if p == last and self.policy.forecasts:
+            if p == last and self.policy.forecaster is not None:
                 return {k: self._forecast(call, segment, k, inputs[k]) for k in outputs}
             if p == last:
                 return {k: inputs[k] + self._cached_residual(call, segment, k) for k in outputs}
@@ -208,25 +192,13 @@ class BlockCacheRunner:
         if p == last:
             for k in outputs:
                 call.new_residuals[(segment, k)] = out[k] - call.seg_in[segment][k]
-                if self.policy.forecasts == "output":
+                if self.policy.forecaster is not None and self.policy.forecaster.target == "output":
                     call.new_outputs[(segment, k)] = out[k].clone()  # later blocks may update it in place
-        if p == self.total_blocks - 1 and self.policy.wants_stack_residual:
+        if p == self.total_blocks - 1 and self.policy.probe in (Probe.STACK, Probe.INPUT_AND_STACK):
             call.stack_residual = self._stack_residual(call, segment, out[hidden])
         return out
 
     # ----------------------------------------------------------------------------------------- internals
-    def _check_signatures(self, call: _Call, inputs: Streams) -> None:
-        n = len(call.states)
-        sig = tuple(
-            (k, (v.shape[0] // n,) + tuple(v.shape[1:]), v.dtype, v.device)
-            for k, v in sorted(inputs.items()) if isinstance(v, torch.Tensor)
-        )
-        for st in call.states:
-            if st.signature is not None and st.signature != sig:
-                log.info("[dit-cache] %s: %s stream input changed (%s), cache reset", self.policy.name, st.label, sig)
-                st.reset()
-            st.signature = sig
-
     def _decide(self, call: _Call) -> None:
         n = len(call.states)
         chunks = call.probe_residual.chunk(n) if call.probe_residual is not None else [None] * n
@@ -274,28 +246,18 @@ class BlockCacheRunner:
                     tuple(head_in.shape))
         return None
 
-    def stream_states(self) -> list[tuple[str, Any]]:
-        """(label, policy state) of every stream of the run, in first-seen order."""
-        return [(s.label, s.policy_state) for s in self._streams.values()]
-
-    def finish(self, completed: bool) -> None:
-        """End of the run: let the policy see every stream's final state."""
-        self.policy.finish_run(self.stream_states(), completed)
-
     def _cached_residual(self, call: _Call, segment: int, stream: str) -> torch.Tensor:
         parts = [st.residuals[(segment, stream)] for st in call.states]
         return parts[0] if len(parts) == 1 else torch.cat(parts, dim=0)
 
     def _forecast(self, call: _Call, segment: int, stream: str, seg_input: torch.Tensor) -> torch.Tensor:
-        """A forecasting policy's prediction of the segment's last cached block output, per CFG stream."""
+        """The forecaster's prediction of the segment's last cached block output, per CFG stream: its predicted
+        output, or the segment's input plus its predicted residual."""
         n = len(call.states)
         chunks = seg_input.chunk(n) if n > 1 else (seg_input,)
-        parts = [self.policy.forecast(st.policy_state, (segment, stream), chunks[j])
-                 for j, st in enumerate(call.states)]
+        forecaster, key = self.policy.forecaster, (segment, stream)
+        parts = []
+        for j, st in enumerate(call.states):
+            predicted = forecaster.predict(st.forecast, key, st.calls, chunks[j].dtype)
+            parts.append(predicted if forecaster.target == "output" else chunks[j] + predicted)
         return parts[0] if n == 1 else torch.cat(parts, dim=0)
-
-    def stream_labels(self) -> list[str]:
-        return [s.label for s in self._streams.values()]
-
-    def describe(self) -> dict[str, Any]:
-        return {"cached_range": self._cached, "total_blocks": self.total_blocks}

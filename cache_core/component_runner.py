@@ -1,8 +1,8 @@
 """Attention- and component-level caching (PAB, FasterCache, SmoothCache): reuse, extrapolate or schedule the
 outputs of individual attention computations and feed-forward modules inside the blocks.
 
-A host creates one :class:`AttentionCacheRunner` per sampling run and drives it like the block runner
-(:class:`~cache_core.runner.BlockCacheRunner`): :meth:`begin_call` / :meth:`end_call` around each model call,
+A host creates one :class:`ComponentCacheRunner` per sampling run and drives it as every runner
+(``cache_core/streams.py``): :meth:`begin_call` / :meth:`end_call` around each model call,
 :meth:`block` for every transformer block (here the blocks always run; the runner only notes which block is
 running), and :meth:`attention` for every attention computation inside a block. Which attention of a block is
 which kind ("spatial" self/joint attention, "cross" attention to the text, "temporal") comes from the layout
@@ -13,21 +13,21 @@ batches several streams, the site reuses its cache only if every stream may (one
 the whole batch); the output is split per stream afterwards, so streams and samples never mix.
 
 Feed-forward modules are sites too (kind ``"ffn"``): hosts hook the modules the layout names
-(``Segment.ffn``) and call :meth:`AttentionCacheRunner.attention` with that kind and slot ``FFN_SLOT + j``.
+(``Segment.ffn``) and call :meth:`ComponentCacheRunner.attention` with that kind and slot ``FFN_SLOT + j``.
 """
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any, Callable, Hashable, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 
-from .config import CacheWindow, SigmaWindow
+from .config import CacheWindow, SigmaWindow, config_settings
 from .layout import BlockLayout
 from .policy import Policy, RunInfo
-from .block_runner import CallInfo, RunBlock, Streams
 from .stats import CallRecord, RunStats
+from .streams import CallInfo, ResolveWindow, RunBlock, StreamRunner, StreamState, Streams
 
 log = logging.getLogger("dit_cache")
 
@@ -48,13 +48,14 @@ class SiteCall:
     steps: int | None = None  # steps of the run (from the host's sigma schedule), None if unknown
 
 
-class AttentionPolicy:
-    """A method's rule for one attention site of one stream (see the module docstring).
+class ComponentPolicy:
+    """A method's rule for one attention or feed-forward site of one stream (see the module docstring).
 
     ``reuse`` decides; on True the host uses :meth:`cached` instead of computing; :meth:`store` sees the
     output used (computed or cached) after every call of the site.
     """
 
+    runner = "component"  # the runner kind this policy needs (cache_core/runners.py make_runner)
     name: str = "attention"
     part: str = "attention"  # what the statistics call the reused computations ("reused X/Y <part> ...")
     threshold: float = 0.0
@@ -88,22 +89,32 @@ class AttentionPolicy:
     def store(self, state: Any, output: torch.Tensor, computed: bool, call: SiteCall) -> None:
         pass
 
+    config: Any = None
+
     def settings(self) -> dict[str, Any]:
-        return {}
+        """What a run record shows: the config's fields (:func:`~cache_core.config.config_settings`)."""
+        return config_settings(self.config) if self.config is not None else {}
+
+    # ---- FasterCache's unconditional-branch reuse (``uncond_reuse``); the runner's reuse_uncond drives them
+    def uncond_skips(self, state: Any, in_window: bool) -> bool:
+        """Whether this call's unconditional branch is rebuilt instead of computed."""
+        return False
+
+    def uncond_observe(self, state: Any, cond: torch.Tensor, uncond: torch.Tensor) -> None:
+        """Both branches' outputs of a call that computed them."""
+
+    def uncond_rebuild(self, state: Any, cond: torch.Tensor, windows: Callable[[str], bool]) -> torch.Tensor:
+        """The unconditional output rebuilt from the conditional one (``windows(name)``: inside that window)."""
+        raise NotImplementedError
 
     def finish_run(self, streams: list[tuple[str, dict]], completed: bool) -> None:
         """End of a run: each stream's (label, {site: states}) in first-seen order (a calibration saves here)."""
 
 
-class _Stream:
-    def __init__(self, label: str) -> None:
-        self.label = label
-        self.reset()
-
+class _Stream(StreamState):
     def reset(self) -> None:
-        self.signature: tuple | None = None
+        super().reset()
         self.sites: dict[tuple[int, int, int], Any] = {}
-        self.calls = 0
 
 
 class _Call:
@@ -117,45 +128,61 @@ class _Call:
         self.reused = [0] * len(streams)
 
 
-class AttentionCacheRunner:
-    """Per-run state of an attention-level method (see the module docstring)."""
+class ComponentCacheRunner(StreamRunner):
+    """Per-run state of an attention/component-level method (see the module docstring)."""
 
-    def __init__(self, layout: BlockLayout, block_counts: Sequence[int], policy: AttentionPolicy, stats: RunStats,
+    def __init__(self, layout: BlockLayout, block_counts: Sequence[int], policy: ComponentPolicy, stats: RunStats,
                  windows: dict[str, SigmaWindow] | None = None, run: RunInfo = RunInfo()) -> None:
-        if len(block_counts) != len(layout.segments):
-            raise ValueError(f"{len(block_counts)} block counts for {len(layout.segments)} segments")
-        self.layout = layout
-        self.policy = policy
-        self.stats = stats
+        super().__init__(layout, block_counts, policy, stats, run)
         self.windows = windows or {}
-        self.run = run
-        self.total_blocks = sum(block_counts)
-        self._streams: dict[Hashable, _Stream] = {}
-        self._call: _Call | None = None
-        self.model_calls = 0
         self.attention_seen = 0  # attention calls that reached the runner inside a block
         self._tuple_sites: dict[tuple[int, int, int], bool] = {}  # sites whose attention returns a tuple
-        # set by the host per call: whether this run uses an unconditional branch at all, and whether the
-        # current call's unconditional branch was left out (FasterCache's uncond reuse)
-        self.cfg_active = False
+        # set per call by reuse_uncond: this call's unconditional branch was left out (FasterCache's uncond reuse)
         self.uncond_dropped = False
         self.uncond_idle_logged = False  # the host said once that the uncond reuse cannot act (CFG 1, separate calls)
         self.uncond_state = policy.new_uncond_state() if policy.uncond_reuse else None
 
+    @classmethod
+    def for_policy(cls, layout: BlockLayout, block_counts: Sequence[int], policy: ComponentPolicy, stats: RunStats,
+                   resolve: ResolveWindow, run: RunInfo = RunInfo()) -> ComponentCacheRunner:
+        windows = {name: resolve(name, policy.window(name)) for name in policy.window_names()}
+        return cls(layout, block_counts, policy, stats, windows, run)
+
+    def new_stream(self, label: str) -> _Stream:
+        return _Stream(label)
+
+    def new_call(self, info: CallInfo, states: list[Any]) -> _Call:
+        return _Call(info, states)
+
+    def stream_state(self, st: _Stream) -> Any:  # type: ignore[override]
+        return st.sites
+
+    def reuse_uncond(self, sigma: float | None, full: Callable[[], tuple[torch.Tensor, torch.Tensor]],
+                     cond_only: Callable[[], torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, bool]:
+        """One CFG step of a policy with ``uncond_reuse``: ``full()`` computes both branches and returns their
+        outputs (cond, uncond); ``cond_only()`` computes the conditional branch alone. Returns (cond, uncond,
+        rebuilt): on the steps the policy picks, the uncond output is rebuilt from the cond one. Every host uses
+        this; only how a host leaves the uncond branch out of its batch differs."""
+        policy, state = self.policy, self.uncond_state
+
+        def inside(name: str) -> bool:
+            return self.windows.get(name, SigmaWindow()).contains(sigma)
+
+        if not policy.uncond_skips(state, inside("uncond")):
+            cond, uncond = full()
+            policy.uncond_observe(state, cond, uncond)
+            self.stats.count("uncond", 0, 1)
+            return cond, uncond, False
+        self.uncond_dropped = True
+        try:
+            cond = cond_only()
+        finally:
+            self.uncond_dropped = False
+        uncond = policy.uncond_rebuild(state, cond, inside)
+        self.stats.count("uncond", 1, 1)
+        return cond, uncond, True
+
     # ----------------------------------------------------------------------------------------- call life
-    def begin_call(self, info: CallInfo) -> None:
-        self.model_calls += 1
-        streams = []
-        for key, label in info.streams:
-            st = self._streams.get(key)
-            if st is None:
-                st = self._streams[key] = _Stream(label)
-            streams.append(st)
-        self._call = _Call(info, streams)
-
-    def abort_call(self) -> None:
-        self._call = None
-
     def end_call(self, wall_s: float) -> None:
         call, self._call = self._call, None
         if call is None or not call.blocks:
@@ -186,7 +213,7 @@ class AttentionCacheRunner:
         if call is None:
             return run(inputs)
         if segment == 0 and index == 0:
-            self._check_signatures(call, inputs)
+            self.check_signatures(call.streams, inputs)
         outer = call.block, call.slot
         call.block, call.slot = (segment, index), 0
         call.blocks += 1
@@ -240,27 +267,3 @@ class AttentionCacheRunner:
                 self.policy.store(state, t.chunk(n)[j] if n > 1 else t, not reuse, sc)
             call.reused[j] += int(reuse)
         return out
-
-    # ----------------------------------------------------------------------------------------- internals
-    def _check_signatures(self, call: _Call, inputs: Streams) -> None:
-        n = len(call.streams)
-        sig = tuple((k, (v.shape[0] // n,) + tuple(v.shape[1:]), v.dtype, v.device)
-                    for k, v in sorted(inputs.items()) if isinstance(v, torch.Tensor))
-        for st in call.streams:
-            if st.signature is not None and st.signature != sig:
-                log.info("[dit-cache] %s: %s stream input changed (%s), cache reset", self.policy.name, st.label, sig)
-                st.reset()
-            st.signature = sig
-
-    def stream_states(self) -> list[tuple[str, Any]]:
-        return [(s.label, s.sites) for s in self._streams.values()]
-
-    def stream_labels(self) -> list[str]:
-        return [s.label for s in self._streams.values()]
-
-    def finish(self, completed: bool) -> None:
-        """End of the run: the policy sees every stream's sites (caches themselves live only inside a run)."""
-        self.policy.finish_run(self.stream_states(), completed)
-
-    def describe(self) -> dict[str, Any]:
-        return {"total_blocks": self.total_blocks, "attention_calls": self.attention_seen}

@@ -1,8 +1,11 @@
-"""Validation helpers and the settings every method shares (the active window of the schedule)."""
+"""Validation helpers and the settings every method shares: the active window of the schedule, the gate
+(warm-up, consecutive-skip limit, window) and the run-record settings derived from a config's fields."""
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
+from typing import Any
 
 
 def check_range(name: str, value: float, lo: float, hi: float) -> None:
@@ -54,3 +57,67 @@ class SigmaWindow:
         if sigma is None:
             return True
         return self.end_sigma < sigma <= self.start_sigma
+
+
+@dataclass(frozen=True)
+class Gate:
+    """Settings that decide when a method may skip at all.
+
+    warmup_steps: the first calls of each CFG stream always compute. max_consecutive_skips: after that many
+    skips in a row the next call computes (-1 = no limit). window: the part of the schedule where skipping
+    is allowed.
+    """
+
+    warmup_steps: int = 0
+    max_consecutive_skips: int = -1
+    window: CacheWindow = CacheWindow()
+    # after this many skipped calls of a stream in the whole run, every later call computes (-1 = no limit)
+    max_cached_steps: int = -1
+
+    def __post_init__(self) -> None:
+        check_int("warmup_steps", self.warmup_steps, 0)
+        check_int("max_consecutive_skips", self.max_consecutive_skips, -1)
+        check_int("max_cached_steps", self.max_cached_steps, -1)
+
+
+# Field metadata read by :func:`config_settings`: ``SETTING`` renames a field in the run record, ``HIDDEN``
+# leaves it out (e.g. calibrated curves, which are summarised by the policy instead).
+SETTING = "dit_cache_setting"
+HIDDEN = {SETTING: None}
+
+
+def config_settings(config: Any) -> dict[str, Any]:
+    """The settings a run record shows for a config dataclass: every init field, in declaration order, under its
+    ``SETTING`` name if it has one; a :class:`CacheWindow` as ``[start_percent, end_percent]``."""
+    out: dict[str, Any] = {}
+    fields = [f for f in dataclasses.fields(config) if not f.kw_only] + [f for f in dataclasses.fields(config) if f.kw_only]
+    for f in fields:  # the order of the constructor: a method's own fields, then the shared ones
+        if not f.init:
+            continue
+        name = f.metadata.get(SETTING, f.name)
+        if name is None:
+            continue
+        value = getattr(config, f.name)
+        out[name] = [value.start_percent, value.end_percent] if isinstance(value, CacheWindow) else value
+    return out
+
+
+@dataclass(frozen=True, kw_only=True)
+class GatedConfig:
+    """The fields every step-skipping method shares, as keyword-only fields of its config: the schedule window
+    (``start_percent`` / ``end_percent``), the warm-up and the consecutive-skip limit. A method with other
+    defaults re-declares a field (``field(default=..., kw_only=True)``); one without a field sets
+    ``metadata=HIDDEN`` on it. :attr:`gate` is the resulting :class:`Gate`."""
+
+    warmup_steps: int = 0
+    max_consecutive_skips: int = -1
+    start_percent: float = 0.0
+    end_percent: float = 1.0
+
+    @property
+    def gate(self) -> Gate:
+        return Gate(self.warmup_steps, self.max_consecutive_skips, CacheWindow(self.start_percent, self.end_percent),
+                    max_cached_steps=getattr(self, "max_cached_steps", -1))
+
+    def __post_init__(self) -> None:
+        self.gate  # noqa: B018 - validates the window and the limits at construction

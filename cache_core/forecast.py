@@ -1,4 +1,12 @@
-"""Taylor-series forecasting of a tensor observed at integer steps (TaylorSeer, arXiv 2503.06923).
+"""Forecasting skipped values: the forecaster slot every method shares, and Taylor series (TaylorSeer).
+
+A :class:`Forecaster` is a small plug-in (as cache-dit's calibrators): per CFG stream it keeps a state, is shown
+the values of every computed call (:meth:`Forecaster.observe`) and predicts them for a skipped call
+(:meth:`Forecaster.predict`). The block runner asks a policy's ``forecaster`` for each segment's cached range:
+its residual (``target = "residual"``, DBCache's TaylorSeer calibrator) or its last block's output
+(``target = "output"``, TaylorSeer). Steps are the stream's call indices.
+
+Taylor-series forecasting of a tensor observed at integer steps (TaylorSeer, arXiv 2503.06923):
 
 After an observation ``y`` at step ``s`` the factors are ``F_0 = y`` and ``F_{j+1} = (F_j - F_j^prev) / d``
 with ``d = s - s_prev`` (divided differences up to ``max_order``; an order is dropped while there is no
@@ -10,6 +18,7 @@ as observed), and predictions are summed in the requested dtype.
 from __future__ import annotations
 
 import math
+from typing import Any, Hashable
 
 import torch
 
@@ -60,3 +69,54 @@ class TaylorSeries:
 
     def nbytes(self) -> int:
         return sum(f.numel() * f.element_size() for f in self.factors)
+
+
+TARGETS = ("residual", "output")
+
+
+class Forecaster:
+    """Predicts a value observed on computed calls at a later step (the slot forecasting methods fill)."""
+
+    target: str = "residual"  # what the block runner observes and asks for: "residual" or "output"
+
+    def new_state(self) -> Any:
+        """One CFG stream's state (a fresh one after the stream's inputs change shape)."""
+        return None
+
+    def observe(self, state: Any, key: Hashable, value: torch.Tensor, step: int) -> None:
+        """A computed call's value of ``key`` (segment, stream name) at ``step``."""
+        raise NotImplementedError
+
+    def predict(self, state: Any, key: Hashable, step: int, dtype: torch.dtype) -> torch.Tensor:
+        """The value of ``key`` at ``step``, in ``dtype``."""
+        raise NotImplementedError
+
+
+class SeriesByKey:
+    """A forecaster's per-stream state: one series per key (``series``)."""
+
+    def __init__(self) -> None:
+        self.series: dict[Hashable, Any] = {}
+
+
+class TaylorForecaster(Forecaster):
+    """Taylor expansion of each key's values up to ``max_order`` (:class:`TaylorSeries`); factors stored in
+    ``dtype`` (None = as observed). Memory per stream: ``max_order + 1`` tensors of each key's size."""
+
+    def __init__(self, max_order: int, dtype: torch.dtype | None = None, target: str = "residual") -> None:
+        if target not in TARGETS:
+            raise ValueError(f"target must be one of {TARGETS}, got {target!r}")
+        TaylorSeries(max_order)  # validates the order
+        self.max_order, self.dtype, self.target = max_order, dtype, target
+
+    def new_state(self) -> SeriesByKey:
+        return SeriesByKey()
+
+    def observe(self, state: SeriesByKey, key: Hashable, value: torch.Tensor, step: int) -> None:
+        series = state.series.get(key)
+        if series is None:
+            series = state.series[key] = TaylorSeries(self.max_order, self.dtype)
+        series.update(value.detach(), step)
+
+    def predict(self, state: SeriesByKey, key: Hashable, step: int, dtype: torch.dtype) -> torch.Tensor:
+        return state.series[key].predict(step, dtype)

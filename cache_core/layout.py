@@ -52,7 +52,7 @@ class BlockLayout:
     segments: tuple[Segment, ...]
     hidden: str = "img"  # stream the decision metrics read
     mechanism: str = "patches_replace"  # ComfyUI: "patches_replace" (dit) or "object_patch" (block lists)
-    # TeaCache's per-call signal: a name in cache_core/signals.py (block 0's timestep-modulated input), or None
+    # TeaCache's per-call signal: a name in cache_core/methods/teacache_signals.py (block 0's timestep-modulated input), or None
     signal: str | None = None
 
     def __post_init__(self) -> None:
@@ -144,24 +144,6 @@ COMFY_LAYOUTS: tuple[BlockLayout, ...] = (
                          attention=_SELF_CROSS, ffn=("mlp",)),),
                 mechanism="object_patch"),
 )
-
-# How each ComfyUI family's forward joins its segments' streams (the runner caches a residual per segment and
-# stream, so any join is fine; this records what the layouts above rely on). Decisions read ``hidden`` ("img").
-COMFY_JOINS: dict[str, str] = {
-    "flux": "single blocks' img = cat(txt, img) of the double blocks' outputs",
-    "chroma": "single blocks' img = cat(txt, img) of the double blocks' outputs",
-    "sd3": "one segment; the last block returns txt=None (passed through)",
-    "auraflow": "single layers' img = cat(txt, img) of the double layers' outputs",
-    "wan": "one segment; text is a cross-attention input; VACE adds hints to img between blocks",
-    "hunyuan_video": "single blocks' img = cat(img, txt) of the double blocks' outputs",
-    "ltxv": "one segment; text is a cross-attention input",
-    "mochi": "one segment; the last block leaves txt as it was",
-    "qwen_image": "one segment (edit reference latents are part of img)",
-    "hidream": "double blocks' txt input = cat(text, llama layer k), the host keeps the first part; single blocks' "
-               "img = cat(img, txt, llama layer k), the host cuts the appended llama tokens off after each block",
-    "lumina2": "one segment over the joint caption+image sequence, after the (uncached) refiners",
-    "cosmos_predict2": "one segment over the B,T,H,W,D video tokens",
-}
 
 _DIFFUSERS_MMDIT = ("hidden_states", "encoder_hidden_states")
 

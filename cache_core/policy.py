@@ -1,12 +1,15 @@
-"""What every caching method shares: the gating before a method's own rule, and the policy interface."""
+"""What every step-level caching method shares: the policy interface, the probe a policy decides on, and what
+a host knows about a run. The gate (warm-up, consecutive-skip limit, window) is in ``config.py``."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import Enum
 from typing import Any
 
 import torch
 
-from .config import CacheWindow, check_int
+from .config import CacheWindow, Gate, GatedConfig, config_settings  # noqa: F401 - Gate, GatedConfig: part of this interface
+from .forecast import Forecaster
 
 
 @dataclass(frozen=True)
@@ -31,40 +34,44 @@ class StreamCall:
     label: str = ""
 
 
-@dataclass(frozen=True)
-class Gate:
-    """Settings that decide when a method may skip at all.
+class Probe(str, Enum):
+    """What a step-level policy decides on, i.e. what the block runner hands :meth:`Policy.metric` and
+    :meth:`Policy.commit` as the probe tensor, per CFG stream.
 
-    warmup_steps: the first calls of each CFG stream always compute. max_consecutive_skips: after that many
-    skips in a row the next call computes (-1 = no limit). window: the part of the schedule where skipping
-    is allowed.
+    NONE: nothing (schedules, calibrated curves). BLOCKS: the hidden residual of the first ``probe_blocks``
+    blocks, which always run (FBC, DBCache). SIGNAL: a per-call signal the host computes at the first block
+    (TeaCache's modulated input, ``methods/teacache_signals.py``). STACK: nothing to decide on, but the whole
+    stack's hidden residual (last block output minus first block input) of each computed call goes to
+    :meth:`Policy.observe_stack_residual` (calibration). INPUT_AND_STACK: the first block's hidden input as the
+    probe, and the whole-stack residual as with STACK (the adaptive cache).
     """
 
-    warmup_steps: int = 0
-    max_consecutive_skips: int = -1
-    window: CacheWindow = CacheWindow()
-    # after this many skipped calls of a stream in the whole run, every later call computes (-1 = no limit)
-    max_cached_steps: int = -1
-
-    def __post_init__(self) -> None:
-        check_int("warmup_steps", self.warmup_steps, 0)
-        check_int("max_consecutive_skips", self.max_consecutive_skips, -1)
-        check_int("max_cached_steps", self.max_cached_steps, -1)
+    NONE = "none"
+    BLOCKS = "blocks"
+    SIGNAL = "signal"
+    STACK = "stack"
+    INPUT_AND_STACK = "input_and_stack"
 
 
 class Policy:
-    """A caching method's decision rule, plugged into :class:`~cache_core.runner.BlockCacheRunner`.
+    """A step-level method's decision rule, run by :class:`~cache_core.block_runner.BlockCacheRunner`.
 
     The runner runs the first ``probe_blocks`` blocks, then asks :meth:`metric` and :meth:`wants_skip` for
     every CFG stream of the call, and either runs the remaining blocks (except the last ``tail_blocks``,
-    which always run) or applies the cached residuals. :meth:`commit` is told what really happened.
+    which always run) or fills them from the cache: the cached residuals, or with a ``forecaster`` its
+    prediction. :meth:`commit` is told what really happened.
     """
 
+    runner = "block"  # the runner kind this policy needs (cache_core/streams.py make_runner)
     name: str = "policy"
+    probe: Probe = Probe.BLOCKS
     probe_blocks: int = 1
     tail_blocks: int = 0
     threshold: float = 0.0
     gate: Gate = Gate()
+    # predicts what the cached blocks produce instead of reusing it (cache_core/forecast.py); None = plain reuse
+    forecaster: Forecaster | None = None
+    config: Any = None
 
     def new_state(self) -> Any:
         return None
@@ -79,24 +86,15 @@ class Policy:
         pass
 
     def settings(self) -> dict[str, Any]:
-        return {}
+        """What a run record shows: the config's fields (:func:`~cache_core.config.config_settings`)."""
+        return config_settings(self.config) if self.config is not None else {}
 
-    # ---- optional hooks (defaults do nothing; FBC needs none of them) -------------------------------------
-    # Methods that decide before any block runs (probe_blocks = 0) may read a per-call signal that the host
-    # extracts at the first block (see cache_core/signals.py); the runner passes it to metric/commit as
-    # the probe tensor.
-    wants_signal: bool = False
-    # Methods that need the residual of the whole block stack (last block's hidden output minus the first
-    # block's hidden input, per CFG stream) on computed calls get it in :meth:`observe_stack_residual`.
-    wants_stack_residual: bool = False
-    # Methods that decide before any block runs on the first block's hidden input (per CFG stream) get it as
-    # the probe tensor of metric/commit (only with probe_blocks = 0 and no wants_signal).
-    wants_head_input: bool = False
-    # Forecasting methods predict what the cached blocks produce instead of reusing it: "residual" (the cached
-    # range's residual per segment and stream) or "output" (the output of each segment's last cached block).
-    # The runner hands the values of computed calls to :meth:`observe_segments` and, on skips, asks
-    # :meth:`forecast` for the output of each segment's last cached block. "" = plain reuse.
-    forecasts: str = ""
+    def window_names(self) -> frozenset[str]:
+        """The schedule windows a host resolves against its schedule: the gate's (named "gate")."""
+        return frozenset({"gate"})
+
+    def window(self, name: str) -> CacheWindow:
+        return self.gate.window
 
     def new_run_state(self, run: "RunInfo") -> Any:
         """State of one CFG stream for a run; ``run`` says what the host knows about the run's schedule."""
@@ -106,15 +104,7 @@ class Policy:
         """Called for every stream of a call before :meth:`metric`."""
 
     def observe_stack_residual(self, state: Any, residual: torch.Tensor) -> None:
-        """The stream's whole-stack hidden residual of a computed call (only if ``wants_stack_residual``)."""
-
-    def observe_segments(self, state: Any, values: dict[tuple[int, str], torch.Tensor]) -> None:
-        """A computed call's residual or last-block output (per ``forecasts``) per (segment, stream) key."""
-
-    def forecast(self, state: Any, key: tuple[int, str], seg_input: torch.Tensor) -> torch.Tensor:
-        """On a skip: the predicted output of segment ``key[0]``'s last cached block for stream ``key[1]``,
-        given the input of that block (``seg_input``, this CFG stream's part of the batch)."""
-        raise NotImplementedError(f"{self.name} sets forecasts but does not forecast")
+        """The stream's whole-stack hidden residual of a computed call (probes STACK and INPUT_AND_STACK)."""
 
     def finish_run(self, streams: list[tuple[str, Any]], completed: bool) -> None:
         """End of a run: every stream's (label, state), in first-seen order."""

@@ -24,20 +24,20 @@ import contextlib
 import inspect
 import logging
 import math
-import time
 from typing import Any, Callable, Iterator, Sequence
 
 import torch
 
-from ..cache_core.component_runner import AttentionCacheRunner, AttentionPolicy
+from ..cache_core.component_runner import ComponentPolicy
 from ..cache_core.config import CacheWindow, SigmaWindow
-from ..cache_core.methods.fastercache import frequency_weights, uncond_observe, uncond_rebuild, uncond_should_skip
 from ..cache_core.layout import DIFFUSERS_LAYOUTS, BlockLayout, Segment, layout_for_module
+from ..cache_core.model_call import model_call
 from ..cache_core.policy import Policy
 from ..cache_core.registry import methods
 from ..cache_core.registry import policy_for as registry_policy_for
-from ..cache_core.block_runner import BlockCacheRunner, CallInfo, Streams
+from ..cache_core.runners import make_runner, uses_components
 from ..cache_core.stats import RunStats
+from ..cache_core.streams import CallInfo, Streams
 
 __all__ = ["DEFAULT_STREAM", "DiffusersCache", "apply_cache", "flow_sigma_window", "policy_for"]
 
@@ -52,10 +52,10 @@ _MISSING = object()
 _BATCHED_KWARGS = ("hidden_states", "encoder_hidden_states", "timestep", "attention_mask", "encoder_attention_mask")
 
 
-def policy_for(method: Any) -> Policy | AttentionPolicy:
+def policy_for(method: Any) -> Policy | ComponentPolicy:
     """The policy for a method config (or ``method`` itself when it already is a policy); only methods whose
     registry entry names the diffusers host."""
-    if isinstance(method, (Policy, AttentionPolicy)):
+    if isinstance(method, (Policy, ComponentPolicy)):
         return method
     for spec in methods().values():
         if type(method) is spec.config and "diffusers" not in spec.hosts:
@@ -152,13 +152,12 @@ class DiffusersCache:
     model call (diffusers pipelines end their runs themselves, so read it after ``pipe(...)``).
     """
 
-    def __init__(self, transformer: torch.nn.Module, layout: BlockLayout, policy: Policy | AttentionPolicy,
-                 sigma_window: SigmaWindow, windows: dict[str, SigmaWindow] | None = None) -> None:
+    def __init__(self, transformer: torch.nn.Module, layout: BlockLayout, policy: Policy | ComponentPolicy,
+                 windows: dict[str, SigmaWindow]) -> None:
         self.transformer = transformer
         self.layout = layout
         self.policy = policy
-        self.sigma_window = sigma_window
-        self.windows = windows or {}
+        self.windows = windows  # every schedule window of the policy, by name, as sigmas
         self.block_counts = [len(getattr(transformer, seg.attr)) for seg in layout.segments]
         self.last_stats: RunStats | None = None
         self._stream: tuple[tuple[str, ...], float | None] = ((DEFAULT_STREAM,), None)
@@ -211,11 +210,8 @@ class DiffusersCache:
     def _new_run(self) -> None:
         self.stats = RunStats(method=self.policy.name, settings=self.policy.settings(),
                               model=type(self.transformer).__name__)
-        if isinstance(self.policy, AttentionPolicy):
-            self._runner = AttentionCacheRunner(self.layout, self.block_counts, self.policy, self.stats, self.windows)
-        else:
-            self._runner = BlockCacheRunner(self.layout, self.block_counts, self.policy, self.stats,
-                                            self.sigma_window)
+        self._runner = make_runner(self.policy, self.layout, self.block_counts, self.stats,
+                                   lambda name, window: self.windows[name])
 
     def _install(self) -> None:
         t = self.transformer
@@ -224,7 +220,7 @@ class DiffusersCache:
                     for s, seg in enumerate(self.layout.segments)
                     for i, block in enumerate(getattr(t, seg.attr))]
         attention = []
-        if isinstance(self.policy, AttentionPolicy):
+        if uses_components(self.policy):
             for s, seg in enumerate(self.layout.segments):
                 for block in getattr(t, seg.attr):
                     for slot, (attr, kind) in enumerate(seg.attention_modules):
@@ -255,25 +251,13 @@ class DiffusersCache:
     def _model_forward(self, original: Callable) -> Callable:
         def call(names: tuple[str, ...], sigma: float | None, args: tuple, kwargs: dict) -> Any:
             runner = self._runner  # the run this call belongs to, even if reset() happens meanwhile
-            runner.begin_call(CallInfo(streams=[(n, n) for n in names], sigma=sigma))
-            t0 = time.perf_counter()
-            try:
-                out = original(*args, **kwargs)
-            except BaseException:
-                runner.abort_call()
-                raise
-            runner.end_call(time.perf_counter() - t0)
-            return out
+            with model_call(runner, CallInfo(streams=[(n, n) for n in names], sigma=sigma)):
+                return original(*args, **kwargs)
 
         def forward(*args: Any, **kwargs: Any) -> Any:
             names, sigma = self._stream
             runner = self._runner
-            if isinstance(runner, AttentionCacheRunner) and "uncond" in names:
-                runner.cfg_active = True  # a run with an unconditional branch: attention extrapolation only in
-                # calls without it (as diffusers)
-            if not isinstance(runner, AttentionCacheRunner) or runner.uncond_state is None:
-                return call(names, sigma, args, kwargs)
-            if "uncond" not in names:
+            if getattr(runner, "uncond_state", None) is None or "uncond" not in names:
                 return call(names, sigma, args, kwargs)
             if names != ("uncond", "cond"):
                 # separate cond / uncond calls (the Flux and Wan pipelines): nothing to rebuild the uncond from in
@@ -288,31 +272,31 @@ class DiffusersCache:
 
         return forward
 
-    def _uncond_reuse_call(self, runner: AttentionCacheRunner, call: Callable, sigma: float | None, args: tuple,
-                           kwargs: dict) -> Any:
-        """FasterCache on a [uncond; cond] batch: run only the cond half on the steps the policy skips and rebuild
-        the uncond half of the output from it (see cache_core/fastercache.py)."""
-        config, state = self.policy.config, runner.uncond_state
-        contains = (lambda name: self.windows[name].contains(sigma)) if self.windows else (lambda name: True)
-        if not uncond_should_skip(config, state, contains("uncond")):
+    @staticmethod
+    def _uncond_reuse_call(runner: Any, call: Callable, sigma: float | None, args: tuple, kwargs: dict) -> Any:
+        """FasterCache on a [uncond; cond] batch: on the steps the policy picks, run only the cond half and rebuild
+        the uncond half of the output from it (``ComponentCacheRunner.reuse_uncond``)."""
+        result: list[Any] = []
+
+        def full() -> tuple[torch.Tensor, torch.Tensor]:
             out = call(("uncond", "cond"), sigma, args, kwargs)
+            result.append(out)
             uncond, cond = _first(out).chunk(2)
-            uncond_observe(state, cond, uncond)
-            runner.stats.count("uncond", 0, 1)
-            return out
+            return cond, uncond
 
         def half(v: Any) -> Any:
             return v.chunk(2)[1] if isinstance(v, torch.Tensor) else v
 
-        runner.uncond_dropped = True
-        try:
+        def cond_only() -> torch.Tensor:
             out = call(("cond",), sigma, tuple(half(a) for a in args),
                        {k: half(v) if k in _BATCHED_KWARGS else v for k, v in kwargs.items()})
-        finally:
-            runner.uncond_dropped = False
-        cond = _first(out)
-        uncond = uncond_rebuild(state, cond, *frequency_weights(config, contains("low_freq"), contains("high_freq")))
-        runner.stats.count("uncond", 1, 1)
+            result.append(out)
+            return _first(out)
+
+        cond, uncond, rebuilt = runner.reuse_uncond(sigma, full, cond_only)
+        out = result[-1]
+        if not rebuilt:
+            return out
         both = torch.cat([uncond, cond])
         if isinstance(out, torch.Tensor):
             return both
@@ -373,15 +357,13 @@ def apply_cache(transformer: torch.nn.Module, method: Any, *, sigma_window: Sigm
             raise ValueError(f"dit-cache: layout {layout.family!r} segment {seg.attr!r} needs inputs for "
                              f"{seg.outputs} and returns listing them")
     policy = policy_for(method)
-    if isinstance(policy, AttentionPolicy):
-        if not any(seg.attention_modules for seg in layout.segments):
-            raise ValueError(f"dit-cache: no attention modules are known for {type(transformer).__name__}")
-        resolved = {name: flow_sigma_window(policy.window(name)) for name in policy.window_names()}
-        resolved.update(windows or {})
-        cache = DiffusersCache(transformer, layout, policy, SigmaWindow(), resolved)
-    else:
-        cache = DiffusersCache(transformer, layout, policy,
-                               sigma_window if sigma_window is not None else flow_sigma_window(policy.gate.window))
+    if uses_components(policy) and not any(seg.attention_modules for seg in layout.segments):
+        raise ValueError(f"dit-cache: no attention modules are known for {type(transformer).__name__}")
+    resolved = {name: flow_sigma_window(policy.window(name)) for name in policy.window_names()}
+    resolved.update(windows or {})
+    if sigma_window is not None:
+        resolved["gate"] = sigma_window
+    cache = DiffusersCache(transformer, layout, policy, resolved)
     cache._install()
     log.debug("[dit-cache] %s applied to %s (blocks %s)", policy.name, type(transformer).__name__,
               cache.block_counts)

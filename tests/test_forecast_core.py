@@ -9,7 +9,7 @@ from dit_cache.cache_core.methods.adaptive import AdaptiveCacheConfig, AdaptiveC
 from dit_cache.cache_core.methods.dbcache import DBCacheConfig, DBCachePolicy
 from dit_cache.cache_core.forecast import TaylorSeries
 from dit_cache.cache_core.policy import Policy
-from dit_cache.cache_core.component_runner import AttentionCacheRunner, SiteCall
+from dit_cache.cache_core.component_runner import ComponentCacheRunner, SiteCall
 from dit_cache.cache_core.methods.taylorseer import (TaylorSeerComponentPolicy, TaylorSeerConfig, TaylorSeerPolicy,
                                              is_final_step, taylorseer_policy)
 from dit_cache.cache_core.policy import RunInfo, StreamCall
@@ -92,8 +92,8 @@ def test_taylorseer_two_segments_streams_and_factor_memory():
             runner.end_call(0.0)
         # every stream: order + 1 factors (from the 3rd computed call) of img (4x2) + txt (3x2) + joint (7x2)
         per_stream = (order + 1) * (8 + 6 + 14) * nbytes
-        states = [s for _, s in runner.stream_states()]
-        assert [TaylorSeerPolicy.factor_bytes(s) for s in states] == [per_stream, per_stream]
+        factors = [sum(s.nbytes() for s in st.forecast.series.values()) for st in runner._streams.values()]
+        assert factors == [per_stream, per_stream]
         assert stats.cache_bytes == 2 * per_stream
         assert stats.skipped_calls == 3  # warm-up 1: s = 0 computes; (s - 2) % 2 == 0: s = 2, 4 compute
 
@@ -232,7 +232,7 @@ def test_taylorseer_component_runner_predicts_per_stream_and_counts_factor_bytes
     for order, dtype, size in ((0, "float32", 4), (1, "float32", 4), (2, "bfloat16", 2)):
         policy = comp(interval=2, warmup=1, order=order, dtype=dtype)
         stats = RunStats(policy.name, policy.settings(), "toy")
-        runner = AttentionCacheRunner(layout, [2], policy, stats)
+        runner = ComponentCacheRunner(layout, [2], policy, stats)
         computed = []
         for s in range(7):
             runner.begin_call(CallInfo([("c", "cond"), ("u", "uncond")]))

@@ -175,11 +175,8 @@ def test_every_host_dit_family_has_a_row() -> None:
     """Each layout the pack ships is a matrix row, and each row's layout and ComfyUI class exist."""
     import comfy.supported_models
 
-    from dit_cache.cache_core.layout import COMFY_JOINS
-
     layouts = {lay.family for lay in COMFY_LAYOUTS}
     assert layouts <= {r.layout for r in ROWS}
-    assert set(COMFY_JOINS) == layouts  # every layout says how its segments join
     for r in ROWS:
         if r.layout is not None:
             assert r.layout in layouts, r

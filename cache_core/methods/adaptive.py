@@ -19,33 +19,27 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 
-from ..config import CacheWindow, check_int, check_range
-from ..policy import Gate, Policy, RunInfo, StreamCall
+from ..config import GatedConfig, check_int, check_range
+from ..policy import Policy, Probe, RunInfo, StreamCall
 from ..registry import MethodSpec, register
 
 
 @dataclass(frozen=True)
-class AdaptiveCacheConfig:
+class AdaptiveCacheConfig(GatedConfig):
     """threshold: accumulated estimated relative change of the stack's residual that still skips.
     token_stride: the decision reads every n-th token (memory and time of the decision, not of the cache)."""
 
     threshold: float = 0.2
-    start_percent: float = 0.15
-    end_percent: float = 1.0
-    warmup_steps: int = 0
-    max_consecutive_skips: int = -1
     token_stride: int = 8
-    gate: Gate = field(init=False, repr=False, compare=False)
+    start_percent: float = field(default=0.15, kw_only=True)  # ComfyUI core EasyCache's default start
 
     def __post_init__(self) -> None:
         check_range("threshold", self.threshold, 0.0, 100.0)
         check_int("token_stride", self.token_stride, 1)
-        gate = Gate(self.warmup_steps, self.max_consecutive_skips, CacheWindow(self.start_percent, self.end_percent))
-        object.__setattr__(self, "gate", gate)
+        super().__post_init__()
 
 
 class _AdaptiveState:
@@ -68,10 +62,9 @@ def _mean_abs(t: torch.Tensor) -> float:
 
 class AdaptiveCachePolicy(Policy):
     name = "AdaptiveCache"
+    probe = Probe.INPUT_AND_STACK
     probe_blocks = 0
     tail_blocks = 0
-    wants_head_input = True
-    wants_stack_residual = True
 
     def __init__(self, config: AdaptiveCacheConfig) -> None:
         self.config = config
@@ -118,11 +111,6 @@ class AdaptiveCachePolicy(Policy):
         state.acc = 0.0 if computed or state.pending is None else state.pending
         state.prev_x = state.x
 
-    def settings(self) -> dict[str, Any]:
-        c = self.config
-        return {"threshold": c.threshold, "start_percent": c.start_percent, "end_percent": c.end_percent,
-                "warmup_steps": c.warmup_steps, "max_consecutive_skips": c.max_consecutive_skips,
-                "token_stride": c.token_stride}
 
 
 register(MethodSpec(

@@ -13,42 +13,35 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 
-from ..config import CacheWindow, check_int, check_range
-from ..forecast import TaylorSeries
-from ..policy import Gate, Policy, RunInfo, StreamCall
+from ..config import SETTING, GatedConfig, check_int, check_range
+from ..forecast import TaylorForecaster
+from ..policy import Policy, Probe, RunInfo
 from ..registry import MethodSpec, register
 
 
 @dataclass(frozen=True)
-class DBCacheConfig:
+class DBCacheConfig(GatedConfig):
     """front_blocks (Fn) / back_blocks (Bn): blocks that always run at the start / end of the stack.
     threshold: largest relative change of the Fn blocks' residual that still caches (strict).
     max_cached_steps: most cached calls per stream in a run (-1 = no limit). taylorseer_order: 0 reuses the
     middle residual, 1 or 2 predicts it."""
 
-    front_blocks: int = 8
-    back_blocks: int = 0
+    front_blocks: int = field(default=8, metadata={SETTING: "Fn"})
+    back_blocks: int = field(default=0, metadata={SETTING: "Bn"})
     threshold: float = 0.08
-    warmup_steps: int = 8
     max_cached_steps: int = -1
-    max_consecutive_skips: int = -1
     taylorseer_order: int = 0
-    start_percent: float = 0.0
-    end_percent: float = 1.0
-    gate: Gate = field(init=False, repr=False, compare=False)
+    warmup_steps: int = field(default=8, kw_only=True)  # cache-dit's default
 
     def __post_init__(self) -> None:
         check_int("front_blocks (Fn)", self.front_blocks, 1)
         check_int("back_blocks (Bn)", self.back_blocks, 0)
         check_range("threshold", self.threshold, 0.0, 10.0)
         check_int("taylorseer_order", self.taylorseer_order, 0, 2)
-        gate = Gate(self.warmup_steps, self.max_consecutive_skips, CacheWindow(self.start_percent, self.end_percent),
-                    max_cached_steps=self.max_cached_steps)
-        object.__setattr__(self, "gate", gate)
+        super().__post_init__()
 
     def check_blocks(self, total_blocks: int) -> None:
         """ValueError (before sampling) unless Fn + Bn leave at least one block of ``total_blocks`` to cache."""
@@ -62,12 +55,11 @@ class DBCacheConfig:
 class _DBState:
     def __init__(self) -> None:
         self.ref: torch.Tensor | None = None
-        self.step = 0
-        self.series: dict[tuple[int, str], TaylorSeries] = {}
 
 
 class DBCachePolicy(Policy):
     name = "DBCache"
+    probe = Probe.BLOCKS
 
     def __init__(self, config: DBCacheConfig) -> None:
         self.config = config
@@ -75,13 +67,11 @@ class DBCachePolicy(Policy):
         self.tail_blocks = config.back_blocks
         self.threshold = config.threshold
         self.gate = config.gate
-        self.forecasts = "residual" if config.taylorseer_order > 0 else ""
+        # the TaylorSeer calibrator: the middle blocks' residual predicted from the computed calls' residuals
+        self.forecaster = TaylorForecaster(config.taylorseer_order) if config.taylorseer_order > 0 else None
 
     def new_run_state(self, run: RunInfo) -> _DBState:
         return _DBState()
-
-    def begin_stream_call(self, state: _DBState, info: StreamCall) -> None:
-        state.step = info.call_index
 
     def metric(self, state: _DBState, probe_residual: torch.Tensor | None) -> float | None:
         if state.ref is None or probe_residual is None or state.ref.shape != probe_residual.shape:
@@ -95,23 +85,6 @@ class DBCachePolicy(Policy):
         if computed:
             state.ref = probe_residual
 
-    def observe_segments(self, state: _DBState, values: dict[tuple[int, str], torch.Tensor]) -> None:
-        for key, residual in values.items():
-            series = state.series.get(key)
-            if series is None:
-                series = state.series[key] = TaylorSeries(self.config.taylorseer_order)
-            series.update(residual.detach(), state.step)
 
-    def forecast(self, state: _DBState, key: tuple[int, str], seg_input: torch.Tensor) -> torch.Tensor:
-        return seg_input + state.series[key].predict(state.step, seg_input.dtype)
-
-    def settings(self) -> dict[str, Any]:
-        c = self.config
-        return {"Fn": c.front_blocks, "Bn": c.back_blocks, "threshold": c.threshold,
-                "warmup_steps": c.warmup_steps, "max_cached_steps": c.max_cached_steps,
-                "max_consecutive_skips": c.max_consecutive_skips, "taylorseer_order": c.taylorseer_order,
-                "start_percent": c.start_percent, "end_percent": c.end_percent}
-
-
-register(MethodSpec(
-    key="dbcache", label="DBCache", config=DBCacheConfig, policy=DBCachePolicy, nodes=("dbcache_node:ApplyDBCache",)))
+register(MethodSpec(key="dbcache", label="DBCache", config=DBCacheConfig, policy=DBCachePolicy,
+                    nodes=("dbcache_node:ApplyDBCache",)))

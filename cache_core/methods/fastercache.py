@@ -19,11 +19,11 @@ attention N 2 in (-1, 681) -> from 0.319; uncond N 5 in (-1, 641) -> from 0.359;
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Callable
 
 import torch
 
-from ..component_runner import AttentionPolicy, SiteCall
+from ..component_runner import ComponentPolicy, SiteCall
 from ..config import CacheWindow, check_int, check_range
 from ..registry import MethodSpec, register
 
@@ -63,7 +63,7 @@ class _Site:
         self.iteration = 0
 
 
-class FasterCachePolicy(AttentionPolicy):
+class FasterCachePolicy(ComponentPolicy):
     name = "FasterCache"
 
     def __init__(self, config: FasterCacheConfig) -> None:
@@ -102,13 +102,15 @@ class FasterCachePolicy(AttentionPolicy):
         state.cache = [output, output] if state.cache is None else [state.cache[1], output]
         state.iteration += 1
 
-    def settings(self) -> dict[str, Any]:
-        c = self.config
-        return {"spatial_skip": c.spatial_skip, "temporal_skip": c.temporal_skip,
-                "attention_window": [c.attention_window.start_percent, c.attention_window.end_percent],
-                "attention_weight": c.attention_weight, "uncond_skip": c.uncond_skip,
-                "uncond_window": [c.uncond_window.start_percent, c.uncond_window.end_percent],
-                "alpha_low": c.alpha_low, "alpha_high": c.alpha_high}
+    # the unconditional-branch rebuild, driven by ComponentCacheRunner.reuse_uncond (every host)
+    def uncond_skips(self, state: UncondState, in_window: bool) -> bool:
+        return uncond_should_skip(self.config, state, in_window)
+
+    def uncond_observe(self, state: UncondState, cond: torch.Tensor, uncond: torch.Tensor) -> None:
+        uncond_observe(state, cond, uncond)
+
+    def uncond_rebuild(self, state: UncondState, cond: torch.Tensor, windows: Callable[[str], bool]) -> torch.Tensor:
+        return uncond_rebuild(state, cond, *frequency_weights(self.config, windows("low_freq"), windows("high_freq")))
 
 
 # ------------------------------------------------------------------------------------ unconditional branch
@@ -136,6 +138,8 @@ class UncondState:
 
 
 def uncond_should_skip(config: FasterCacheConfig, state: UncondState, in_window: bool) -> bool:
+    """Whether this step rebuilds the unconditional branch: every step but each ``uncond_skip``-th inside the
+    window, once a step computed both branches."""
     n = config.uncond_skip
     return (n >= 2 and state.iteration > 0 and in_window and state.iteration % n != 0
             and state.delta_low is not None)

@@ -10,32 +10,25 @@ schedule window) default to off, which keeps decisions identical to diffusers.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 import torch
 
-from ..config import CacheWindow, check_range
-from ..policy import Gate, Policy
+from ..config import GatedConfig, check_range
+from ..policy import Policy, Probe
 from ..registry import MethodSpec, register
 
 
 @dataclass(frozen=True)
-class FirstBlockCacheConfig:
+class FirstBlockCacheConfig(GatedConfig):
     """threshold: largest relative change of the first block's residual that still reuses the cache
     (0.05 is diffusers' default; 0.08-0.12 for Flux at 28 steps per ParaAttention/WaveSpeed docs)."""
 
     threshold: float = 0.05
-    warmup_steps: int = 0
-    max_consecutive_skips: int = -1
-    start_percent: float = 0.0
-    end_percent: float = 1.0
-    gate: Gate = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         check_range("threshold", self.threshold, 0.0, 10.0)
-        gate = Gate(self.warmup_steps, self.max_consecutive_skips, CacheWindow(self.start_percent, self.end_percent))
-        object.__setattr__(self, "gate", gate)
+        super().__post_init__()
 
 
 class _FBCState:
@@ -45,6 +38,7 @@ class _FBCState:
 
 class FirstBlockCachePolicy(Policy):
     name = "FirstBlockCache"
+    probe = Probe.BLOCKS
     probe_blocks = 1
     tail_blocks = 0
 
@@ -68,15 +62,6 @@ class FirstBlockCachePolicy(Policy):
         if computed:
             state.ref = probe_residual
 
-    def settings(self) -> dict[str, Any]:
-        c = self.config
-        return {
-            "threshold": c.threshold,
-            "warmup_steps": c.warmup_steps,
-            "max_consecutive_skips": c.max_consecutive_skips,
-            "start_percent": c.start_percent,
-            "end_percent": c.end_percent,
-        }
 
 
 register(MethodSpec(

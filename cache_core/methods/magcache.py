@@ -26,8 +26,8 @@ from typing import Any, Callable, Mapping, Sequence
 
 import torch
 
-from ..config import CacheWindow, check_int, check_range
-from ..policy import Gate, Policy, RunInfo, StreamCall
+from ..config import HIDDEN, CacheWindow, Gate, check_int, check_range
+from ..policy import Policy, Probe, RunInfo, StreamCall
 from ..registry import MethodSpec, register
 from .magcache_calibration import FORMAT as CALIBRATION_FORMAT
 
@@ -76,13 +76,6 @@ class MagRatioCurve:
         """The magnitude ratio between two schedule positions."""
         return math.exp(self.cumulative(p_now) - self.cumulative(p_prev))
 
-    def resampled(self, steps: int) -> list[float]:
-        """The ratios for a run of ``steps`` evenly spaced steps (schedule interpolation)."""
-        if steps < 2:
-            return [1.0] * steps
-        pos = [i / (steps - 1) for i in range(steps)]
-        return [1.0] + [self.between(pos[i - 1], pos[i]) for i in range(1, steps)]
-
 
 @dataclass(frozen=True)
 class MagCacheConfig:
@@ -96,11 +89,11 @@ class MagCacheConfig:
     the run's sigmas. interpolation: "schedule" (ours, see the module docstring) or "nearest" (diffusers).
     """
 
-    ratios: Mapping[str, Sequence[float]] | Sequence[float]
+    ratios: Mapping[str, Sequence[float]] | Sequence[float] = field(metadata=HIDDEN)  # summarised as "curves"
     threshold: float = 0.06
     max_skip_steps: int = 3
     retention_ratio: float = 0.2
-    num_inference_steps: int = 28
+    num_inference_steps: int = field(default=28, metadata=HIDDEN)
     interpolation: str = "schedule"
     start_percent: float = 0.0
     end_percent: float = 1.0
@@ -171,6 +164,7 @@ class MagCachePolicy(Policy):
     """Decides before any block runs (probe_blocks 0); skipping reuses the whole stack's cached residual."""
 
     name = "MagCache"
+    probe = Probe.NONE
     probe_blocks = 0
     tail_blocks = 0
 
@@ -217,12 +211,7 @@ class MagCachePolicy(Policy):
         state.prev_position = state.position
 
     def settings(self) -> dict[str, Any]:
-        c = self.config
-        return {
-            "threshold": c.threshold, "max_skip_steps": c.max_skip_steps, "retention_ratio": c.retention_ratio,
-            "interpolation": c.interpolation, "start_percent": c.start_percent, "end_percent": c.end_percent,
-            "curves": {k: len(v) for k, v in c.curves.items()},
-        }
+        return {**super().settings(), "curves": {k: len(v) for k, v in self.config.curves.items()}}
 
 
 @dataclass
@@ -251,9 +240,9 @@ class MagCacheCalibratePolicy(Policy):
     """
 
     name = "MagCacheCalibrate"
+    probe = Probe.STACK
     probe_blocks = 0
     tail_blocks = 0
-    wants_stack_residual = True
 
     def __init__(self, on_finish: Callable[[list[StreamCalibration], bool], None] | None = None) -> None:
         self.on_finish = on_finish

@@ -15,11 +15,10 @@ or no CFG) both rules give the same decisions, which the parity test checks.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 
-from ..component_runner import KINDS, AttentionPolicy, SiteCall
+from ..component_runner import KINDS, ComponentPolicy, SiteCall
 from ..config import CacheWindow, check_int
 from ..registry import MethodSpec, register
 
@@ -59,7 +58,7 @@ class _PABSite:
         self.iteration = 0
 
 
-class PABPolicy(AttentionPolicy):
+class PABPolicy(ComponentPolicy):
     name = "PAB"
 
     def __init__(self, config: PABConfig) -> None:
@@ -86,14 +85,6 @@ class PABPolicy(AttentionPolicy):
         state.cache = output
         state.iteration += 1
 
-    def settings(self) -> dict[str, Any]:
-        c = self.config
-        out: dict[str, Any] = {}
-        for kind in KINDS:
-            w = getattr(c, f"{kind}_window")
-            out[f"{kind}_skip"] = c.skips[kind]
-            out[f"{kind}_window"] = [w.start_percent, w.end_percent]
-        return out
 
 
 register(MethodSpec(key="pab", label="PAB", config=PABConfig, policy=PABPolicy, nodes=("pab_node:PABConfigNode",)))

@@ -24,7 +24,7 @@ from typing import Any, Callable
 
 import torch
 
-from ..component_runner import COMPONENT_KINDS, AttentionPolicy, SiteCall
+from ..component_runner import COMPONENT_KINDS, ComponentPolicy, SiteCall
 from ..config import check_int, check_range
 from ..registry import MethodSpec, register
 
@@ -129,7 +129,7 @@ class _Site:
         self.cache: torch.Tensor | None = None
 
 
-class SmoothCachePolicy(AttentionPolicy):
+class SmoothCachePolicy(ComponentPolicy):
     """Applies a schedule: a component reuses its last output on the steps its type's schedule marks."""
 
     name = "SmoothCache"
@@ -182,7 +182,7 @@ class _CalSite:
         self.history: list[tuple[int, torch.Tensor]] = []  # (call index, output) of the last MAX_LAG calls
 
 
-class SmoothCacheCalibratePolicy(AttentionPolicy):
+class SmoothCacheCalibratePolicy(ComponentPolicy):
     """Computes everything and measures the error table; ``on_finish(errors, streams, completed)`` gets it."""
 
     name = "SmoothCache Calibrate"

@@ -10,8 +10,8 @@ What is predicted ("predict"):
 
 - "block outputs": the output of the last block of each segment, per stream (the runner passes the other
   blocks through). With every block cached this equals diffusers' TaylorSeer with whole blocks as
-  ``cache_identifiers``; the factors take ``(max_order + 1)`` tensors of each segment's output size per stream
-  (see :meth:`TaylorSeerPolicy.factor_bytes`).
+  ``cache_identifiers``; the factors (a :class:`~cache_core.forecast.TaylorForecaster` with target "output")
+  take ``(max_order + 1)`` tensors of each segment's output size per stream.
 - "attention+MLP outputs" (the TaylorSeer paper's default): every attention computation and feed-forward
   module inside every block is a site (cache_core/attention.py) with its own Taylor factors per stream; on a
   predicted call each site returns its forecast and the rest of the block (projections, modulation, norms,
@@ -24,14 +24,13 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 
-from ..component_runner import COMPONENT_KINDS, AttentionPolicy, SiteCall
-from ..config import check_int
-from ..forecast import TaylorSeries
-from ..policy import Gate, Policy, RunInfo, StreamCall
+from ..component_runner import COMPONENT_KINDS, ComponentPolicy, SiteCall
+from ..config import HIDDEN, Gate, check_int
+from ..forecast import TaylorForecaster, TaylorSeries
+from ..policy import Policy, Probe, RunInfo, StreamCall
 from ..registry import MethodSpec, register
 
 log = logging.getLogger("dit_cache")
@@ -56,7 +55,7 @@ class TaylorSeerConfig:
     max_order: int = 1
     predict: str = BLOCK_OUTPUTS
     factor_dtype: str = "bfloat16"
-    num_inference_steps: int = 0  # steps of a run when the host has no sigmas (0 = unknown)
+    num_inference_steps: int = field(default=0, metadata=HIDDEN)  # steps of a run when the host has no sigmas (0 = unknown)
     gate: Gate = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -90,13 +89,6 @@ class _SeerState:
         self.step = 0
         self.final = False
         self.last_computed: int | None = None
-        self.series: dict[tuple[int, str], TaylorSeries] = {}
-
-
-def config_settings(c: TaylorSeerConfig) -> dict[str, Any]:
-    """The settings a run record shows, for either predict target."""
-    return {"cache_interval": c.cache_interval, "warmup_steps": c.warmup_steps, "final_full_steps": c.final_full_steps,
-            "max_order": c.max_order, "predict": c.predict, "factor_dtype": c.factor_dtype}
 
 
 def computes(config: TaylorSeerConfig, step: int) -> bool:
@@ -106,15 +98,15 @@ def computes(config: TaylorSeerConfig, step: int) -> bool:
 
 class TaylorSeerPolicy(Policy):
     name = "TaylorSeer"
+    probe = Probe.NONE
     probe_blocks = 0
     tail_blocks = 0
-    forecasts = "output"
 
     def __init__(self, config: TaylorSeerConfig) -> None:
         self.config = config
         self.threshold = float(config.cache_interval)
         self.gate = config.gate
-        self.dtype = FACTOR_DTYPES[config.factor_dtype]
+        self.forecaster = TaylorForecaster(config.max_order, FACTOR_DTYPES[config.factor_dtype], target="output")
 
     def new_run_state(self, run: RunInfo) -> _SeerState:
         return _SeerState(run)
@@ -130,30 +122,12 @@ class TaylorSeerPolicy(Policy):
     def wants_skip(self, state: _SeerState, metric: float | None) -> bool:
         return not state.final and not computes(self.config, state.step)
 
-    def observe_segments(self, state: _SeerState, values: dict[tuple[int, str], torch.Tensor]) -> None:
-        for key, value in values.items():
-            series = state.series.get(key)
-            if series is None:
-                series = state.series[key] = TaylorSeries(self.config.max_order, self.dtype)
-            series.update(value.detach(), state.step)
-
-    def forecast(self, state: _SeerState, key: tuple[int, str], seg_input: torch.Tensor) -> torch.Tensor:
-        return state.series[key].predict(state.step, seg_input.dtype)
-
     def commit(self, state: _SeerState, probe: torch.Tensor | None, computed: bool) -> None:
         if computed:
             state.last_computed = state.step
 
-    @staticmethod
-    def factor_bytes(state: _SeerState) -> int:
-        """Bytes of one stream's Taylor factors."""
-        return sum(s.nbytes() for s in state.series.values())
 
-    def settings(self) -> dict[str, Any]:
-        return config_settings(self.config)
-
-
-class TaylorSeerComponentPolicy(AttentionPolicy):
+class TaylorSeerComponentPolicy(ComponentPolicy):
     """TaylorSeer on attention and feed-forward outputs ("attention+MLP outputs", see the module docstring).
 
     Each site (one attention computation or feed-forward module of one block, per CFG stream) holds a
@@ -208,9 +182,6 @@ class TaylorSeerComponentPolicy(AttentionPolicy):
     def store(self, state: TaylorSeries, output: torch.Tensor, computed: bool, call: SiteCall) -> None:
         if computed:
             state.update(output.detach(), call.call_index)
-
-    def settings(self) -> dict[str, Any]:
-        return config_settings(self.config)
 
 
 def taylorseer_policy(config: TaylorSeerConfig) -> TaylorSeerPolicy | TaylorSeerComponentPolicy:

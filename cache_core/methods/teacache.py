@@ -1,25 +1,26 @@
 """TeaCache: skip the whole block stack while the first block's timestep-modulated input barely changed.
 
 Rule (TeaCache paper, arXiv 2411.19108; ali-vilab/TeaCache): per CFG stream, with m_t the first block's
-modulated input (the family's signal, cache_core/signals.py) ``delta = mean|m_t - m_{t-1}| / mean|m_{t-1}|``
+modulated input (the family's signal, ``methods/teacache_signals.py``) ``delta = mean|m_t - m_{t-1}| / mean|m_{t-1}|``
 (m updated every call), ``acc += poly(delta)`` (the family's published rescaling polynomial, highest power
 first; "raw" = no rescaling); skip while ``acc < threshold``, else compute and set ``acc = 0``. The first and
 last steps always compute. Skipped calls reuse the residual of the whole block stack.
 
-Coefficients: ``COEFFICIENTS`` below, numbers from ali-vilab/TeaCache as collected in
-shared/reference/methods.md. "auto" picks one by (family, hidden size) — data, not model names — and falls
-back to "raw" (with the reason in the run settings) where nothing published fits the signal we read.
+Coefficients: ``COEFFICIENTS`` below, the rescaling polynomials published with ali-vilab/TeaCache's per-model
+scripts (TeaCache4FLUX, TeaCache4HunyuanVideo, ...). "auto" picks one by the block layout's family
+(:data:`AUTO_BY_FAMILY`: layout data, not model names) and falls back to "raw" where nothing published fits the
+signal we read; the run's settings name the set used.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Sequence
 
 import torch
 
-from ..config import CacheWindow, check_int, check_range
-from ..policy import Gate, Policy, RunInfo, StreamCall
+from ..config import HIDDEN, SETTING, GatedConfig, check_range
+from ..policy import Policy, Probe, RunInfo, StreamCall
 from ..registry import MethodSpec, register
 
 # Published rescaling polynomials (ali-vilab/TeaCache; highest power first).
@@ -55,26 +56,21 @@ def resolve_coefficients(choice: str, family: str) -> tuple[str, tuple[float, ..
 
 
 @dataclass(frozen=True)
-class TeaCacheConfig:
+class TeaCacheConfig(GatedConfig):
     """threshold: accumulated (rescaled) relative L1 change that still skips (TeaCache4FLUX: 0.25 ≈ 1.5x,
     0.4 ≈ 1.8x, 0.6 ≈ 2.0x, 0.8 ≈ 2.25x). coefficients: rescaling polynomial, None = raw relative L1."""
 
     threshold: float = 0.4
-    coefficients: Sequence[float] | None = None
-    coefficients_name: str = "raw"
-    max_consecutive_skips: int = -1
-    start_percent: float = 0.0
-    end_percent: float = 1.0
-    gate: Gate = field(init=False, repr=False, compare=False)
+    coefficients: Sequence[float] | None = field(default=None, metadata=HIDDEN)  # shown by name
+    coefficients_name: str = field(default="raw", metadata={SETTING: "coefficients"})
+    warmup_steps: int = field(default=0, kw_only=True, metadata=HIDDEN)  # the first step always computes anyway
 
     def __post_init__(self) -> None:
         check_range("threshold", self.threshold, 0.0, 100.0)
-        check_int("max_consecutive_skips", self.max_consecutive_skips, -1)
         if self.coefficients is not None:
             if not self.coefficients or not all(math.isfinite(float(c)) for c in self.coefficients):
                 raise ValueError("TeaCache coefficients must be a non-empty list of finite numbers")
-        object.__setattr__(self, "gate", Gate(0, self.max_consecutive_skips,
-                                              CacheWindow(self.start_percent, self.end_percent)))
+        super().__post_init__()
 
     def rescale(self, x: float) -> float:
         if self.coefficients is None:
@@ -96,9 +92,9 @@ class _TeaState:
 
 class TeaCachePolicy(Policy):
     name = "TeaCache"
+    probe = Probe.SIGNAL
     probe_blocks = 0
     tail_blocks = 0
-    wants_signal = True
 
     def __init__(self, config: TeaCacheConfig) -> None:
         self.config = config
@@ -131,11 +127,6 @@ class TeaCachePolicy(Policy):
         if probe is not None:
             state.prev = probe.detach().float()
 
-    def settings(self) -> dict[str, Any]:
-        c = self.config
-        return {"threshold": c.threshold, "coefficients": c.coefficients_name,
-                "max_consecutive_skips": c.max_consecutive_skips, "start_percent": c.start_percent,
-                "end_percent": c.end_percent}
 
 
 register(MethodSpec(

@@ -23,20 +23,21 @@ import comfy.model_patcher
 import torch
 from comfy.patcher_extension import WrappersMP
 
-from ...cache_core.component_runner import FFN, FFN_SLOT, AttentionCacheRunner, AttentionPolicy
+from ...cache_core.component_runner import FFN, FFN_SLOT, ComponentPolicy
 from ...cache_core.config import CacheWindow, SigmaWindow
 from ...cache_core.layout import COMFY_LAYOUTS, BlockLayout, Segment, layout_for_module
-from ...cache_core.policy import Policy, RunInfo
 from ...cache_core.methods.teacache_signals import signal_fn
-from ...cache_core.block_runner import BlockCacheRunner, CallInfo
+from ...cache_core.model_call import model_call
+from ...cache_core.policy import Policy, Probe, RunInfo
+from ...cache_core.runners import make_runner, uses_components
 from ...cache_core.stats import RunStats
+from ...cache_core.streams import CallInfo, StreamRunner
 from . import stats_server
+from .keys import RUN_KEY, SPEC_KEY, WRAPPER_KEY
+from .uncond import calc_cond_batch_wrapper
 
 log = logging.getLogger("dit_cache")
 
-SPEC_KEY = "dit_cache"  # transformer_options entry holding the CacheSpec of a patched model
-RUN_KEY = "dit_cache_run"  # transformer_options entry holding the current run's BlockCacheRunner
-WRAPPER_KEY = "dit_cache"
 # (spec id, runner) of the model call running now: feed-forward proxies get no transformer_options
 _ACTIVE: contextvars.ContextVar[tuple[str, Any] | None] = contextvars.ContextVar("dit_cache_active", default=None)
 
@@ -44,7 +45,7 @@ _ACTIVE: contextvars.ContextVar[tuple[str, Any] | None] = contextvars.ContextVar
 class CacheSpec:
     """What a cache node attached to a model: the method's policy and the model's block layout."""
 
-    def __init__(self, policy: Policy | AttentionPolicy, layout: BlockLayout, block_counts: list[int], model_name: str,
+    def __init__(self, policy: Policy | ComponentPolicy, layout: BlockLayout, block_counts: list[int], model_name: str,
                  node_label: str, node_id: str | None = None) -> None:
         self.policy = policy
         self.layout = layout
@@ -68,7 +69,7 @@ def block_count(model: Any) -> int | None:
     return sum(len(getattr(dm, seg.attr)) for seg in layout.segments)
 
 
-def apply_cache(model: Any, policy: Policy | AttentionPolicy, node_label: str, node_id: str | None = None) -> Any:
+def apply_cache(model: Any, policy: Policy | ComponentPolicy, node_label: str, node_id: str | None = None) -> Any:
     """A clone of ``model`` whose blocks run through ``policy``; ``model`` itself is left untouched.
 
     An unsupported model logs a warning and is returned unchanged. A model that already carries a dit-cache
@@ -105,7 +106,7 @@ def apply_cache(model: Any, policy: Policy | AttentionPolicy, node_label: str, n
                 prev = existing_replace.get((seg.kind, i))
                 sig = head_signal if (s, i) == (0, 0) else None
                 m.set_model_patch_replace(_block_patch(s, i, seg.outputs, prev, sig), "dit", seg.kind, i)
-    if isinstance(policy, AttentionPolicy):
+    if uses_components(policy):
         _attach_attention(m, policy)
         if FFN in policy.kinds():
             _attach_ffn(m, layout, spec.id)
@@ -118,7 +119,7 @@ def apply_cache(model: Any, policy: Policy | AttentionPolicy, node_label: str, n
 
 def _head_signal(policy: Policy, layout: BlockLayout, dm: Any) -> Callable[[dict], Any] | None:
     """For policies deciding on a per-call signal (TeaCache): the layout's signal of the first block."""
-    if not getattr(policy, "wants_signal", False):
+    if getattr(policy, "probe", None) is not Probe.SIGNAL:  # component policies have no probe
         return None
     fn = signal_fn(layout.signal)
     if fn is None:
@@ -138,7 +139,7 @@ def _block_patch(segment: int, index: int, outputs: tuple[str, ...], prev: Calla
             out = prev(a, {"original_block": original}) if prev is not None else original(a)
             return _fill_dropped(out, a, outputs)
 
-        runner: BlockCacheRunner | None = (args.get("transformer_options") or {}).get(RUN_KEY)
+        runner: StreamRunner | None = (args.get("transformer_options") or {}).get(RUN_KEY)
         if runner is None:
             return run({})
         signal = (lambda: head_signal(args)) if head_signal is not None else None
@@ -181,7 +182,7 @@ class _BlockProxy:
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         signature = self.signature
         bound = signature.bind(*args, **kwargs)
-        runner: BlockCacheRunner | None = (bound.arguments.get("transformer_options") or {}).get(RUN_KEY)
+        runner: StreamRunner | None = (bound.arguments.get("transformer_options") or {}).get(RUN_KEY)
         if runner is None:
             return self.block(*args, **kwargs)
         seg = self.seg
@@ -205,7 +206,7 @@ def _sigma_window(window: CacheWindow, model_sampling: Any) -> SigmaWindow:
                        float(model_sampling.percent_to_sigma(window.end_percent)))
 
 
-def _attach_attention(m: Any, policy: AttentionPolicy) -> None:
+def _attach_attention(m: Any, policy: ComponentPolicy) -> None:
     """Route every attention computation of the clone through the run's runner.
 
     ``transformer_options["optimized_attention_override"]`` (ComfyUI's ``wrap_attn``) is one slot per model: an
@@ -219,13 +220,12 @@ def _attach_attention(m: Any, policy: AttentionPolicy) -> None:
             return previous(func, *args, **kwargs) if previous is not None else func(*args, **kwargs)
 
         runner = (kwargs.get("transformer_options") or {}).get(RUN_KEY)
-        if not isinstance(runner, AttentionCacheRunner):
+        if runner is None or not uses_components(runner.policy):
             return compute()
         return runner.attention(compute)
 
     t_opts["optimized_attention_override"] = override
-    if getattr(policy, "uncond_reuse", False):
-        from .uncond import calc_cond_batch_wrapper
+    if policy.uncond_reuse:
         m.add_wrapper_with_key(WrappersMP.CALC_COND_BATCH, WRAPPER_KEY, calc_cond_batch_wrapper)
 
 
@@ -249,7 +249,7 @@ class _FeedForwardProxy(torch.nn.Module):
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         inner = self._dit_cache_inner
         active = _ACTIVE.get()
-        if active is None or active[0] != self.spec_id or not isinstance(active[1], AttentionCacheRunner):
+        if active is None or active[0] != self.spec_id or not uses_components(active[1].policy):
             return inner(*args, **kwargs)
         return active[1].attention(lambda: inner(*args, **kwargs), kind=FFN, slot=self.slot)
 
@@ -278,15 +278,6 @@ def _attach_ffn(m: Any, layout: BlockLayout, spec_id: str) -> None:
         m.add_object_patch(key, _FeedForwardProxy(module, FFN_SLOT + j, spec_id))
 
 
-def _make_runner(spec: CacheSpec, stats: RunStats, model_sampling: Any, run_info: RunInfo) -> Any:
-    policy = spec.policy
-    if isinstance(policy, AttentionPolicy):
-        windows = {k: _sigma_window(policy.window(k), model_sampling) for k in policy.window_names()}
-        return AttentionCacheRunner(spec.layout, spec.block_counts, policy, stats, windows, run_info)
-    return BlockCacheRunner(spec.layout, spec.block_counts, policy, stats,
-                            _sigma_window(policy.gate.window, model_sampling), run_info)
-
-
 def _outer_sample_wrapper(executor: Any, *args: Any, **kwargs: Any) -> Any:
     guider = executor.class_obj
     orig_options = guider.model_options
@@ -296,7 +287,9 @@ def _outer_sample_wrapper(executor: Any, *args: Any, **kwargs: Any) -> Any:
     stats = RunStats(method=spec.policy.name, settings=spec.policy.settings(), model=spec.model_name)
     sigmas = args[3] if len(args) > 3 else kwargs.get("sigmas")  # CFGGuider.outer_sample(noise, latent, sampler, sigmas, ...)
     run_info = RunInfo(tuple(float(x) for x in sigmas.reshape(-1)) if sigmas is not None else None)
-    runner = _make_runner(spec, stats, guider.model_patcher.get_model_object("model_sampling"), run_info)
+    model_sampling = guider.model_patcher.get_model_object("model_sampling")
+    runner = make_runner(spec.policy, spec.layout, spec.block_counts, stats,
+                         lambda name, window: _sigma_window(window, model_sampling), run_info)
     t_opts[RUN_KEY] = runner
     t0 = time.perf_counter()
     ok = False
@@ -338,27 +331,19 @@ def _model_call_wrapper(executor: Any, *args: Any, **kwargs: Any) -> Any:
     t_opts = kwargs.get("transformer_options")
     if t_opts is None:
         t_opts = args[-1] if args and isinstance(args[-1], dict) else {}
-    runner: BlockCacheRunner | None = t_opts.get(RUN_KEY)
+    runner: StreamRunner | None = t_opts.get(RUN_KEY)
     if runner is None:
         return executor(*args, **kwargs)
     sigmas = t_opts.get("sigmas")
     sigma = float(sigmas.reshape(-1)[0]) if sigmas is not None else None
     n_chunks = len(t_opts.get("cond_or_uncond") or [0])
-    streams = _stream_labels(t_opts, n_chunks)
-    if isinstance(runner, AttentionCacheRunner) and any(label.startswith("uncond") for _, label in streams):
-        runner.cfg_active = True  # the run has an unconditional branch (FasterCache extrapolates only without one)
-    runner.begin_call(CallInfo(streams, sigma))
     first_record = len(runner.stats.records)
     spec = t_opts.get(SPEC_KEY)
-    token = _ACTIVE.set((spec.id if spec is not None else "", runner))
-    t0 = time.perf_counter()
-    try:
-        out = executor(*args, **kwargs)
-    except BaseException:
-        runner.abort_call()
-        raise
-    finally:
-        _ACTIVE.reset(token)
-    runner.end_call(time.perf_counter() - t0)
+    with model_call(runner, CallInfo(_stream_labels(t_opts, n_chunks), sigma)):
+        token = _ACTIVE.set((spec.id if spec is not None else "", runner))
+        try:
+            out = executor(*args, **kwargs)
+        finally:
+            _ACTIVE.reset(token)
     stats_server.publish_step(spec, runner.stats, first_record)  # live panel; no-op without a page
     return out

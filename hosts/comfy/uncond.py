@@ -2,9 +2,10 @@
 
 On a step the policy skips, the sampler's cond list is passed on with the uncond entry left out (ComfyUI then
 runs only the conditional chunks, whether it would have batched cond and uncond or run them apart) and the
-uncond result is rebuilt from the conditional one (cache_core/fastercache.py). ``calc_cond_batch`` returns
-denoised predictions; the spectra are taken of ``(x - denoised) / sigma``, which is the model's own output for
-flow-matching (velocity) and epsilon models, so the stored differences mean the same thing at every sigma.
+uncond result is rebuilt from the conditional one (``ComponentCacheRunner.reuse_uncond``, shared with the
+diffusers host). ``calc_cond_batch`` returns denoised predictions; the spectra are taken of
+``(x - denoised) / sigma``, which is the model's own output for flow-matching (velocity) and epsilon models, so
+the stored differences mean the same thing at every sigma.
 """
 from __future__ import annotations
 
@@ -13,8 +14,7 @@ from typing import Any
 
 import torch
 
-from ...cache_core.component_runner import AttentionCacheRunner
-from ...cache_core.methods.fastercache import (frequency_weights, uncond_observe, uncond_rebuild, uncond_should_skip)
+from .keys import RUN_KEY
 
 log = logging.getLogger("dit_cache")
 
@@ -25,10 +25,8 @@ def _eps(x: torch.Tensor, denoised: torch.Tensor, sigma: torch.Tensor) -> torch.
 
 def calc_cond_batch_wrapper(executor: Any, model: Any, conds: list, x_in: torch.Tensor, timestep: torch.Tensor,
                             model_options: dict) -> Any:
-    from .patch import RUN_KEY
-
     runner = model_options.get("transformer_options", {}).get(RUN_KEY)
-    if not isinstance(runner, AttentionCacheRunner) or runner.uncond_state is None:
+    if runner is None or getattr(runner, "uncond_state", None) is None:
         return executor(model, conds, x_in, timestep, model_options)
     has_uncond = len(conds) > 1 and conds[1] is not None
     if not has_uncond:
@@ -38,22 +36,21 @@ def calc_cond_batch_wrapper(executor: Any, model: Any, conds: list, x_in: torch.
                      "reuse does nothing in this run; attention reuse still applies", runner.policy.name)
         return executor(model, conds, x_in, timestep, model_options)
     runner.cfg_active = True
-    config, state = runner.policy.config, runner.uncond_state
-    sigma = float(timestep.reshape(-1)[0])
     sig = timestep.reshape(-1, *([1] * (x_in.ndim - 1))).to(x_in.dtype)
-    if uncond_should_skip(config, state, runner.windows["uncond"].contains(sigma)):
-        runner.uncond_dropped = True
-        try:
-            out = executor(model, [conds[0], None, *conds[2:]], x_in, timestep, model_options)
-        finally:
-            runner.uncond_dropped = False
-        weights = frequency_weights(config, runner.windows["low_freq"].contains(sigma),
-                                    runner.windows["high_freq"].contains(sigma))
-        eps_uncond = uncond_rebuild(state, _eps(x_in, out[0], sig), *weights)
+    result: list[Any] = []
+
+    def full() -> tuple[torch.Tensor, torch.Tensor]:
+        out = executor(model, conds, x_in, timestep, model_options)
+        result.append(out)
+        return _eps(x_in, out[0], sig), _eps(x_in, out[1], sig)
+
+    def cond_only() -> torch.Tensor:
+        out = executor(model, [conds[0], None, *conds[2:]], x_in, timestep, model_options)
+        result.append(out)
+        return _eps(x_in, out[0], sig)
+
+    _, eps_uncond, rebuilt = runner.reuse_uncond(float(timestep.reshape(-1)[0]), full, cond_only)
+    out = result[-1]
+    if rebuilt:
         out[1] = x_in - eps_uncond * sig
-        runner.stats.count("uncond", 1, 1)
-        return out
-    out = executor(model, conds, x_in, timestep, model_options)
-    uncond_observe(state, _eps(x_in, out[0], sig), _eps(x_in, out[1], sig))
-    runner.stats.count("uncond", 0, 1)
     return out

@@ -1,0 +1,119 @@
+"""What every runner shares: the CFG streams of a sampling run and the model call in progress.
+
+A host creates one runner per sampling run (:func:`~cache_core.runners.make_runner` picks the kind the
+method's policy names), calls :meth:`StreamRunner.begin_call` before each model call (naming the CFG streams
+that make up the batch, in batch order), routes every transformer block through :meth:`block`, and ends the call
+with :meth:`StreamRunner.end_call` (or :meth:`StreamRunner.abort_call` when the model raised); the per-call
+wrapper that does this is :func:`~cache_core.model_call.model_call`. Each stream keeps its own state between
+calls; a stream whose inputs change shape, dtype or device starts afresh.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any, Callable, Hashable, Sequence
+
+import torch
+
+from .config import CacheWindow, SigmaWindow
+from .layout import BlockLayout
+from .policy import RunInfo
+from .stats import RunStats
+
+log = logging.getLogger("dit_cache")
+
+Streams = dict[str, torch.Tensor]
+RunBlock = Callable[[Streams], Streams]
+# (window name, window as fractions of the schedule) -> the window as sigmas of the host's schedule
+ResolveWindow = Callable[[str, CacheWindow], SigmaWindow]
+
+
+@dataclass
+class CallInfo:
+    """One model call: its CFG streams in batch order as (key, label), and the current sigma if known."""
+
+    streams: Sequence[tuple[Hashable, str]]
+    sigma: float | None = None
+
+
+class StreamState:
+    """Everything one CFG stream remembers between model calls of a run; runners extend :meth:`reset`."""
+
+    def __init__(self, label: str) -> None:
+        self.label = label
+        self.reset()
+
+    def reset(self) -> None:
+        self.signature: tuple | None = None
+        self.calls = 0
+
+
+class StreamRunner:
+    """Stream bookkeeping for one run of one patched model (see the module docstring)."""
+
+    def __init__(self, layout: BlockLayout, block_counts: Sequence[int], policy: Any, stats: RunStats,
+                 run: RunInfo = RunInfo()) -> None:
+        if len(block_counts) != len(layout.segments):
+            raise ValueError(f"{len(block_counts)} block counts for {len(layout.segments)} segments")
+        self.layout = layout
+        self.policy = policy
+        self.stats = stats
+        self.run = run
+        self.total_blocks = sum(block_counts)
+        self._streams: dict[Hashable, StreamState] = {}
+        self._call: Any = None
+        self.model_calls = 0  # calls begun, whether or not any block reached the runner
+        self.cfg_active = False  # some call of this run had an unconditional (negative) stream
+
+    def new_stream(self, label: str) -> StreamState:
+        return StreamState(label)
+
+    def new_call(self, info: CallInfo, states: list[Any]) -> Any:
+        raise NotImplementedError
+
+    # ----------------------------------------------------------------------------------------- call life
+    def begin_call(self, info: CallInfo) -> None:
+        self.model_calls += 1
+        states = []
+        for key, label in info.streams:
+            st = self._streams.get(key)
+            if st is None:
+                st = self._streams[key] = self.new_stream(label)
+            states.append(st)
+            self.cfg_active = self.cfg_active or label.startswith("uncond")
+        self._call = self.new_call(info, states)
+
+    def abort_call(self) -> None:
+        """Forget the call in progress (the model raised or was interrupted): nothing is committed."""
+        self._call = None
+
+    def end_call(self, wall_s: float) -> None:
+        raise NotImplementedError
+
+    def block(self, segment: int, index: int, inputs: Streams, run: RunBlock,
+              signal: Callable[[], torch.Tensor] | None = None) -> Streams:
+        raise NotImplementedError
+
+    # ----------------------------------------------------------------------------------------- shared
+    def check_signatures(self, states: Sequence[StreamState], inputs: Streams) -> None:
+        """Reset every stream whose per-sample inputs (shapes, dtypes, devices) differ from its last call's."""
+        n = len(states)
+        sig = tuple((k, (v.shape[0] // n,) + tuple(v.shape[1:]), v.dtype, v.device)
+                    for k, v in sorted(inputs.items()) if isinstance(v, torch.Tensor))
+        for st in states:
+            if st.signature is not None and st.signature != sig:
+                log.info("[dit-cache] %s: %s stream input changed (%s), cache reset", self.policy.name, st.label, sig)
+                st.reset()
+            st.signature = sig
+
+    def stream_state(self, st: StreamState) -> Any:
+        """What the policy sees of a stream at the end of the run."""
+        return st
+
+    def stream_states(self) -> list[tuple[str, Any]]:
+        """(label, state) of every stream of the run, in first-seen order."""
+        return [(s.label, self.stream_state(s)) for s in self._streams.values()]
+
+    def finish(self, completed: bool) -> None:
+        """End of the run: let the policy see every stream's final state (a calibration saves here)."""
+        self.policy.finish_run(self.stream_states(), completed)

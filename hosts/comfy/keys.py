@@ -1,0 +1,4 @@
+"""The keys under which the ComfyUI host keeps its objects in a model's options."""
+SPEC_KEY = "dit_cache"  # transformer_options entry holding the CacheSpec of a patched model
+RUN_KEY = "dit_cache_run"  # transformer_options entry holding the current run's runner
+WRAPPER_KEY = "dit_cache"  # the key of our wrappers (ModelPatcher.add_wrapper_with_key)
