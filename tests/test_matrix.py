@@ -4,7 +4,8 @@
 Per cell: at least one skipped model call at the aggressive setting; finite and close to uncached (PSNR) at
 the mild one; bit-identical when disabled; the input model unchanged afterwards (object patches undone).
 A family a method cannot apply to must be refused with a warning and the model returned unchanged.
-The results go to tests/out/matrix.json and the README's matrix must equal the table rendered from them.
+The results go to tests/out/matrix.json and the matrix in docs/support-matrix.md must equal the table
+rendered from them.
 """
 from __future__ import annotations
 
@@ -205,10 +206,24 @@ def test_results_file_is_written() -> None:
     assert json.loads(RESULTS_FILE.read_text()) == RESULTS
 
 
-def test_readme_matrix_matches_results() -> None:
-    """The README's matrix is exactly what scripts/gen_support_matrix.py renders from this run's results."""
+def test_support_matrix_doc_has_one_generated_block() -> None:
+    """docs/support-matrix.md holds the generated block once (markers in order); README.md holds none and links
+    to the doc. Needs no matrix run."""
+    text = (ROOT / matrix_families.DOC).read_text()
+    assert text.count(matrix_families.START) == 1 and text.count(matrix_families.END) == 1, \
+        f"{matrix_families.DOC} must hold the support-matrix markers exactly once"
+    assert matrix_families.doc_block(text) is not None, f"{matrix_families.DOC}: the markers are out of order"
+    readme = (ROOT / "README.md").read_text()
+    assert matrix_families.START not in readme and matrix_families.END not in readme, \
+        "the generated matrix lives in docs/support-matrix.md, not in README.md"
+    assert matrix_families.DOC in readme, f"README.md does not link to {matrix_families.DOC}"
+
+
+def test_support_matrix_doc_matches_results() -> None:
+    """docs/support-matrix.md's matrix is exactly what scripts/gen_support_matrix.py renders from this run's
+    results."""
     if not _complete():
         pytest.skip("only part of the matrix ran in this session")
-    block = matrix_families.readme_block((ROOT / "README.md").read_text())
-    assert block is not None, "README.md lacks the support-matrix markers"
-    assert block == rendered(RESULTS), "README matrix is stale: run scripts/gen_support_matrix.py"
+    block = matrix_families.doc_block((ROOT / matrix_families.DOC).read_text())
+    assert block is not None, f"{matrix_families.DOC} lacks the support-matrix markers"
+    assert block == rendered(RESULTS), f"{matrix_families.DOC} matrix is stale: run scripts/gen_support_matrix.py"

@@ -23,7 +23,7 @@ SETTINGS = ("aggressive", "mild", "disabled")
 
 @dataclass(frozen=True)
 class Method:
-    name: str  # column title in the README matrix
+    name: str  # column title in the support matrix (docs/support-matrix.md)
     node_id: str
     # (ModelPatcher, setting, family) -> ModelPatcher; must not change its input. ``family`` is the tiny-model
     # family key (tests/support/tiny_models.py; "sd15" for the unknown-model check), for methods that need
