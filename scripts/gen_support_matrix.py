@@ -1,10 +1,10 @@
 """Regenerate the support matrix in docs/support-matrix.md from the matrix test's results.
 
-    .venv/bin/python scripts/gen_support_matrix.py          # run tests/test_matrix.py, then rewrite the block
+    .venv/bin/python scripts/gen_support_matrix.py          # run tests/comfy/test_matrix.py, then rewrite the block
     .venv/bin/python scripts/gen_support_matrix.py --check  # compare the doc with tests/out/matrix.json only
 
 The block lies between the markers in tests/support/matrix_families.py; everything else in the doc is left
-as it is. tests/test_matrix.py::test_support_matrix_doc_matches_results fails while the doc is stale.
+as it is. tests/comfy/test_matrix.py::test_support_matrix_doc_matches_results fails while the doc is stale.
 """
 from __future__ import annotations
 
@@ -37,8 +37,8 @@ def render(results: dict) -> str:
 
 def run_matrix() -> int:
     """Run the matrix test (without the doc comparison); it writes tests/out/matrix.json when complete."""
-    cmd = [sys.executable, "-m", "pytest", "tests/test_matrix.py", "-q",
-           "--deselect", "tests/test_matrix.py::test_support_matrix_doc_matches_results"]
+    cmd = [sys.executable, "-m", "pytest", "tests/comfy/test_matrix.py", "-q",
+           "--deselect", "tests/comfy/test_matrix.py::test_support_matrix_doc_matches_results"]
     return subprocess.call(cmd, cwd=ROOT)
 
 

@@ -3,7 +3,7 @@
 Each workflow is described below in a few lines (nodes with their widget values, links by input name) and
 written with the layout fields the ComfyUI front end expects (ids, slots, link list, positions, sizes).
 ``workflows/flux-firstblockcache.json`` predates this script and is kept as it is (the browser test reads its
-node ids). Widget values follow the order of each node's inputs in ``/object_info``; ``tests/test_workflows.py``
+node ids). Widget values follow the order of each node's inputs in ``/object_info``; ``tests/server/test_workflows.py``
 checks them against a running server and runs every workflow with tiny models.
 
     .venv/bin/python scripts/make_workflows.py          # rewrite the files

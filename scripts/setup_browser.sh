@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Installs what the browser test (tests/test_panel_browser.py) needs: Debian's `chromium` (apt-get, when
+# Installs what the browser test (tests/browser/test_panel_browser.py) needs: Debian's `chromium` (apt-get, when
 # /usr/bin/chromium is missing) and `playwright-core` (npm, into the git-ignored .host/node). playwright-core
 # downloads no browser; the test drives the system chromium. Re-running is a no-op when both are there.
 set -euo pipefail

@@ -1,22 +1,9 @@
-"""Test set-up: the host ComfyUI as a library (CPU) and this pack imported as ``dit_cache``."""
+"""Shared by every test folder: ``tests/support`` on the import path (pytest.ini also sets it). Each folder's
+own conftest.py loads what its tests need: the pack alone (core/, diffusers/) or with the host ComfyUI
+(comfy/, server/, browser/, via support/comfy_fixtures.py)."""
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parent / "support"))
-
-import comfy_env  # noqa: E402
-
-comfy_env.setup_comfy()
-PACK = comfy_env.load_pack()
-
-
-@pytest.fixture(scope="session")
-def pack():
-    return PACK
 
 
 @pytest.fixture(scope="module")
@@ -29,23 +16,3 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
-
-
-@pytest.fixture(autouse=True)
-def _clear_run_log():
-    PACK.hosts.comfy.run_log.clear()
-    yield
-
-
-@pytest.fixture()
-def store(tmp_path):
-    """Calibrations (MagCache, SmoothCache) go to a temporary folder placed first in folder_paths' "magcache"
-    entry; removed from it afterwards."""
-    import folder_paths
-
-    calibration_store = PACK.nodes.calibration_store
-    calibration_store.register()
-    paths = folder_paths.folder_names_and_paths[calibration_store.FOLDER][0]
-    paths.insert(0, str(tmp_path))
-    yield tmp_path
-    paths.remove(str(tmp_path))

@@ -1,4 +1,4 @@
-// Drives the real ComfyUI page in headless Chromium for tests/test_panel_browser.py's MagCache Calibrate test:
+// Drives the real ComfyUI page in headless Chromium for tests/browser/test_panel_browser.py's MagCache Calibrate test:
 // loads a workflow with a "MagCache Calibrate" node, queues it from the page, waits for the
 // "dit_cache.magcache_calibrated" event, reads what the node holds and drew and what the sidebar lists, takes a
 // screenshot, reloads (the sidebar lists it again from GET /dit-cache/runs), then checks that the node's listener

@@ -1,5 +1,5 @@
 // Drives the real ComfyUI page in headless Chromium (Debian's chromium via playwright-core) for
-// tests/test_panel_browser.py: opens the "DiT Cache" sidebar tab, loads a workflow, queues it, waits for the
+// tests/browser/test_panel_browser.py: opens the "DiT Cache" sidebar tab, loads a workflow, queues it, waits for the
 // run's card, reads what the panel shows, takes screenshots, reloads, and checks listener removal.
 // It asserts nothing itself: it prints one JSON line ("RESULT {...}") with its observations; the Python test
 // compares them with the server's GET /dit-cache/runs.

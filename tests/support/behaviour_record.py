@@ -1,6 +1,6 @@
 """A recorded run of every method on the tiny Flux and Wan through ``comfy.sample``: final latents and every
 per-call decision. Taken once before the structure change (``python tests/support/behaviour_record.py``
-writes ``tests/data/behaviour_baseline.*``); ``tests/test_behaviour_unchanged.py`` re-runs it and requires
+writes ``tests/data/behaviour_baseline.*``); ``tests/comfy/test_behaviour_unchanged.py`` re-runs it and requires
 bit-identical latents and identical decisions.
 
 Nodes are reached by their ComfyUI node id and called with keyword inputs (the schema's names), so the record

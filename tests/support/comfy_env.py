@@ -25,11 +25,14 @@ def setup_comfy(cpu: bool = True) -> None:
     logging.getLogger().setLevel(logging.INFO)
 
 
-def load_pack(name: str = "dit_cache") -> ModuleType:
-    """Import the pack from the repository root the way ComfyUI does, under an importable name."""
+def load_pack(name: str = "dit_cache", with_comfy: bool = True) -> ModuleType:
+    """Import the pack from the repository root the way ComfyUI does, under an importable name. Without
+    ``with_comfy`` ComfyUI is not put on the path, and the pack imports without its nodes (its core and the
+    diffusers host work without ComfyUI)."""
     if name in sys.modules:
         return sys.modules[name]
-    setup_comfy()
+    if with_comfy:
+        setup_comfy()
     spec = importlib.util.spec_from_file_location(name, REPO / "__init__.py",
                                                   submodule_search_locations=[str(REPO)])
     module = importlib.util.module_from_spec(spec)

@@ -5,7 +5,7 @@ Started from the host ComfyUI (``.host/ComfyUI``) on CPU, on a free loopback por
 ``.host``. The test-only node pack ``tests/support/test_nodes/dit_cache_test_loader`` (node
 "DitCacheTest.TinyModelLoader": a tiny random model of a real ComfyUI class, no checkpoint needed) is loaded
 through an ``--extra-model-paths-config`` YAML with a ``custom_nodes:`` entry; it is never copied into
-ComfyUI's own ``custom_nodes`` folder. Used by ``tests/test_server.py`` and ``tests/test_panel_browser.py``.
+ComfyUI's own ``custom_nodes`` folder. Used by ``tests/server/test_server.py`` and ``tests/browser/test_panel_browser.py``.
 """
 from __future__ import annotations
 

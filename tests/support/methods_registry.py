@@ -1,4 +1,4 @@
-"""Every caching method of the pack, for the support matrix (tests/test_matrix.py): one entry per method.
+"""Every caching method of the pack, for the support matrix (tests/comfy/test_matrix.py): one entry per method.
 
 An entry says how to put the method on a ComfyUI model (a ``ModelPatcher``) at the three settings the matrix
 samples with, and which families it can apply to:

@@ -102,7 +102,7 @@ FAMILIES: dict[str, dict[str, FamilySpec]] = {
     },
 }
 
-# The support matrix's families (tests/test_matrix.py): one tiny config per DiT family of the host. Sizes are
+# The support matrix's families (tests/comfy/test_matrix.py): one tiny config per DiT family of the host. Sizes are
 # the smallest that keep each forward's shape rules (head dim = sum of RoPE axes, patch multiples, ...).
 _WAN_TINY = dict(image_model="wan2.1", model_type="t2v", dim=64, ffn_dim=128, num_heads=4, num_layers=4,
                  in_dim=16, out_dim=16, text_dim=32, freq_dim=256, patch_size=(1, 2, 2), window_size=(-1, -1),

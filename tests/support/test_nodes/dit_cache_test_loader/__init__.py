@@ -1,6 +1,6 @@
 """Test-only ComfyUI node pack: "DitCacheTest.TinyModelLoader" (V3 API).
 
-Not part of dit-cache. ``tests/test_server.py`` makes a real ComfyUI server load this folder by passing an
+Not part of dit-cache. ``tests/server/test_server.py`` makes a real ComfyUI server load this folder by passing an
 ``--extra-model-paths-config`` YAML whose ``custom_nodes:`` entry points at ``tests/support/test_nodes``; it is
 never placed in ComfyUI's own ``custom_nodes`` folder. The node outputs a deterministic tiny model from
 ``tests/support/tiny_models.py`` with matching conditioning and an empty latent, so a prompt can go

@@ -27,7 +27,7 @@ from sampling import ksample
 from dit_cache.cache_core.layout import COMFY_LAYOUTS
 from dit_cache.hosts.comfy import run_log
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 RESULTS_FILE = ROOT / "tests" / "out" / "matrix.json"
 TESTED = [r for r in ROWS if r.tiny]
 CELLS = [(m, r) for m in METHODS for r in TESTED]

@@ -15,7 +15,7 @@ import torch
 from diffusers.hooks import FasterCacheConfig as DFasterCacheConfig
 from diffusers.hooks import PyramidAttentionBroadcastConfig, apply_faster_cache, apply_pyramid_attention_broadcast
 
-from test_diffusers_parity import SHIFT, _reinit, tiny_flux, tiny_wan
+from tiny_diffusers import SHIFT, _reinit, tiny_flux, tiny_wan
 
 from dit_cache.cache_core.config import SigmaWindow
 from dit_cache.hosts.diffusers import apply_cache

@@ -1,6 +1,6 @@
 """MagCache on the diffusers host against diffusers' own MagCache hook, on a tiny real diffusers Flux (CPU).
 
-Same loop as tests/test_diffusers_parity.py (flow-matching Euler, cond and uncond as separate transformer
+Same loop as tests/diffusers/test_fbc_diffusers.py (flow-matching Euler, cond and uncond as separate transformer
 calls in cache_context("cond"/"uncond")). Skips are seen the same way for both: a forward hook on a child of
 the second double block runs only when a call computes the blocks.
 """
@@ -18,7 +18,7 @@ from diffusers.hooks.mag_cache import FLUX_MAG_RATIOS
 from dit_cache.hosts.diffusers import apply_cache
 from dit_cache.cache_core.methods.magcache import MagCacheCalibratePolicy, MagCacheConfig
 
-from test_diffusers_parity import ATOL, RTOL, STEPS, STREAMS, run_plain, sample, skips_of, tiny_flux
+from tiny_diffusers import ATOL, RTOL, STEPS, STREAMS, run_plain, sample, skips_of, tiny_flux
 
 log = logging.getLogger("dit_cache.tests")
 

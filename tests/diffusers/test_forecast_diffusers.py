@@ -11,14 +11,14 @@ from dit_cache.cache_core.methods.adaptive import AdaptiveCacheConfig
 from dit_cache.cache_core.methods.dbcache import DBCacheConfig
 from dit_cache.hosts.diffusers import apply_cache
 
-from test_diffusers_parity import BUILDERS, run_plain, sample, skips_of
+from tiny_diffusers import BUILDERS, run_plain, sample, skips_of
 
 log = logging.getLogger("dit_cache.tests")
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 # the tiny diffusers models (random weights) change much more per step than the ComfyUI tiny models: their
-# FBC-style metric runs 0.15-0.6 (tests/test_diffusers_parity.py), hence the high thresholds
+# FBC-style metric runs 0.15-0.6 (tests/diffusers/test_fbc_diffusers.py), hence the high thresholds
 CONFIGS = {
     "dbcache": lambda: DBCacheConfig(front_blocks=1, back_blocks=0, threshold=0.5, warmup_steps=2),
     # a linear forecast drifts over long runs of skips on these fast-changing models: at most 2 in a row

@@ -3,7 +3,7 @@
 Equivalent settings: diffusers predicts the output of every module its ``cache_identifiers`` match; with every
 transformer block matched, a predicted call's result is the prediction of the last block's output(s), which is
 what our "block outputs" forecast produces (the output of each segment's last block; every block cached).
-Same loop as tests/test_diffusers_parity.py (flow-matching Euler, cond and uncond as separate transformer calls
+Same loop as tests/diffusers/test_fbc_diffusers.py (flow-matching Euler, cond and uncond as separate transformer calls
 in cache_context("cond"/"uncond")); skips are seen on both sides by a forward hook inside the second block.
 
 "attention+MLP outputs" on the diffusers host predicts the blocks' attention modules (the layout's
@@ -25,7 +25,7 @@ from diffusers.hooks import TaylorSeerCacheConfig as DiffusersTaylorSeerConfig
 from dit_cache.hosts.diffusers import apply_cache
 from dit_cache.cache_core.methods.taylorseer import FACTOR_DTYPES, TaylorSeerConfig
 
-from test_diffusers_parity import ATOL, RTOL, STEPS, STREAMS, run_plain, sample, skips_of, tiny_flux, tiny_wan
+from tiny_diffusers import ATOL, RTOL, STEPS, STREAMS, run_plain, sample, skips_of, tiny_flux, tiny_wan
 
 log = logging.getLogger("dit_cache.tests")
 
