@@ -107,6 +107,9 @@ class ComponentPolicy:
         """The unconditional output rebuilt from the conditional one (``windows(name)``: inside that window)."""
         raise NotImplementedError
 
+    def check_run(self, run: RunInfo) -> None:
+        """Before a run samples: raise ValueError if this run cannot work (e.g. too few steps to calibrate)."""
+
     def finish_run(self, streams: list[tuple[str, dict]], completed: bool) -> None:
         """End of a run: each stream's (label, {site: states}) in first-seen order (a calibration saves here)."""
 

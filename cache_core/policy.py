@@ -106,6 +106,9 @@ class Policy:
     def observe_stack_residual(self, state: Any, residual: torch.Tensor) -> None:
         """The stream's whole-stack hidden residual of a computed call (probes STACK and INPUT_AND_STACK)."""
 
+    def check_run(self, run: RunInfo) -> None:
+        """Before a run samples: raise ValueError if this run cannot work (e.g. too few steps to calibrate)."""
+
     def finish_run(self, streams: list[tuple[str, Any]], completed: bool) -> None:
         """End of a run: every stream's (label, state), in first-seen order."""
 

@@ -287,22 +287,24 @@ def _outer_sample_wrapper(executor: Any, *args: Any, **kwargs: Any) -> Any:
     stats = RunStats(method=spec.policy.name, settings=spec.policy.settings(), model=spec.model_name)
     sigmas = args[3] if len(args) > 3 else kwargs.get("sigmas")  # CFGGuider.outer_sample(noise, latent, sampler, sigmas, ...)
     run_info = RunInfo(tuple(float(x) for x in sigmas.reshape(-1)) if sigmas is not None else None)
+    spec.policy.check_run(run_info)  # e.g. a calibration that needs more steps: an error before sampling
     model_sampling = guider.model_patcher.get_model_object("model_sampling")
     runner = make_runner(spec.policy, spec.layout, spec.block_counts, stats,
                          lambda name, window: _sigma_window(window, model_sampling), run_info)
     t_opts[RUN_KEY] = runner
     t0 = time.perf_counter()
     ok = False
+    finish_error: Exception | None = None
     try:
         out = executor(*args, **kwargs)
         ok = True
-        return out
     finally:
         guider.model_options = orig_options
         try:
             runner.finish(ok)  # e.g. MagCache Calibrate saves its file here
-        except Exception:  # a failing end-of-run hook must not hide the run's own result or error
+        except Exception as e:  # after a failed run the run's own error is the one to see
             log.exception("[dit-cache] %s: end-of-run step failed", spec.node_label)
+            finish_error = e
         run = stats.to_dict()
         run.update(node=spec.node_label, node_id=spec.node_id, spec_id=spec.id, completed=ok,
                    run_wall_s=time.perf_counter() - t0)
@@ -312,6 +314,11 @@ def _outer_sample_wrapper(executor: Any, *args: Any, **kwargs: Any) -> Any:
             log.warning("[dit-cache] %s: the model ran %d times but none of its blocks went through the cache "
                         "(%s's forward bypassed the block patches, or another node replaced them after this "
                         "one): nothing was skipped", spec.node_label, runner.model_calls, spec.model_name)
+    if finish_error is not None:
+        # the run itself succeeded but its end-of-run step (a calibration's save) did not: the prompt fails with
+        # that error instead of reporting success with the result lost
+        raise finish_error
+    return out
 
 
 def _stream_labels(t_opts: dict, n_chunks: int) -> list[tuple[Any, str]]:
