@@ -1,11 +1,13 @@
 """Where calibrations live in ComfyUI: a ``magcache`` model folder registered with ``folder_paths``.
 
-MagCache and SmoothCache calibrations share it; each node lists the files of its own format (read from the
-file header). 
+Every calibrated method's files share it (the folder is named after the first one, MagCache); they are told
+apart by the ``format`` in their header, and a method's node lists the files of its own format
+(:func:`choices`) through the format map of ``cache_core/calibration_files.py``: the store knows no format by
+name, so a new calibrated method adds nothing here.
+
 Default: ``<ComfyUI>/models/magcache``. An ``extra_model_paths.yaml`` entry ``magcache: <path>`` (read by
-ComfyUI before custom nodes load) comes first, so new calibrations are saved there. The "Apply MagCache"
-dropdown lists the built-in presets (``preset: <name>``) and every ``.safetensors`` file of the folder(s),
-read afresh each time the node list is requested, so a new file appears without restarting ComfyUI.
+ComfyUI before custom nodes load) comes first, so new calibrations are saved there. The folder is listed afresh
+each time a node's schema is requested, so a new file appears in the dropdowns without restarting ComfyUI.
 """
 from __future__ import annotations
 
@@ -18,9 +20,9 @@ from typing import Any
 
 import folder_paths
 
-from ..cache_core.methods import magcache_calibration as cal_io
-from ..cache_core.methods import smoothcache_calibration as smooth_io
+from ..cache_core import calibration_files
 from ..cache_core.layout import COMFY_LAYOUTS, BlockLayout, layout_for_module
+from ..cache_core.registry import load_methods
 
 log = logging.getLogger("dit_cache")
 
@@ -58,7 +60,7 @@ _formats: dict[tuple[str, int, int], str | None] = {}  # (path, mtime_ns, size) 
 
 
 def _format_of(name: str) -> str | None:
-    """A file's ``format`` metadata, read once per file version (both dropdowns ask on every /object_info)."""
+    """A file's ``format`` metadata, read once per file version (the dropdowns ask on every /object_info)."""
     path = folder_paths.get_full_path(FOLDER, name)
     if not path:
         return None
@@ -68,43 +70,27 @@ def _format_of(name: str) -> str | None:
         return None
     key = (path, st.st_mtime_ns, st.st_size)
     if key not in _formats:
-        _formats[key] = cal_io.file_format(path)
+        _formats[key] = calibration_files.file_format(path)
     return _formats[key]
 
 
-def choices() -> list[str]:
-    """MagCache dropdown entries: presets first, then saved files that are not another method's calibration
-    (unreadable files stay listed, so picking one gives an error naming it)."""
-    files = [f for f in _files() if _format_of(f) != smooth_io.FORMAT]
-    return [cal_io.PRESET_PREFIX + n for n in cal_io.preset_names()] + files
+def choices(fmt: str) -> list[str]:
+    """Dropdown entries of a method whose files have format ``fmt``: those files, and the files no registered
+    format claims (unreadable, truncated or foreign ones stay listed, so picking one gives an error naming it)."""
+    load_methods()  # every method's calibration module has registered its format
+    known = calibration_files.formats()
+    return [f for f in _files() if (found := _format_of(f)) == fmt or found not in known]
 
 
-def smooth_choices() -> list[str]:
-    """SmoothCache dropdown entries: the saved SmoothCache calibrations."""
-    return [f for f in _files() if _format_of(f) == smooth_io.FORMAT]
-
-
-def resolve_smooth(choice: str) -> smooth_io.SmoothCalibration:
-    """The SmoothCache calibration a dropdown entry names; CalibrationError names the file if unusable."""
-    cal = smooth_io.load(_full_path(choice, "SmoothCache"))
-    cal.name = choice
-    return cal
-
-
-def _full_path(choice: str, method: str) -> str:
+def load(choice: str, fmt: str, method: str) -> Any:
+    """The calibration of format ``fmt`` a dropdown entry names, read by that format's loader (its ``name`` set
+    to the entry); CalibrationError (a ValueError) names the file if it is missing or unusable."""
     register()
     path = folder_paths.get_full_path(FOLDER, choice)
     if path is None:
-        raise cal_io.CalibrationError(f"{method} calibration file '{choice}' is not in "
-                                      f"{', '.join(folder_paths.get_folder_paths(FOLDER))}")
-    return path
-
-
-def resolve(choice: str) -> cal_io.Calibration:
-    """The calibration a dropdown entry names; CalibrationError (a ValueError) names the file if unusable."""
-    if choice.startswith(cal_io.PRESET_PREFIX):
-        return cal_io.load_preset(choice[len(cal_io.PRESET_PREFIX):])
-    cal = cal_io.load(_full_path(choice, "MagCache"))
+        raise calibration_files.CalibrationError(f"{method} calibration file '{choice}' is not in "
+                                                 f"{', '.join(folder_paths.get_folder_paths(FOLDER))}")
+    cal = calibration_files.loader(fmt)(path)
     cal.name = choice
     return cal
 
@@ -127,7 +113,7 @@ def identify(model: Any) -> ModelIdentity | None:
     first = next(getattr(dm, layout.segments[0].attr).parameters())
     sample = first.detach().reshape(-1)[:4096].float().cpu().contiguous()
     hint = hashlib.sha256(sample.numpy().tobytes()).hexdigest()[:8]
-    return ModelIdentity(layout, type(dm).__name__, cal_io.block_shape_hash(shapes), hint)
+    return ModelIdentity(layout, type(dm).__name__, calibration_files.block_shape_hash(shapes), hint)
 
 
 def new_file_path(prefix: str, family: str, steps: int, hint: str) -> Path:

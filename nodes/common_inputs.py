@@ -39,10 +39,9 @@ def gate_inputs(start: float = 0.0) -> list:
     ]
 
 
-def validate_window(start_percent: float, end_percent: float) -> bool | str:
-    if start_percent >= end_percent:
-        return f"start_percent ({start_percent}) must be smaller than end_percent ({end_percent})"
-    return True
+def validate_window(start_percent: float | None, end_percent: float | None) -> bool | str:
+    """validate_inputs helper: ``start_percent`` below ``end_percent`` (a linked input, None here, is not checked)."""
+    return validate_windows({"": (start_percent, end_percent)})
 
 
 def named_window_inputs(prefix: str, what: str, start: float, end: float) -> list:
@@ -61,10 +60,13 @@ def named_window_inputs(prefix: str, what: str, start: float, end: float) -> lis
     ]
 
 
-def validate_windows(values: dict, prefixes: tuple[str, ...]) -> bool | str:
-    """validate_inputs helper: every ``<prefix>_start_percent`` below its ``<prefix>_end_percent``."""
-    for prefix in prefixes:
-        start, end = values.get(f"{prefix}_start_percent", 0.0), values.get(f"{prefix}_end_percent", 1.0)
-        if start >= end:
-            return f"{prefix}_start_percent ({start}) must be smaller than {prefix}_end_percent ({end})"
-    return True
+def validate_windows(windows: dict[str, tuple[float | None, float | None]]) -> bool | str:
+    """validate_inputs helper: for each ``{prefix: (start, end)}``, ``<prefix>_start_percent`` below
+    ``<prefix>_end_percent`` (prefix "": the plain ``start_percent`` / ``end_percent``). One message names every
+    window that is wrong; values of linked inputs (None while validating) are not checked."""
+    wrong = []
+    for prefix, (start, end) in windows.items():
+        if start is not None and end is not None and start >= end:
+            name = f"{prefix}_" if prefix else ""
+            wrong.append(f"{name}start_percent ({start}) must be smaller than {name}end_percent ({end})")
+    return "; ".join(wrong) if wrong else True

@@ -1,24 +1,22 @@
 """The "Apply DBCache" node."""
 from __future__ import annotations
 
-import logging
-
 from comfy_api.latest import io
 
-from ..cache_core.methods.dbcache import DBCacheConfig, DBCachePolicy
-from ..hosts.comfy.patch import apply_cache, block_count
-from .common_inputs import validate_window, window_inputs
+from ..cache_core.methods.dbcache import DBCacheConfig
+from ..hosts.comfy.patch import block_count
+from .base import WindowedNode
+from .common_inputs import window_inputs
 
-log = logging.getLogger("dit_cache")
 
+class ApplyDBCache(WindowedNode):
+    OFF_INPUT = "threshold"
 
-class ApplyDBCache(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
-        return io.Schema(
+        return cls.schema(
             node_id="DitCache.ApplyDBCache",
             display_name="Apply DBCache",
-            category="dit-cache",
             description=(
                 "DBCache (cache-dit's dual block cache): always runs the first Fn and the last Bn transformer "
                 "blocks; while the first Fn blocks' result changes less than the threshold, the blocks in "
@@ -46,29 +44,20 @@ class ApplyDBCache(io.ComfyNode):
                                      "last computed steps (TaylorSeer); keeps order + 1 copies per CFG stream."),
                 *window_inputs(),
             ],
-            outputs=[io.Model.Output(tooltip="The model with DBCache attached.")],
-            hidden=[io.Hidden.unique_id],
+            output="The model with DBCache attached.",
         )
 
     @classmethod
-    def validate_inputs(cls, start_percent: float = 0.0, end_percent: float = 1.0, **kwargs) -> bool | str:
-        return validate_window(start_percent, end_percent)
+    def make_config(cls, model, Fn: int, Bn: int, threshold: float, warmup_steps: int, max_cached_steps: int,
+                    max_consecutive_cached_steps: int, taylorseer_order: int, start_percent: float,
+                    end_percent: float) -> DBCacheConfig:
+        return DBCacheConfig(front_blocks=Fn, back_blocks=Bn, threshold=threshold, warmup_steps=warmup_steps,
+                             max_cached_steps=max_cached_steps, max_consecutive_skips=max_consecutive_cached_steps,
+                             taylorseer_order=taylorseer_order, start_percent=start_percent, end_percent=end_percent)
 
     @classmethod
-    def execute(cls, model, Fn: int, Bn: int, threshold: float, warmup_steps: int, max_cached_steps: int,
-                max_consecutive_cached_steps: int, taylorseer_order: int, start_percent: float,
-                end_percent: float) -> io.NodeOutput:
-        if threshold == 0:
-            log.info("[dit-cache] Apply DBCache: threshold 0, cache disabled (model unchanged)")
-            return io.NodeOutput(model)
-        config = DBCacheConfig(front_blocks=Fn, back_blocks=Bn, threshold=threshold, warmup_steps=warmup_steps,
-                               max_cached_steps=max_cached_steps,
-                               max_consecutive_skips=max_consecutive_cached_steps,
-                               taylorseer_order=taylorseer_order, start_percent=start_percent,
-                               end_percent=end_percent)
+    def make_policy(cls, model, config: DBCacheConfig):
         total = block_count(model)
         if total is not None:
             config.check_blocks(total)  # ValueError naming the block count, before sampling
-        node_id = cls.hidden.unique_id if cls.hidden is not None else None
-        return io.NodeOutput(apply_cache(model, DBCachePolicy(config), "Apply DBCache",
-                                         None if node_id is None else str(node_id)))
+        return super().make_policy(model, config)

@@ -1,27 +1,24 @@
 """The "Apply FasterCache" node."""
 from __future__ import annotations
 
-import logging
-
 from comfy_api.latest import io
 
 from ..cache_core.config import CacheWindow
-from ..cache_core.methods.fastercache import FasterCacheConfig, FasterCachePolicy
-from ..hosts.comfy.patch import apply_cache
+from ..cache_core.methods.fastercache import FasterCacheConfig
+from .base import CacheNode
 from .common_inputs import named_window_inputs, validate_windows
-
-log = logging.getLogger("dit_cache")
 
 _WINDOWS = ("attention", "uncond", "low_freq", "high_freq")
 
 
-class ApplyFasterCache(io.ComfyNode):
+class ApplyFasterCache(CacheNode):
+    DISABLED = "every N is below 2, FasterCache disabled"
+
     @classmethod
     def define_schema(cls) -> io.Schema:
-        return io.Schema(
+        return cls.schema(
             node_id="DitCache.ApplyFasterCache",
             display_name="Apply FasterCache",
-            category="dit-cache",
             description=(
                 "FasterCache: inside a window, attention outputs are extrapolated from the last two computed ones "
                 "(F1 + (F1 - F2) * weight), and on most CFG steps the unconditional branch is not run but rebuilt "
@@ -52,25 +49,25 @@ class ApplyFasterCache(io.ComfyNode):
                 *named_window_inputs("low_freq", "the low-frequency weighting", 0.099, 0.901),
                 *named_window_inputs("high_freq", "the high-frequency weighting", 0.699, 1.0),
             ],
-            outputs=[io.Model.Output(tooltip="The model with FasterCache attached.")],
-            hidden=[io.Hidden.unique_id],
+            output="The model with FasterCache attached.",
         )
 
     @classmethod
-    def validate_inputs(cls, **kwargs) -> bool | str:
-        return validate_windows(kwargs, _WINDOWS)
+    def validate_inputs(cls, attention_start_percent: float | None = None,
+                        attention_end_percent: float | None = None, uncond_start_percent: float | None = None,
+                        uncond_end_percent: float | None = None, low_freq_start_percent: float | None = None,
+                        low_freq_end_percent: float | None = None, high_freq_start_percent: float | None = None,
+                        high_freq_end_percent: float | None = None) -> bool | str:
+        return validate_windows({"attention": (attention_start_percent, attention_end_percent),
+                                 "uncond": (uncond_start_percent, uncond_end_percent),
+                                 "low_freq": (low_freq_start_percent, low_freq_end_percent),
+                                 "high_freq": (high_freq_start_percent, high_freq_end_percent)})
 
     @classmethod
-    def execute(cls, model, spatial_skip: int, temporal_skip: int, attention_weight: float, uncond_skip: int,
-                alpha_low: float, alpha_high: float, **kwargs) -> io.NodeOutput:
-        windows = {f"{w}_window": CacheWindow(kwargs[f"{w}_start_percent"], kwargs[f"{w}_end_percent"])
-                   for w in _WINDOWS}
-        config = FasterCacheConfig(spatial_skip=spatial_skip, temporal_skip=temporal_skip,
-                                   attention_weight=attention_weight, uncond_skip=uncond_skip,
-                                   alpha_low=alpha_low, alpha_high=alpha_high, **windows)
-        if not config.enabled:
-            log.info("[dit-cache] Apply FasterCache: every N is below 2, FasterCache disabled (model unchanged)")
-            return io.NodeOutput(model)
-        node_id = cls.hidden.unique_id if cls.hidden is not None else None
-        return io.NodeOutput(apply_cache(model, FasterCachePolicy(config), "Apply FasterCache",
-                                         None if node_id is None else str(node_id)))
+    def make_config(cls, model, spatial_skip: int, temporal_skip: int, attention_weight: float, uncond_skip: int,
+                    alpha_low: float, alpha_high: float, **windows: float) -> FasterCacheConfig:
+        return FasterCacheConfig(
+            spatial_skip=spatial_skip, temporal_skip=temporal_skip, attention_weight=attention_weight,
+            uncond_skip=uncond_skip, alpha_low=alpha_low, alpha_high=alpha_high,
+            **{f"{w}_window": CacheWindow(windows[f"{w}_start_percent"], windows[f"{w}_end_percent"])
+               for w in _WINDOWS})

@@ -1,24 +1,21 @@
 """The "Apply FirstBlockCache" node."""
 from __future__ import annotations
 
-import logging
-
 from comfy_api.latest import io
 
-from ..cache_core.methods.fbc import FirstBlockCacheConfig, FirstBlockCachePolicy
-from ..hosts.comfy.patch import apply_cache
-from .common_inputs import gate_inputs, validate_window
-
-log = logging.getLogger("dit_cache")
+from ..cache_core.methods.fbc import FirstBlockCacheConfig
+from .base import WindowedNode
+from .common_inputs import gate_inputs
 
 
-class ApplyFirstBlockCache(io.ComfyNode):
+class ApplyFirstBlockCache(WindowedNode):
+    OFF_INPUT = "threshold"
+
     @classmethod
     def define_schema(cls) -> io.Schema:
-        return io.Schema(
+        return cls.schema(
             node_id="DitCache.ApplyFirstBlockCache",
             display_name="Apply FirstBlockCache",
-            category="dit-cache",
             description=(
                 "First Block Cache: runs the first transformer block every step and, while its output changes "
                 "less than the threshold since the last full step, reuses the cached result of all other blocks."
@@ -33,23 +30,12 @@ class ApplyFirstBlockCache(io.ComfyNode):
                 ),
                 *gate_inputs(),
             ],
-            outputs=[io.Model.Output(tooltip="The model with First Block Cache attached.")],
-            hidden=[io.Hidden.unique_id],  # the node's graph id: the statistics panel shows runs per node
+            output="The model with First Block Cache attached.",
         )
 
     @classmethod
-    def validate_inputs(cls, start_percent: float = 0.0, end_percent: float = 1.0, **kwargs) -> bool | str:
-        return validate_window(start_percent, end_percent)
-
-    @classmethod
-    def execute(cls, model, threshold: float, start_percent: float, end_percent: float,
-                max_consecutive_skips: int, warmup_steps: int) -> io.NodeOutput:
-        if threshold == 0:
-            log.info("[dit-cache] Apply FirstBlockCache: threshold 0, cache disabled (model unchanged)")
-            return io.NodeOutput(model)
-        config = FirstBlockCacheConfig(threshold=threshold, warmup_steps=warmup_steps,
-                                       max_consecutive_skips=max_consecutive_skips,
-                                       start_percent=start_percent, end_percent=end_percent)
-        node_id = cls.hidden.unique_id if cls.hidden is not None else None
-        return io.NodeOutput(apply_cache(model, FirstBlockCachePolicy(config), "Apply FirstBlockCache",
-                                         None if node_id is None else str(node_id)))
+    def make_config(cls, model, threshold: float, start_percent: float, end_percent: float,
+                    max_consecutive_skips: int, warmup_steps: int) -> FirstBlockCacheConfig:
+        return FirstBlockCacheConfig(threshold=threshold, warmup_steps=warmup_steps,
+                                     max_consecutive_skips=max_consecutive_skips,
+                                     start_percent=start_percent, end_percent=end_percent)

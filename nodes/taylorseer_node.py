@@ -1,23 +1,18 @@
 """The "Apply TaylorSeer" node."""
 from __future__ import annotations
 
-import logging
-
 from comfy_api.latest import io
 
-from ..cache_core.methods.taylorseer import FACTOR_DTYPES, PREDICT_TARGETS, TaylorSeerConfig, taylorseer_policy
-from ..hosts.comfy.patch import apply_cache
-
-log = logging.getLogger("dit_cache")
+from ..cache_core.methods.taylorseer import FACTOR_DTYPES, PREDICT_TARGETS, TaylorSeerConfig
+from .base import CacheNode
 
 
-class ApplyTaylorSeer(io.ComfyNode):
+class ApplyTaylorSeer(CacheNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
-        return io.Schema(
+        return cls.schema(
             node_id="DitCache.ApplyTaylorSeer",
             display_name="Apply TaylorSeer",
-            category="dit-cache",
             description=(
                 "TaylorSeer: computes the transformer on a fixed schedule (one step in every 'cache_interval') "
                 "and, on the steps in between, predicts its result from the last computed steps with a Taylor "
@@ -50,20 +45,16 @@ class ApplyTaylorSeer(io.ComfyNode):
                                tooltip="Precision the Taylor factors are stored in: bfloat16 halves the memory of "
                                        "float32 (diffusers' default); float32 is the most accurate."),
             ],
-            outputs=[io.Model.Output(tooltip="The model with TaylorSeer attached.")],
-            hidden=[io.Hidden.unique_id],
+            output="The model with TaylorSeer attached.",
         )
 
     @classmethod
-    def execute(cls, model, cache_interval: int, warmup_steps: int, final_full_steps: int, max_order: int,
-                predict: str, factor_dtype: str) -> io.NodeOutput:
-        if cache_interval == 1:
-            log.info("[dit-cache] Apply TaylorSeer: cache_interval 1 computes every step, cache disabled "
-                     "(model unchanged)")
-            return io.NodeOutput(model)
-        config = TaylorSeerConfig(cache_interval=cache_interval, warmup_steps=warmup_steps,
-                                  final_full_steps=final_full_steps, max_order=max_order, predict=predict,
-                                  factor_dtype=factor_dtype)
-        node_id = cls.hidden.unique_id if cls.hidden is not None else None
-        return io.NodeOutput(apply_cache(model, taylorseer_policy(config), "Apply TaylorSeer",
-                                         None if node_id is None else str(node_id)))
+    def off_reason(cls, cache_interval: int, **_) -> str | None:
+        return "cache_interval 1 computes every step, cache disabled" if cache_interval == 1 else None
+
+    @classmethod
+    def make_config(cls, model, cache_interval: int, warmup_steps: int, final_full_steps: int, max_order: int,
+                    predict: str, factor_dtype: str) -> TaylorSeerConfig:
+        return TaylorSeerConfig(cache_interval=cache_interval, warmup_steps=warmup_steps,
+                                final_full_steps=final_full_steps, max_order=max_order, predict=predict,
+                                factor_dtype=factor_dtype)

@@ -6,21 +6,22 @@ import logging
 from comfy_api.latest import io
 
 from ..cache_core.layout import COMFY_LAYOUTS, layout_for_module
+from ..cache_core.methods.teacache import CHOICES, TeaCacheConfig, resolve_coefficients
 from ..cache_core.methods.teacache_signals import signal_fn
-from ..cache_core.methods.teacache import CHOICES, TeaCacheConfig, TeaCachePolicy, resolve_coefficients
-from ..hosts.comfy.patch import apply_cache
-from .common_inputs import max_consecutive_skips_input, validate_window, window_inputs
+from .base import WindowedNode
+from .common_inputs import max_consecutive_skips_input, window_inputs
 
 log = logging.getLogger("dit_cache")
 
 
-class ApplyTeaCache(io.ComfyNode):
+class ApplyTeaCache(WindowedNode):
+    OFF_INPUT = "rel_l1_threshold"
+
     @classmethod
     def define_schema(cls) -> io.Schema:
-        return io.Schema(
+        return cls.schema(
             node_id="DitCache.ApplyTeaCache",
             display_name="Apply TeaCache",
-            category="dit-cache",
             description=(
                 "TeaCache: accumulates the (rescaled) relative change of the first block's timestep-modulated "
                 "input and skips the whole transformer while it stays under the threshold. First and last steps "
@@ -39,30 +40,20 @@ class ApplyTeaCache(io.ComfyNode):
                 *window_inputs(),
                 max_consecutive_skips_input(),
             ],
-            outputs=[io.Model.Output(tooltip="The model with TeaCache attached.")],
-            hidden=[io.Hidden.unique_id],
+            output="The model with TeaCache attached.",
         )
 
     @classmethod
-    def validate_inputs(cls, start_percent: float = 0.0, end_percent: float = 1.0, **kwargs) -> bool | str:
-        return validate_window(start_percent, end_percent)
-
-    @classmethod
-    def execute(cls, model, rel_l1_threshold: float, coefficients: str, start_percent: float, end_percent: float,
-                max_consecutive_skips: int) -> io.NodeOutput:
-        if rel_l1_threshold == 0:
-            log.info("[dit-cache] Apply TeaCache: threshold 0, cache disabled (model unchanged)")
-            return io.NodeOutput(model)
+    def make_config(cls, model, rel_l1_threshold: float, coefficients: str, start_percent: float,
+                    end_percent: float, max_consecutive_skips: int) -> TeaCacheConfig | None:
+        """The coefficients follow the model's family ("auto"); a family without a known signal: None."""
         layout = layout_for_module(model.get_model_object("diffusion_model"), COMFY_LAYOUTS)
         family = layout.family if layout is not None else ""
         if layout is not None and signal_fn(layout.signal) is None:
-            log.warning("[dit-cache] Apply TeaCache: no first-block signal is known for %s models yet; "
-                        "model left unchanged", family)
-            return io.NodeOutput(model)
+            log.warning("[dit-cache] %s: no first-block signal is known for %s models yet; model left unchanged",
+                        cls.label(), family)
+            return None
         name, coeffs = resolve_coefficients(coefficients, family)
-        config = TeaCacheConfig(threshold=rel_l1_threshold, coefficients=coeffs, coefficients_name=name,
-                                max_consecutive_skips=max_consecutive_skips, start_percent=start_percent,
-                                end_percent=end_percent)
-        node_id = cls.hidden.unique_id if cls.hidden is not None else None
-        return io.NodeOutput(apply_cache(model, TeaCachePolicy(config), "Apply TeaCache",
-                                         None if node_id is None else str(node_id)))
+        return TeaCacheConfig(threshold=rel_l1_threshold, coefficients=coeffs, coefficients_name=name,
+                              max_consecutive_skips=max_consecutive_skips, start_percent=start_percent,
+                              end_percent=end_percent)

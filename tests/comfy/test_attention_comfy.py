@@ -163,9 +163,13 @@ def test_frequency_split_and_rebuild_closed_form():
 
 
 def test_bad_input_is_refused_before_sampling():
-    assert PABConfigNode.validate_inputs(**pab_inputs(2, 6, 0.9, 0.2)) != True  # noqa: E712
-    assert ApplyFasterCache.validate_inputs(**fastercache_inputs(uncond_start=1.0)) != True  # noqa: E712
-    assert PABConfigNode.validate_inputs(**pab_inputs(2, 6)) is True
+    # ComfyUI passes validate_inputs the inputs it names: the windows
+    def windows(inputs: dict) -> dict:
+        return {k: v for k, v in inputs.items() if k.endswith("_percent")}
+
+    assert PABConfigNode.validate_inputs(**windows(pab_inputs(2, 6, 0.9, 0.2))) != True  # noqa: E712
+    assert ApplyFasterCache.validate_inputs(**windows(fastercache_inputs(uncond_start=1.0))) != True  # noqa: E712
+    assert PABConfigNode.validate_inputs(**windows(pab_inputs(2, 6))) is True
     with pytest.raises(ValueError):
         PABConfig(spatial_skip=-1)
     with pytest.raises(ValueError):

@@ -26,7 +26,8 @@ CASES = {  # family: (cfg, aggressive threshold, mild threshold)
 
 
 def apply_fbc(model, threshold, start=0.0, end=1.0, max_skips=-1, warmup=0):
-    return ApplyFirstBlockCache.execute(model, threshold, start, end, max_skips, warmup).result[0]
+    return ApplyFirstBlockCache.execute(model, threshold=threshold, start_percent=start, end_percent=end,
+                                        max_consecutive_skips=max_skips, warmup_steps=warmup).result[0]
 
 
 @pytest.fixture(scope="module", params=list(CASES))

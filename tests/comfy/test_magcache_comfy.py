@@ -21,11 +21,13 @@ CFG = {"flux": 1.0, "wan21": 4.0, "qwen_image": 4.0}
 
 
 def apply_mag(model, calibration, threshold=0.2, k=3, retention=0.2, start=0.0, end=1.0, interp="schedule"):
-    return ApplyMagCache.execute(model, calibration, threshold, k, retention, start, end, interp).result[0]
+    return ApplyMagCache.execute(model, calibration=calibration, threshold=threshold, max_skip_steps=k,
+                                 retention_ratio=retention, start_percent=start, end_percent=end,
+                                 interpolation=interp).result[0]
 
 
 def calibrate(tiny, cfg, steps=20, prefix="t"):
-    model = MagCacheCalibrate.execute(tiny.patcher, prefix).result[0]
+    model = MagCacheCalibrate.execute(tiny.patcher, filename_prefix=prefix).result[0]
     out = ksample(model, tiny, cfg=cfg, steps=steps)
     rec = [r for r in run_log.recent() if "calibration" in r][-1]["calibration"]
     return out, rec
@@ -40,7 +42,7 @@ def test_calibrate_save_list_apply_skip(store, family):
     assert torch.equal(calibrated_out, ref)  # calibration never skips
     path = store / rec["file"]
     assert path.is_file()
-    assert rec["file"] in calibration_store.choices()  # the dropdown lists it (read afresh)
+    assert rec["file"] in calibration_store.choices(cal_io.FORMAT)  # the dropdown lists it (read afresh)
     assert rec["file"] in ApplyMagCache.define_schema().inputs[1].options
     cal = cal_io.load(path)
     streams = {"cond"} if cfg == 1.0 else {"cond", "uncond"}
@@ -97,7 +99,7 @@ def test_corrupt_file_is_a_clear_error_naming_it(store):
     _, rec = calibrate(tiny, 1.0, steps=6)
     data = (store / rec["file"]).read_bytes()
     (store / "broken.safetensors").write_bytes(data[:40])
-    assert "broken.safetensors" in calibration_store.choices()
+    assert "broken.safetensors" in ApplyMagCache.define_schema().inputs[1].options  # unreadable: still listed
     with pytest.raises(ValueError, match=r"broken\.safetensors.*corrupt or truncated"):
         apply_mag(tiny.patcher, "broken.safetensors")
 
@@ -105,8 +107,8 @@ def test_corrupt_file_is_a_clear_error_naming_it(store):
 def test_two_models_of_one_family_give_two_files(store):
     """Wan 2.2 high-noise + low-noise experts: same class and shapes, other weights -> two files."""
     high, low = tiny_models.build("wan21", seed=0), tiny_models.build("wan21", seed=1)
-    m_high = MagCacheCalibrate.execute(high.patcher, "wan22").result[0]
-    m_low = MagCacheCalibrate.execute(low.patcher, "wan22").result[0]
+    m_high = MagCacheCalibrate.execute(high.patcher, filename_prefix="wan22").result[0]
+    m_low = MagCacheCalibrate.execute(low.patcher, filename_prefix="wan22").result[0]
     # one graph, two samplers: the high-noise model takes the first half of the schedule
     ksample(m_high, high, cfg=4.0, steps=10)
     ksample(m_low, low, cfg=4.0, steps=10)
@@ -122,7 +124,7 @@ def test_preset_on_tiny_flux_and_interrupted_calibration_saves_nothing(store):
     tiny = tiny_models.build("flux")
     ksample(apply_mag(tiny.patcher, "preset: flux_dev", 0.5), tiny, steps=28)
     assert run_log.last()["skipped_calls"] > 0
-    model = MagCacheCalibrate.execute(tiny.patcher, "interrupted").result[0]
+    model = MagCacheCalibrate.execute(tiny.patcher, filename_prefix="interrupted").result[0]
 
     def interrupt(step, x0, x, total):
         if step == 3:

@@ -153,7 +153,8 @@ def test_object_patched_block_lists(row: Row) -> None:
     tiny = _tiny(row.tiny)
     cfg = tiny.spec.cfg
     ref = ksample(tiny.patcher, tiny, cfg=cfg)
-    never = ApplyFirstBlockCache.execute(tiny.patcher, 1e-9, 0.0, 1.0, -1, 0).result[0]
+    never = ApplyFirstBlockCache.execute(tiny.patcher, threshold=1e-9, start_percent=0.0, end_percent=1.0,
+                                         max_consecutive_skips=-1, warmup_steps=0).result[0]
     assert torch.equal(ksample(never, tiny, cfg=cfg), ref)
     run = run_log.last()
     assert run["skipped_calls"] == 0 and run["calls"] == 20

@@ -17,6 +17,7 @@ from dit_cache.cache_core.layout import COMFY_LAYOUTS, layout_for_module
 from dit_cache.cache_core.methods.smoothcache import build_schedule
 from dit_cache.nodes import calibration_store
 from dit_cache.hosts.comfy import run_log
+from dit_cache.nodes.magcache_nodes import ApplyMagCache
 from dit_cache.nodes.smoothcache_nodes import ApplySmoothCache, SmoothCacheCalibrate
 
 log = logging.getLogger("dit_cache.tests")
@@ -27,14 +28,14 @@ CFG = {"flux": 1.0, "wan21": 4.0, "lumina2": 4.0}
 
 
 def calibrate(tiny, cfg, steps=STEPS, prefix="s", alpha=0.15):
-    model = SmoothCacheCalibrate.execute(tiny.patcher, prefix, alpha).result[0]
+    model = SmoothCacheCalibrate.execute(tiny.patcher, filename_prefix=prefix, alpha=alpha).result[0]
     out = ksample(model, tiny, cfg=cfg, steps=steps)
     rec = [r for r in run_log.recent() if r.get("method") == "SmoothCacheCalibrate"][-1]["calibration"]
     return out, rec
 
 
 def apply_smooth(model, calibration, alpha=-1.0):
-    return ApplySmoothCache.execute(model, calibration, alpha).result[0]
+    return ApplySmoothCache.execute(model, calibration=calibration, alpha=alpha).result[0]
 
 
 def sites_per_kind(tiny) -> dict[str, int]:
@@ -66,9 +67,9 @@ def test_calibrate_save_apply_skips_exactly_the_schedule(store, family):
     ref = ksample(tiny.patcher, tiny, cfg=cfg, steps=STEPS)
     calibrated_out, rec = calibrate(tiny, cfg)
     assert torch.equal(calibrated_out, ref)  # calibrating computes everything
-    assert rec["file"] in calibration_store.smooth_choices()
+    assert rec["file"] in calibration_store.choices(smooth_io.FORMAT)
     assert rec["file"] in ApplySmoothCache.define_schema().inputs[1].options
-    assert rec["file"] not in calibration_store.choices()  # not offered to Apply MagCache
+    assert rec["file"] not in ApplyMagCache.define_schema().inputs[1].options  # not offered to Apply MagCache
     cal = smooth_io.load(store / rec["file"])
     counts = sites_per_kind(tiny)
     assert set(cal.errors) == set(counts) and cal.steps == STEPS and cal.family == calibration_store.identify(

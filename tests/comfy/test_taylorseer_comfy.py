@@ -33,7 +33,8 @@ BLOCK_VALUES = {"flux": (64 + 8 + 72) * 64, "wan21": 32 * 64}
 
 
 def ts(model, interval=5, warmup=3, final=0, order=1, dtype="bfloat16", predict=COMPONENTS):
-    return ApplyTaylorSeer.execute(model, interval, warmup, final, order, predict, dtype).result[0]
+    return ApplyTaylorSeer.execute(model, cache_interval=interval, warmup_steps=warmup, final_full_steps=final,
+                                   max_order=order, predict=predict, factor_dtype=dtype).result[0]
 
 
 def computes(s: int, interval: int, warmup: int, final: int, steps: int = STEPS) -> bool:

@@ -22,7 +22,8 @@ CASES = {"flux": (1.0, "flux", 0.2, 0.5), "wan21": (4.0, "raw", 0.05, 0.2), "qwe
 
 
 def apply_tea(model, thr, coeffs="auto", start=0.0, end=1.0, max_skips=-1):
-    return ApplyTeaCache.execute(model, thr, coeffs, start, end, max_skips).result[0]
+    return ApplyTeaCache.execute(model, rel_l1_threshold=thr, coefficients=coeffs, start_percent=start,
+                                 end_percent=end, max_consecutive_skips=max_skips).result[0]
 
 
 @pytest.mark.parametrize("family", list(CASES))

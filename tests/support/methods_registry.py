@@ -40,7 +40,8 @@ def _fbc(model: Any, setting: str, family: str) -> Any:
     # thresholds on the FBC metric mean|r - r_ref| / mean|r_ref|; 0 disables the cache (model unchanged).
     # The tiny models' metric runs 0.01-0.45 per step (see tiny_models.smooth_time_embedding)
     threshold = {"aggressive": 0.3, "mild": 0.15, "disabled": 0.0}[setting]
-    return ApplyFirstBlockCache.execute(model, threshold, 0.0, 1.0, -1, 0).result[0]
+    return ApplyFirstBlockCache.execute(model, threshold=threshold, start_percent=0.0, end_percent=1.0,
+                                        max_consecutive_skips=-1, warmup_steps=0).result[0]
 
 
 # --- MagCache, SmoothCache: need a calibration of the model, made the way a user makes it (the Calibrate node +
@@ -70,7 +71,7 @@ def _calibration_for(model: Any, family: str, method: str = "MagCache") -> str:
             folder_paths.folder_names_and_paths[calibration_store.FOLDER][0].insert(0, _calibration_dir[0])
         tiny = tiny_models.TinyModel(family, "tiny", model, tiny_models.FAMILIES[family]["tiny"], 0)
         earlier = run_log.recent()  # the calibration run is not part of the cell's runs
-        ksample(calibrate.execute(model, "matrix").result[0], tiny, cfg=tiny.spec.cfg)
+        ksample(calibrate.execute(model, filename_prefix="matrix").result[0], tiny, cfg=tiny.spec.cfg)
         saved = [r for r in run_log.recent() if r.get("method") == f"{method}Calibrate" and "calibration" in r][-1][
             "calibration"]["file"]
         run_log.clear()
@@ -87,7 +88,9 @@ def _magcache(model: Any, setting: str, family: str) -> Any:
     # (threshold, K): the error budget on the accumulated magnitude ratio; 0 disables (model unchanged)
     threshold, k = {"aggressive": (0.3, 3), "mild": (0.02, 2), "disabled": (0.0, 3)}[setting]
     calibration = _calibration_for(model, family) if setting != "disabled" and identify(model) else "none"
-    return ApplyMagCache.execute(model, calibration, threshold, k, 0.2, 0.0, 1.0, "schedule").result[0]
+    return ApplyMagCache.execute(model, calibration=calibration, threshold=threshold, max_skip_steps=k,
+                                 retention_ratio=0.2, start_percent=0.0, end_percent=1.0,
+                                 interpolation="schedule").result[0]
 
 
 def _teacache(model: Any, setting: str, family: str) -> Any:
@@ -95,7 +98,8 @@ def _teacache(model: Any, setting: str, family: str) -> Any:
 
     # accumulated (rescaled) relative L1 change of block 0's modulated input; 0 disables
     threshold = {"aggressive": 0.6, "mild": 0.1, "disabled": 0.0}[setting]
-    return ApplyTeaCache.execute(model, threshold, "auto", 0.0, 1.0, -1).result[0]
+    return ApplyTeaCache.execute(model, rel_l1_threshold=threshold, coefficients="auto", start_percent=0.0,
+                                 end_percent=1.0, max_consecutive_skips=-1).result[0]
 
 
 def pab_inputs(spatial: int, cross: int, start: float = 0.2, end: float = 0.9) -> dict:
@@ -142,7 +146,9 @@ def _dbcache(model: Any, setting: str, family: str) -> Any:
     # F1B0 (every tiny model has more than one block), 4 warm-up steps; threshold on the Fn residual's relative
     # change (0 disables); the mild setting predicts the middle residual with TaylorSeer order 1
     threshold, order = {"aggressive": (0.3, 0), "mild": (0.1, 1), "disabled": (0.0, 0)}[setting]
-    return ApplyDBCache.execute(model, 1, 0, threshold, 4, -1, -1, order, 0.0, 1.0).result[0]
+    return ApplyDBCache.execute(model, Fn=1, Bn=0, threshold=threshold, warmup_steps=4, max_cached_steps=-1,
+                                max_consecutive_cached_steps=-1, taylorseer_order=order, start_percent=0.0,
+                                end_percent=1.0).result[0]
 
 
 def _taylorseer(model: Any, setting: str, family: str) -> Any:
@@ -150,7 +156,8 @@ def _taylorseer(model: Any, setting: str, family: str) -> Any:
 
     # one computed step in every `interval` (1 disables); 3 warm-up steps, order 1, bfloat16 factors (defaults)
     interval = {"aggressive": 5, "mild": 2, "disabled": 1}[setting]
-    return ApplyTaylorSeer.execute(model, interval, 3, 0, 1, "block outputs", "bfloat16").result[0]
+    return ApplyTaylorSeer.execute(model, cache_interval=interval, warmup_steps=3, final_full_steps=0, max_order=1,
+                                   predict="block outputs", factor_dtype="bfloat16").result[0]
 
 
 def _adaptive(model: Any, setting: str, family: str) -> Any:
@@ -158,7 +165,8 @@ def _adaptive(model: Any, setting: str, family: str) -> Any:
 
     # accumulated estimated relative change of the stack's residual; 0 disables; window from 15 % (default)
     threshold = {"aggressive": 0.8, "mild": 0.1, "disabled": 0.0}[setting]
-    return ApplyAdaptiveCache.execute(model, threshold, 0.15, 1.0, -1, 0).result[0]
+    return ApplyAdaptiveCache.execute(model, threshold=threshold, start_percent=0.15, end_percent=1.0,
+                                      max_consecutive_skips=-1, warmup_steps=0).result[0]
 
 
 def _smoothcache(model: Any, setting: str, family: str) -> Any:
@@ -169,7 +177,7 @@ def _smoothcache(model: Any, setting: str, family: str) -> Any:
     # fits (each component type reuses 3 steps in 4); mild: the tiny models' lag-1 errors run 0.03-0.1
     alpha = {"aggressive": 10.0, "mild": 0.03, "disabled": 0.0}[setting]
     calibration = _calibration_for(model, family, "SmoothCache") if setting != "disabled" and identify(model) else ""
-    return ApplySmoothCache.execute(model, calibration, alpha).result[0]
+    return ApplySmoothCache.execute(model, calibration=calibration, alpha=alpha).result[0]
 
 
 def _families_with_signal() -> frozenset[str]:
