@@ -7,7 +7,6 @@ the second double block runs only when a call computes the blocks.
 from __future__ import annotations
 
 import ast
-import contextlib
 import logging
 
 import pytest

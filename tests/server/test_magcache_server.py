@@ -9,43 +9,17 @@ from __future__ import annotations
 import re
 import uuid
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
-from comfy_server import Server, comfy_server
+from comfy_server import Server
+from comfy_server import module_server  # noqa: F401 - the fixture "server"
+from server_prompts import _graph, _run
 
 pytestmark = pytest.mark.server
 
-LOADER = "DitCacheTest.TinyModelLoader"
 SAVED = re.compile(r"\[dit-cache\] MagCache Calibrate: saved (.+\.safetensors)")
 MAG_LINE = re.compile(r"\[dit-cache\] MagCache: skipped (\d+)/(\d+) model calls")
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory) -> Iterator[Server]:
-    with comfy_server(tmp_path_factory.mktemp("comfy_server_magcache")) as srv:
-        yield srv
-
-
-def _graph(middle: dict, steps: int = 12) -> dict:
-    return {
-        "1": {"class_type": LOADER, "inputs": {"family": "wan21", "seed": 0, "batch_size": 1}},
-        "2": middle,
-        "3": {"class_type": "KSampler", "inputs": {
-            "model": ["2", 0], "positive": ["1", 1], "negative": ["1", 2], "latent_image": ["1", 3],
-            "seed": 0, "steps": steps, "cfg": 4.0, "sampler_name": "euler", "scheduler": "simple", "denoise": 1.0}},
-        "4": {"class_type": "SaveLatent", "inputs": {"samples": ["3", 0], "filename_prefix": "latents/mag"}},
-    }
-
-
-def _run(server: Server, prompt: dict) -> tuple[dict, str]:
-    offset = len(server.log())
-    status, body = server.post("/prompt", {"prompt": prompt, "client_id": uuid.uuid4().hex})
-    assert status == 200, body
-    entry = server.wait_for_history(body["prompt_id"])
-    assert entry["status"]["status_str"] == "success", (entry["status"], server.log_tail())
-    return entry, server.log()[offset:]
 
 
 def test_calibrate_save_dropdown_apply(server: Server):
@@ -97,40 +71,3 @@ def test_calibrate_save_dropdown_apply(server: Server):
             p.unlink(missing_ok=True)
             if not any(p.parent.iterdir()):
                 p.parent.rmdir()  # the folder the server created for it
-
-
-SMOOTH_SAVED = re.compile(r"\[dit-cache\] SmoothCache Calibrate: saved (.+\.safetensors)")
-SMOOTH_LINE = re.compile(r"\[dit-cache\] SmoothCache: skipped 0/(\d+) model calls \(ideal 1\.00x\), "
-                         r"reused (\d+)/(\d+) component computations")
-
-
-def _options(server: Server, node: str) -> list[str]:
-    spec = server.get(f"/object_info/{node}")[node]["input"]["required"]["calibration"]
-    return spec[1]["options"] if isinstance(spec[1], dict) and "options" in spec[1] else spec[0]
-
-
-def test_smoothcache_calibrate_lists_only_for_smoothcache_and_applies(server: Server):
-    """SmoothCache Calibrate saves into the same folder; the file appears in Apply SmoothCache's list (not in
-    Apply MagCache's) without a restart and Apply SmoothCache reuses components with it."""
-    prefix = f"smooth{uuid.uuid4().hex[:6]}"
-    created: list[Path] = []
-    try:
-        entry, log = _run(server, _graph({"class_type": "DitCache.SmoothCacheCalibrate",
-                                          "inputs": {"model": ["1", 0], "filename_prefix": prefix, "alpha": 0.15}}))
-        saved = SMOOTH_SAVED.findall(log)
-        assert len(saved) == 1, log[-3000:]
-        path = Path(saved[0].strip())
-        created.append(path)
-        assert path.is_file() and path.parent.name == "magcache" and path.name.startswith(f"{prefix}_wan_12steps_")
-        assert path.name in _options(server, "DitCache.ApplySmoothCache")
-        assert path.name not in _options(server, "DitCache.ApplyMagCache")
-
-        _, log = _run(server, _graph({"class_type": "DitCache.ApplySmoothCache", "inputs": {
-            "model": ["1", 0], "calibration": path.name, "alpha": 10.0}}))
-        m = SMOOTH_LINE.findall(log)
-        assert len(m) == 1, log[-3000:]
-        calls, reused, total = map(int, m[0])
-        assert calls == 12 and 0 < reused < total
-    finally:
-        for p in created:
-            p.unlink(missing_ok=True)

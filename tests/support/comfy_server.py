@@ -5,7 +5,8 @@ Started from the host ComfyUI (``.host/ComfyUI``) on CPU, on a free loopback por
 ``.host``. The test-only node pack ``tests/support/test_nodes/dit_cache_test_loader`` (node
 "DitCacheTest.TinyModelLoader": a tiny random model of a real ComfyUI class, no checkpoint needed) is loaded
 through an ``--extra-model-paths-config`` YAML with a ``custom_nodes:`` entry; it is never copied into
-ComfyUI's own ``custom_nodes`` folder. Used by ``tests/server/test_server.py`` and ``tests/browser/test_panel_browser.py``.
+ComfyUI's own ``custom_nodes`` folder. Used by ``tests/server/`` and ``tests/browser/test_panel_browser.py``;
+``module_server`` is the fixture ``server`` (one server per module) for a test module that imports it.
 """
 from __future__ import annotations
 
@@ -154,3 +155,10 @@ def comfy_server(root: Path) -> Iterator[Server]:
         # No process of the server's group (a worker, a child) may outlive it.
         with pytest.raises(ProcessLookupError):
             os.killpg(proc.pid, 0)
+
+
+@pytest.fixture(scope="module", name="server")
+def module_server(tmp_path_factory) -> Iterator[Server]:
+    """The fixture ``server`` for a test module that imports it: one server per module, stopped after it."""
+    with comfy_server(tmp_path_factory.mktemp("comfy_server")) as srv:
+        yield srv

@@ -11,6 +11,7 @@ import contextlib
 from dataclasses import dataclass, field
 from typing import Callable, ContextManager
 
+import pytest
 import torch
 from diffusers import FluxTransformer2DModel, WanTransformer3DModel
 
@@ -95,6 +96,14 @@ def tiny_wan() -> Tiny:
 
 
 BUILDERS = {"flux": tiny_flux, "wan": tiny_wan}
+
+
+@pytest.fixture(scope="module", params=list(BUILDERS), name="fam")
+def uncached_family(request):
+    """The fixture ``fam`` of the step-method tests (tests/diffusers/test_step_methods_diffusers.py,
+    test_dbcache_diffusers.py): (family name, its tiny model, its uncached latents), once per module and family."""
+    tiny = BUILDERS[request.param]()
+    return request.param, tiny, run_plain(tiny)[0]
 
 
 def sample(tiny: Tiny, ctx: Ctx) -> tuple[torch.Tensor, dict[str, list[bool]]]:

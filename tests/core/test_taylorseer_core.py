@@ -1,42 +1,18 @@
-"""Unit tests of DBCache, TaylorSeer and the adaptive cache on toy blocks whose results are known in closed form."""
+"""Unit tests of TaylorSeer (whole-step and attention+MLP modes) and its Taylor series, on toy blocks whose results
+are known in closed form (support/toy_blocks.py)."""
 from __future__ import annotations
 
 import pytest
 import torch
 
-from dit_cache.cache_core import BlockCacheRunner, BlockLayout, CallInfo, RunStats, Segment
-from dit_cache.cache_core.methods.adaptive import AdaptiveCacheConfig, AdaptiveCachePolicy
-from dit_cache.cache_core.methods.dbcache import DBCacheConfig, DBCachePolicy
+from toy_blocks import TWO, call_one, make
+
+from dit_cache.cache_core import BlockLayout, CallInfo, RunStats, Segment
 from dit_cache.cache_core.forecast import TaylorSeries
-from dit_cache.cache_core.policy import Policy
 from dit_cache.cache_core.component_runner import ComponentCacheRunner, SiteCall
 from dit_cache.cache_core.methods.taylorseer import (TaylorSeerComponentPolicy, TaylorSeerConfig, TaylorSeerPolicy,
                                              is_final_step, taylorseer_policy)
 from dit_cache.cache_core.policy import RunInfo, StreamCall
-
-ONE = BlockLayout("toy1", ("Toy1",), (Segment("blocks", "b", ("img",)),))
-# Two segments like Flux: "double" blocks return img and txt, then the host joins cat(txt, img) for "single".
-TWO = BlockLayout("toy2", ("Toy2",), (Segment("double", "d", ("img", "txt")), Segment("single", "s", ("img",))))
-
-
-def call_one(runner: BlockCacheRunner, x: float | list[float], adds: list[float], streams=(("c", "cond"),)):
-    """One model call of a 1-segment toy: the hidden input is ``x`` (per stream), block i adds ``adds[i]``."""
-    xs = x if isinstance(x, list) else [x]
-    img = torch.tensor(xs).view(len(xs), 1, 1).expand(len(xs), 4, 2).clone()
-    runner.begin_call(CallInfo(list(streams)))
-    ran = []
-    for i, a in enumerate(adds):
-        def run(st, i=i, a=a):
-            ran.append(i)
-            return {"img": st["img"] + a}
-        img = runner.block(0, i, {"img": img}, run)["img"]
-    runner.end_call(0.0)
-    return img, ran
-
-
-def make(policy: Policy, layout=ONE, counts=(4,), run=RunInfo()):
-    stats = RunStats(policy.name, policy.settings(), "toy")
-    return BlockCacheRunner(layout, list(counts), policy, stats, run=run), stats
 
 
 # ------------------------------------------------------------------------------------------------- TaylorSeries
@@ -112,84 +88,6 @@ def test_is_final_step_by_sigma_and_by_index():
         TaylorSeerComponentPolicy(TaylorSeerConfig())
     with pytest.raises(ValueError):
         TaylorSeerConfig(warmup_steps=0)
-
-
-# ------------------------------------------------------------------------------------------------- DBCache
-def test_dbcache_decisions_strict_threshold_and_limits():
-    policy = DBCachePolicy(DBCacheConfig(front_blocks=1, back_blocks=1, threshold=0.25, warmup_steps=2,
-                                         max_cached_steps=2))
-    runner, stats = make(policy)
-    assert (policy.probe_blocks, policy.tail_blocks) == (1, 1)
-    ran_all = []
-    # Fn residual = block 0's add (exact in binary): diff vs the last computed one: -, (warm-up), 0.25 (equal:
-    # computes, strict), 0 (cache), 0.2 (cache), then max_cached_steps 2 is reached
-    for h in (1.0, 1.0, 1.25, 1.25, 1.5, 1.5):
-        out, ran = call_one(runner, 0.0, [h, 2.0, 3.0, 4.0])
-        ran_all.append(ran)
-        assert torch.allclose(out, torch.full_like(out, h + 9.0))
-    assert [r.reason for r in stats.records] == ["no_cache", "warmup", "metric", "metric", "metric", "max_cached"]
-    assert [r.skipped for r in stats.records] == [False, False, False, True, True, False]
-    assert [r.metric for r in stats.records][2:5] == pytest.approx([0.25, 0.0, 0.2])
-    assert ran_all[3] == [0, 3] and ran_all[4] == [0, 3]  # Fn and Bn blocks always run
-    with pytest.raises(ValueError, match="leave nothing to cache"):
-        DBCacheConfig(front_blocks=3, back_blocks=1).check_blocks(4)
-    with pytest.raises(ValueError):
-        DBCacheConfig(front_blocks=0)
-
-
-def test_dbcache_taylorseer_predicts_the_middle_residual():
-    for order, expect_exact in ((0, False), (1, True)):
-        policy = DBCachePolicy(DBCacheConfig(front_blocks=1, back_blocks=0, threshold=1.0, warmup_steps=2,
-                                             taylorseer_order=order))
-        runner, stats = make(policy)
-        errs = []
-        for s in range(6):
-            out, _ = call_one(runner, 1.0, [1.0, 2.0 * s, 1.0, 0.5 * s])  # middle residual 1 + 2.5 s
-            errs.append((out - (1.0 + 1.0 + 2.5 * s + 1.0)).abs().max().item())
-        skipped = [r.skipped for r in stats.records]
-        assert skipped == [False, False, True, True, True, True]
-        if expect_exact:
-            assert max(errs) < 1e-5  # linear residual: the order-1 forecast is exact
-            assert stats.cache_bytes > 0
-        else:
-            assert errs[2:] == pytest.approx([2.5, 5.0, 7.5, 10.0])  # reuse of the step-1 residual
-
-
-# ------------------------------------------------------------------------------------------------- adaptive
-def test_adaptive_accumulates_scaled_input_change():
-    policy = AdaptiveCachePolicy(AdaptiveCacheConfig(threshold=0.25, token_stride=1))
-    runner, stats = make(policy, counts=(2,))
-    # inputs x_t and stack residuals y_t (two blocks adding a_t each: y = 2 a_t)
-    xs = [1.0, 1.2, 1.3, 1.4, 1.5, 1.6]
-    a = [1.0, 1.5, 1.5, 1.5, 1.5, 1.5]
-    for x, at in zip(xs, a):
-        call_one(runner, x, [at, at])
-    # calls 0, 1 compute (no k yet); k = |3 - 2| / |1.2 - 1| = 5, y_last = 3
-    # call 2: acc = 5 * 0.1 / 3 = 0.1667 < 0.25 skip; call 3: 0.3333 -> compute, acc = 0
-    # k from calls 1 and 3: |3 - 3| / 0.2 = 0 -> calls 4, 5 skip (acc stays 0)
-    assert [r.skipped for r in stats.records] == [False, False, True, False, True, True]
-    metrics = [r.metric for r in stats.records]
-    assert metrics[:2] == [None, None]
-    assert metrics[2] == pytest.approx(5 * 0.1 / 3, rel=1e-4) and metrics[3] == pytest.approx(2 * 5 * 0.1 / 3, rel=1e-4)
-    assert metrics[4] == pytest.approx(0.0, abs=1e-6)
-
-
-def test_adaptive_per_stream_state_and_batch_join():
-    policy = AdaptiveCachePolicy(AdaptiveCacheConfig(threshold=0.25, token_stride=1))
-    runner, stats = make(policy, counts=(2,))
-    streams = (("c", "cond"), ("u", "uncond"))
-    # cond as above; uncond's input jumps: its vote to compute makes the whole call compute ("batch")
-    xs_c = [1.0, 1.2, 1.3, 1.4]
-    xs_u = [1.0, 1.2, 3.0, 3.1]
-    for xc, xu in zip(xs_c, xs_u):
-        call_one(runner, [xc, xu], [1.5, 1.5] if xc > 1.0 else [1.0, 1.0], streams)
-    recs = [(r.stream, r.call_index, r.skipped, r.reason) for r in stats.records]
-    # call 2: cond's acc 5 * 0.1 / 3 < 0.25 would skip, uncond's 5 * 1.8 / 3 = 3 computes: the call computes;
-    # both streams then measure k = 0 (same residual, input moved), so call 3 skips for both
-    assert recs[4:] == [("cond", 2, False, "batch"), ("uncond", 2, False, "metric"),
-                        ("cond", 3, True, "metric"), ("uncond", 3, True, "metric")]
-    assert [r.metric for r in stats.records][4:6] == pytest.approx([5 * 0.1 / 3, 5 * 1.8 / 3], rel=1e-4)
-    assert stats.skipped_calls == 1
 
 
 # ------------------------------------------------------------------------------------ TaylorSeer, attention+MLP

@@ -1,5 +1,6 @@
-"""DBCache and the adaptive cache on the diffusers host (tiny real diffusers Flux and Wan): they skip, stay close
-to uncached, report what the blocks did, and a DBCache without blocks to cache is refused at apply time."""
+"""The step-level methods' contract on the diffusers host, over DBCache (with and without its TaylorSeer forecast)
+and the adaptive cache on tiny real diffusers Flux and Wan: they skip, stay close to uncached and report what the
+blocks did. TaylorSeer's own comparison with diffusers is tests/diffusers/test_taylorseer_diffusers.py."""
 from __future__ import annotations
 
 import logging
@@ -11,7 +12,8 @@ from dit_cache.cache_core.methods.adaptive import AdaptiveCacheConfig
 from dit_cache.cache_core.methods.dbcache import DBCacheConfig
 from dit_cache.hosts.diffusers import apply_cache
 
-from tiny_diffusers import BUILDERS, run_plain, sample, skips_of
+from tiny_diffusers import sample, skips_of
+from tiny_diffusers import uncached_family  # noqa: F401 - the fixture "fam"
 
 log = logging.getLogger("dit_cache.tests")
 
@@ -28,12 +30,6 @@ CONFIGS = {
 }
 
 
-@pytest.fixture(scope="module", params=list(BUILDERS))
-def fam(request):
-    tiny = BUILDERS[request.param]()
-    return request.param, tiny, run_plain(tiny)[0]
-
-
 @pytest.mark.parametrize("method", list(CONFIGS))
 def test_skips_and_stays_close(fam, method):
     name, tiny, ref = fam
@@ -48,10 +44,3 @@ def test_skips_and_stays_close(fam, method):
     log.info("%s %s: skipped %d/%d, relative L2 vs uncached %.3g", name, method, stats.skipped_calls, stats.calls, rel)
     assert 0 < stats.skipped_calls < stats.calls
     assert torch.isfinite(out).all() and rel < 0.25
-
-
-def test_dbcache_without_blocks_to_cache_is_refused(fam):
-    _, tiny, _ = fam
-    with pytest.raises(ValueError, match="leave nothing to cache"):
-        apply_cache(tiny.model, DBCacheConfig(front_blocks=8))
-    assert not hasattr(tiny.model, "_dit_cache")

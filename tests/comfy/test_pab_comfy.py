@@ -1,5 +1,6 @@
-"""PAB Config and Apply FasterCache through ComfyUI's real sampler on tiny Flux, Wan and Lumina 2 (a family whose
-forward has no ``patches_replace["dit"]``: its block list is object-patched), with PSNR reported."""
+"""PAB Config through ComfyUI's real sampler on tiny Flux, Wan and Lumina 2 (a family whose forward has no
+``patches_replace["dit"]``: its block list is object-patched), with PSNR reported; and, for PAB and FasterCache
+together, disabled settings returning the model and bad input refused before sampling."""
 from __future__ import annotations
 
 import logging
@@ -8,13 +9,13 @@ import pytest
 import torch
 
 import tiny_models
+from comfy_attention import STEPS, faster, pab, per_stream
 from methods_registry import fastercache_inputs, pab_inputs
 from metrics import psnr
 from sampling import ksample
 
 from dit_cache.cache_core.config import CacheWindow
-from dit_cache.cache_core.methods.fastercache import (FasterCacheConfig, UncondState, split_frequencies, uncond_observe,
-                                              uncond_rebuild)
+from dit_cache.cache_core.methods.fastercache import FasterCacheConfig
 from dit_cache.cache_core.methods.pab import PABConfig
 from dit_cache.hosts.comfy import run_log
 from dit_cache.nodes.fastercache_node import ApplyFasterCache
@@ -22,24 +23,6 @@ from dit_cache.nodes.pab_node import PABConfigNode
 
 log = logging.getLogger("dit_cache.tests")
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-STEPS = 20
-
-
-def pab(model, spatial=2, cross=6, start=0.2, end=0.9):
-    return PABConfigNode.execute(model, **pab_inputs(spatial, cross, start, end)).result[0]
-
-
-def faster(model, **kw):
-    return ApplyFasterCache.execute(model, **fastercache_inputs(**kw)).result[0]
-
-
-def per_stream(run: dict) -> dict[str, list[float]]:
-    """Reused fraction of each call's attention, per stream, in call order."""
-    out: dict[str, list[float]] = {}
-    for r in run["records"]:
-        out.setdefault(r["stream"], []).append(r["metric"])
-    return out
 
 
 @pytest.mark.parametrize("family,cfg", [("flux", 1.0), ("wan21", 4.0), ("lumina2", 4.0)])
@@ -107,59 +90,6 @@ def test_an_earlier_attention_override_is_kept():
     assert total == n_uncached and len(seen) == total - reused > 0
     seen.clear()
     assert torch.equal(ksample(m, tiny, steps=STEPS), ref) and len(seen) == n_uncached  # m itself unchanged
-
-
-@pytest.mark.parametrize("separate", [False, True])
-def test_fastercache_rebuilds_the_uncond_branch(separate):
-    tiny = tiny_models.build("wan21")
-    neg = tiny.conditioning(2, tokens=3) if separate else None
-    ref = ksample(tiny.patcher, tiny, cfg=4.0, steps=STEPS, negative=neg)
-    out = ksample(faster(tiny.patcher, uncond=3, attention_start=0.0, uncond_start=0.0), tiny, cfg=4.0, steps=STEPS,
-                  negative=neg)
-    run = run_log.last()
-    reused, total = run["reuse"]["uncond"]
-    # skipped at every step i > 0 with i % 3 != 0 (window from the first step)
-    assert (reused, total) == (sum(1 for i in range(1, STEPS) if i % 3), STEPS)
-    streams = per_stream(run)
-    assert len(streams["cond"]) == STEPS and len(streams["uncond"]) == STEPS - reused
-    # attention is extrapolated only in calls without an uncond branch: the cond calls of rebuilt steps
-    assert 0 < run["reuse"]["attention"][0]
-    assert all(f == 0 for f in streams["uncond"])
-    quality = psnr(out, ref)
-    log.info("FasterCache on tiny Wan (%s CFG): uncond rebuilt %d/%d, attention %s, PSNR %.1f dB",
-             "separate" if separate else "batched", reused, total, run["reuse"]["attention"], quality)
-    assert quality > 25
-
-
-def test_fastercache_at_cfg_1_logs_and_extrapolates_attention_only(caplog):
-    tiny = tiny_models.build("flux")
-    ref = ksample(tiny.patcher, tiny, steps=STEPS)
-    with caplog.at_level(logging.INFO, logger="dit_cache"):
-        out = ksample(faster(tiny.patcher), tiny, steps=STEPS)
-    run = run_log.last()
-    assert "CFG is 1" in caplog.text
-    assert "uncond" not in run["reuse"] and run["reuse"]["attention"][0] > 0
-    assert psnr(out, ref) > 30
-
-
-def test_frequency_split_and_rebuild_closed_form():
-    g = torch.Generator().manual_seed(0)
-    cond, uncond = torch.randn(2, 4, 3, 10, 12, generator=g), torch.randn(2, 4, 3, 10, 12, generator=g)
-    low, high = split_frequencies(cond)
-    assert torch.allclose(torch.fft.ifft2(torch.fft.ifftshift(low + high, dim=(-2, -1))).real, cond, atol=1e-5)
-    state = UncondState()
-    uncond_observe(state, cond, uncond)
-    assert torch.allclose(uncond_rebuild(state, cond, 1.0, 1.0), uncond, atol=1e-5)  # same cond -> same uncond
-    shifted = cond + 0.5
-    rebuilt = uncond_rebuild(state, shifted, 1.0, 1.0)
-    assert torch.allclose(rebuilt, uncond + 0.5, atol=1e-5)  # the difference carries over
-    # weights compound: delta_low scaled twice after two rebuilds at alpha 2
-    state2 = UncondState()
-    uncond_observe(state2, cond, uncond)
-    d0 = state2.delta_low.clone()
-    uncond_rebuild(state2, cond, 2.0, 1.0)
-    uncond_rebuild(state2, cond, 2.0, 1.0)
-    assert torch.allclose(state2.delta_low, 4 * d0)
 
 
 def test_bad_input_is_refused_before_sampling():
