@@ -11,6 +11,7 @@ import torch
 import tiny_models
 from metrics import psnr
 from sampling import ksample
+from comfy_step_methods import ts as ts_blocks
 
 from dit_cache.hosts.comfy import run_log
 from dit_cache.nodes.taylorseer_node import ApplyTaylorSeer
@@ -111,3 +112,21 @@ def test_factor_memory_closed_form(fam):
 def test_node_offers_both_targets():
     options = ApplyTaylorSeer.define_schema().inputs[5].options
     assert options == ["block outputs", COMPONENTS]
+
+
+def test_taylorseer_schedule_final_steps_and_memory_per_order():
+    tiny = tiny_models.build("flux")
+    ksample(ts_blocks(tiny.patcher, 3, warmup=2, final=3), tiny)
+    run = run_log.last()
+    computed = [r["call_index"] for r in run["records"] if not r["skipped"]]
+    assert computed == [0, 1, 3, 6, 9, 12, 15, 17, 18, 19]  # warm-up, every 3rd, the final 3
+    # Taylor factors per stream: (order + 1) x (double img + txt + single joint outputs) x dtype size.
+    # Tiny Flux: img 64 tokens, txt 8, hidden 64 -> (64 + 8 + 72) x 64 = 9216 values per factor.
+    sizes = {}
+    for order in (0, 1, 2):
+        for dtype in ("bfloat16", "float32"):
+            ksample(ts_blocks(tiny.patcher, 3, order=order, dtype=dtype), tiny)
+            sizes[(order, dtype)] = run_log.last()["cache_bytes"]
+    log.info("TaylorSeer factor bytes per stream (tiny Flux): %s", sizes)
+    for (order, dtype), n in sizes.items():
+        assert n == (order + 1) * 9216 * (2 if dtype == "bfloat16" else 4)
