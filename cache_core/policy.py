@@ -64,14 +64,21 @@ class Policy:
 
     runner = "block"  # the runner kind this policy needs (cache_core/streams.py make_runner)
     name: str = "policy"
-    probe: Probe = Probe.BLOCKS
-    probe_blocks: int = 1
-    tail_blocks: int = 0
+    probe: Probe = Probe.NONE
+    probe_blocks: int = 0  # blocks that always run first (probe BLOCKS decides on their residual)
+    tail_blocks: int = 0  # blocks that always run last
     threshold: float = 0.0
     gate: Gate = Gate()
     # predicts what the cached blocks produce instead of reusing it (cache_core/forecast.py); None = plain reuse
     forecaster: Forecaster | None = None
     config: Any = None
+
+    def __init__(self, config: Any = None) -> None:
+        """A policy for ``config``: its ``threshold`` (what the run records show beside each metric) and ``gate``
+        are taken from it where it has them."""
+        self.config = config
+        self.threshold = getattr(config, "threshold", self.threshold)
+        self.gate = getattr(config, "gate", self.gate)
 
     def new_state(self) -> Any:
         return None

@@ -63,13 +63,6 @@ def _mean_abs(t: torch.Tensor) -> float:
 class AdaptiveCachePolicy(Policy):
     name = "AdaptiveCache"
     probe = Probe.INPUT_AND_STACK
-    probe_blocks = 0
-    tail_blocks = 0
-
-    def __init__(self, config: AdaptiveCacheConfig) -> None:
-        self.config = config
-        self.threshold = config.threshold
-        self.gate = config.gate
 
     def new_run_state(self, run: RunInfo) -> _AdaptiveState:
         return _AdaptiveState(run)

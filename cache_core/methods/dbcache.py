@@ -62,11 +62,9 @@ class DBCachePolicy(Policy):
     probe = Probe.BLOCKS
 
     def __init__(self, config: DBCacheConfig) -> None:
-        self.config = config
+        super().__init__(config)
         self.probe_blocks = config.front_blocks
         self.tail_blocks = config.back_blocks
-        self.threshold = config.threshold
-        self.gate = config.gate
         # the TaylorSeer calibrator: the middle blocks' residual predicted from the computed calls' residuals
         self.forecaster = TaylorForecaster(config.taylorseer_order) if config.taylorseer_order > 0 else None
 

@@ -40,12 +40,6 @@ class FirstBlockCachePolicy(Policy):
     name = "FirstBlockCache"
     probe = Probe.BLOCKS
     probe_blocks = 1
-    tail_blocks = 0
-
-    def __init__(self, config: FirstBlockCacheConfig) -> None:
-        self.config = config
-        self.threshold = config.threshold
-        self.gate = config.gate
 
     def new_state(self) -> _FBCState:
         return _FBCState()

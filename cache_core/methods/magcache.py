@@ -165,13 +165,6 @@ class MagCachePolicy(Policy):
 
     name = "MagCache"
     probe = Probe.NONE
-    probe_blocks = 0
-    tail_blocks = 0
-
-    def __init__(self, config: MagCacheConfig) -> None:
-        self.config = config
-        self.threshold = config.threshold
-        self.gate = config.gate
 
     def new_run_state(self, run: RunInfo) -> _MagState:
         return _MagState(run)
@@ -241,8 +234,6 @@ class MagCacheCalibratePolicy(Policy):
 
     name = "MagCacheCalibrate"
     probe = Probe.STACK
-    probe_blocks = 0
-    tail_blocks = 0
 
     def __init__(self, on_finish: Callable[[list[StreamCalibration], bool], None] | None = None) -> None:
         self.on_finish = on_finish

@@ -99,13 +99,10 @@ def computes(config: TaylorSeerConfig, step: int) -> bool:
 class TaylorSeerPolicy(Policy):
     name = "TaylorSeer"
     probe = Probe.NONE
-    probe_blocks = 0
-    tail_blocks = 0
 
     def __init__(self, config: TaylorSeerConfig) -> None:
-        self.config = config
+        super().__init__(config)
         self.threshold = float(config.cache_interval)
-        self.gate = config.gate
         self.forecaster = TaylorForecaster(config.max_order, FACTOR_DTYPES[config.factor_dtype], target="output")
 
     def new_run_state(self, run: RunInfo) -> _SeerState:

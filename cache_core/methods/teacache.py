@@ -93,13 +93,6 @@ class _TeaState:
 class TeaCachePolicy(Policy):
     name = "TeaCache"
     probe = Probe.SIGNAL
-    probe_blocks = 0
-    tail_blocks = 0
-
-    def __init__(self, config: TeaCacheConfig) -> None:
-        self.config = config
-        self.threshold = config.threshold
-        self.gate = config.gate
 
     def new_run_state(self, run: RunInfo) -> _TeaState:
         return _TeaState(run)

@@ -30,7 +30,12 @@ def load_pack(name: str = "dit_cache", with_comfy: bool = True) -> ModuleType:
     ``with_comfy`` ComfyUI is not put on the path, and the pack imports without its nodes (its core and the
     diffusers host work without ComfyUI)."""
     if name in sys.modules:
-        return sys.modules[name]
+        module = sys.modules[name]
+        if with_comfy and not hasattr(module, "comfy_entrypoint"):
+            # loaded without ComfyUI earlier in this session (a core/diffusers test ran first): add the nodes
+            setup_comfy()
+            module.comfy_entrypoint = importlib.import_module(f"{name}.nodes").comfy_entrypoint
+        return module
     if with_comfy:
         setup_comfy()
     spec = importlib.util.spec_from_file_location(name, REPO / "__init__.py",
