@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import datetime as _dt
 import hashlib
+import json
 import os
 import re
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
 import torch
+
+from .text import plain, shown
 
 _REPO = Path(__file__).resolve().parents[1]
 
@@ -56,35 +59,60 @@ def write_file(path: str | os.PathLike, tensors: dict[str, torch.Tensor], meta: 
     return path
 
 
+MAX_HEADER = 16 * 1024 * 1024  # bytes of a .safetensors JSON header this reader accepts
+
+
+def _metadata(path: Path) -> dict[str, str]:
+    """The ``__metadata__`` of a ``.safetensors`` file, from its header (8-byte little-endian length, JSON).
+    Read here rather than by safetensors' ``safe_open``, which cannot open a path that is not UTF-8 (a file name
+    ComfyUI lists with a lone surrogate). ValueError / OSError if it is not a readable header."""
+    with open(path, "rb") as f:
+        head = f.read(8)
+        if len(head) != 8:
+            raise ValueError("no header")
+        n = int.from_bytes(head, "little")
+        if n > MAX_HEADER:
+            raise ValueError("header too large")
+        header = json.loads(f.read(n))
+    meta = header.get("__metadata__") or {} if isinstance(header, dict) else None
+    if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
+        raise ValueError("malformed header")
+    return meta
+
+
 def read_file(path: str | os.PathLike, where: str, fmt: str, what: str) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
     """Metadata and tensors of a calibration file of format ``fmt``; CalibrationError (``where`` first) if the
-    file is missing, unreadable, of another format or names no model family."""
-    from safetensors import safe_open
+    file is missing, unreadable, of another format or names no model family. Only a file whose header says
+    ``fmt`` is read whole (calibrations are small; a model file put in the folder by mistake is not loaded)."""
+    from safetensors.torch import load
 
     path = Path(path)
     if not path.is_file():
         raise CalibrationError(f"{where} does not exist")
     try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except Exception as e:  # safetensors raises its own error types for truncated/corrupt headers
-        raise CalibrationError(f"{where} is corrupt or truncated ({type(e).__name__}: {e})") from e
-    if meta.get("format") != fmt:
-        raise CalibrationError(f"{where} is not a dit-cache {what} calibration (format {meta.get('format')!r})")
+        meta = _metadata(path)
+    except (OSError, ValueError) as e:
+        # the error's own text may quote the file's bytes: only its type is named (the log has the traceback)
+        raise CalibrationError(f"{where} is corrupt or truncated ({type(e).__name__})") from e
+    found = meta.get("format")
+    if found != fmt:
+        # a format this pack knows is named; anything else is the file's own text and is not repeated
+        kind = f"a {found} file" if found in _LOADERS else "another kind of file"
+        raise CalibrationError(f"{where} is not a dit-cache {what} calibration ({kind})")
     if not meta.get("family"):
         raise CalibrationError(f"{where}: metadata has no model family")
+    try:
+        tensors = load(path.read_bytes())
+    except Exception as e:  # safetensors raises its own error types for truncated/corrupt files
+        raise CalibrationError(f"{where} is corrupt or truncated ({type(e).__name__})") from e
     return meta, tensors
 
 
 def file_format(path: str | os.PathLike) -> str | None:
     """The ``format`` metadata of a ``.safetensors`` file (None if unreadable): reads the header only."""
-    from safetensors import safe_open
-
     try:
-        with safe_open(str(path), framework="pt") as f:
-            return (f.metadata() or {}).get("format")
-    except Exception:
+        return _metadata(Path(path)).get("format")
+    except (OSError, ValueError):
         return None
 
 
@@ -100,19 +128,21 @@ def meta_steps(meta: dict[str, str], where: str) -> int:
     try:
         return int(meta.get("steps", ""))
     except ValueError:
-        raise CalibrationError(f"{where}: metadata 'steps' is {meta.get('steps')!r}") from None
+        raise CalibrationError(f"{where}: metadata 'steps' is not a whole number") from None
 
 
 def check_model(cal: Any, family: str, block_hash: str, method: str = "MagCache") -> None:
     """Raise ValueError (before sampling) if calibration ``cal`` (with ``name``, ``family``, ``model_class``,
     ``block_hash``) was made for another model family or block shapes."""
+    # the name is a listed file's (any characters) and the fields are the file's metadata: shown escaped
     if cal.family != family:
-        raise CalibrationError(f"{method}: '{cal.name}' was calibrated for a {cal.family} model, this model is "
-                               f"{family}. Pick a calibration of this family or run {method} Calibrate.")
+        raise CalibrationError(f"{method}: {shown(cal.name)} was calibrated for a {plain(cal.family)} model, this "
+                               f"model is {family}. Pick a calibration of this family or run {method} Calibrate.")
     if cal.block_hash and cal.block_hash != block_hash:
-        raise CalibrationError(f"{method}: '{cal.name}' was calibrated on a {cal.model_class or cal.family} model "
-                               f"with other block shapes (hash {cal.block_hash}, this model {block_hash}). "
-                               f"Run {method} Calibrate on this model.")
+        raise CalibrationError(f"{method}: {shown(cal.name)} was calibrated on a "
+                               f"{plain(cal.model_class or cal.family)} model with other block shapes (hash "
+                               f"{plain(cal.block_hash)}, this model {block_hash}). Run {method} Calibrate on this "
+                               f"model.")
 
 
 # ------------------------------------------------------------------------------------------------ formats

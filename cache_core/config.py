@@ -7,11 +7,13 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from .text import described
+
 
 def check_range(name: str, value: float, lo: float, hi: float) -> None:
     """Raise ValueError unless ``lo <= value <= hi`` (and value is a finite number)."""
     if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
-        raise ValueError(f"{name} must be a finite number, got {value!r}")
+        raise ValueError(f"{name} must be a finite number, got {described(value)}")
     if not lo <= value <= hi:
         raise ValueError(f"{name} must be between {lo} and {hi}, got {value}")
 
@@ -19,7 +21,7 @@ def check_range(name: str, value: float, lo: float, hi: float) -> None:
 def check_int(name: str, value: int, lo: int, hi: int | None = None) -> None:
     """Raise ValueError unless ``value`` is an int in ``[lo, hi]`` (hi None: unbounded)."""
     if not isinstance(value, int) or isinstance(value, bool):
-        raise ValueError(f"{name} must be an integer, got {value!r}")
+        raise ValueError(f"{name} must be a whole number, got {described(value)}")
     if value < lo or (hi is not None and value > hi):
         bound = f">= {lo}" if hi is None else f"between {lo} and {hi}"
         raise ValueError(f"{name} must be {bound}, got {value}")

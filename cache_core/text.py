@@ -17,3 +17,30 @@ def shown(value: Any, limit: int = MAX_SHOWN) -> str:
     by their ``repr`` the same way."""
     text = ascii(value) if isinstance(value, str) else ascii(repr(value))[1:-1]
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def plain(value: Any, limit: int = 60) -> str:
+    """``value`` as it is when it is short printable ASCII text (a sampler name, a model family, a file name as
+    ComfyUI lists it), else :func:`shown` (escaped, quoted, cut): for text that is usually a plain word but comes
+    from outside (a prompt, a file's metadata or name)."""
+    if isinstance(value, str) and len(value) <= limit and value.isascii() and value.isprintable():
+        return value
+    return shown(value, limit)
+
+
+def described(value: Any) -> str:
+    """``value`` in plain words for a message about its type: ``nothing (null)``, ``true``, ``the number 123``,
+    ``the text 'abc'`` (escaped), ``a list``, ``an object``."""
+    if value is None:
+        return "nothing (null)"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return f"the number {shown(value, 40)}"
+    if isinstance(value, str):
+        return f"the text {shown(value)}"
+    if isinstance(value, (list, tuple)):
+        return "a list"
+    if isinstance(value, dict):
+        return "an object"
+    return f"a {type(value).__name__}"

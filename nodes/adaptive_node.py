@@ -4,11 +4,11 @@ from __future__ import annotations
 from comfy_api.latest import io
 
 from ..cache_core.methods.adaptive import AdaptiveCacheConfig
-from .base import WindowedNode
+from .base import CacheNode
 from .common_inputs import gate_inputs
 
 
-class ApplyAdaptiveCache(WindowedNode):
+class ApplyAdaptiveCache(CacheNode):
     OFF_INPUT = "threshold"
 
     @classmethod
@@ -31,6 +31,11 @@ class ApplyAdaptiveCache(WindowedNode):
             ],
             output="The model with the adaptive cache attached.",
         )
+
+    @classmethod
+    def validate_inputs(cls, threshold: float | None = None, start_percent: float | None = None,
+                        end_percent: float | None = None) -> bool | str:
+        return cls.check_inputs(locals())  # every float, combo and text input, by name
 
     @classmethod
     def make_config(cls, model, threshold: float, start_percent: float, end_percent: float,

@@ -17,7 +17,8 @@ from typing import Any, Callable
 from comfy_api.latest import io
 
 from ..cache_core import calibration_files
-from ..hosts.comfy import run_log, stats_server
+from ..cache_core.text import plain
+from ..hosts.comfy import stats_server
 from . import calibration_store
 from .base import CacheNode
 
@@ -28,7 +29,8 @@ def sampler_settings(prompt: dict | None, node_id: str | None) -> tuple[str, str
     """sampler_name/scheduler of the KSampler fed by this node (through the hidden PROMPT input).
 
     They are not in transformer_options, so the graph is read: a sampler node whose "model" input is this
-    node's output. Anything else (a custom sampler, a model routed through other nodes) gives "unknown".
+    node's output. Anything else (a custom sampler, a model routed through other nodes) gives "unknown". The
+    values are the prompt's: anything but a short printable name comes back escaped (they reach log lines).
     """
     if not prompt or node_id is None:
         return "unknown", "unknown"
@@ -37,7 +39,7 @@ def sampler_settings(prompt: dict | None, node_id: str | None) -> tuple[str, str
         inputs = node.get("inputs", {}) if isinstance(node, dict) else {}
         link = inputs.get("model")
         if isinstance(link, list) and link and str(link[0]) == str(node_id) and "sampler_name" in inputs:
-            found.add((str(inputs.get("sampler_name")), str(inputs.get("scheduler", "unknown"))))
+            found.add((plain(inputs.get("sampler_name")), plain(inputs.get("scheduler", "unknown"))))
     return next(iter(found)) if len(found) == 1 else ("unknown", "unknown")
 
 
@@ -53,13 +55,15 @@ class CalibrationRun:
         self.saved: list[str] = []  # file names saved so far
 
     def finished(self, completed: bool) -> bool:
-        """Whether a run's measurements may be saved (an interrupted run logs a warning)."""
+        """Whether a run's measurements may be saved (an interrupted run logs a warning: the run's own error is
+        the one the prompt reports)."""
         if not completed:
-            self.nothing_saved("the run was interrupted")
+            log.warning("[dit-cache] %s: the run was interrupted, nothing saved", self.label)
         return completed
 
     def nothing_saved(self, why: str) -> None:
-        log.warning("[dit-cache] %s: %s, nothing saved", self.label, why)
+        """A finished run that gave nothing to save: an error (the prompt fails), never a success with no file."""
+        raise calibration_files.CalibrationError(f"{self.label}: {why}, nothing saved")
 
     def file_meta(self, source_note: str = "") -> dict[str, str]:
         """The fields every calibration carries about the model and the run (keyword arguments of the method's
@@ -84,7 +88,8 @@ class CalibrationRun:
         if self.node.EVENT is not None:
             # to the page that queued the prompt, like the statistics panel's runs (no-op outside a server)
             payload = stats_server.send_to_page(self.node.EVENT, payload)
-        run_log.record({"method": self.label.replace(" ", ""), "node_id": self.node_id, "calibration": payload})
+        # in the run log under the prompt's client id: that page lists it again after a reload
+        stats_server.record({"method": self.label.replace(" ", ""), "node_id": self.node_id, "calibration": payload})
         return path
 
 
@@ -118,14 +123,19 @@ class CalibrateNode(CacheNode):
 
     @classmethod
     def execute(cls, model: Any, filename_prefix: str, **inputs: Any) -> io.NodeOutput:
+        cls.reject_bad_inputs({"filename_prefix": filename_prefix, **inputs})
         ident = cls.identify(model, "nothing to calibrate")
         if ident is None:
             return io.NodeOutput(model)
+        folder = calibration_store.save_dir()
+        if folder.exists() and not folder.is_dir():  # found now, not after the whole run has sampled
+            raise calibration_files.CalibrationError(
+                f"{cls.label()}: the calibration folder {plain(str(folder), 300)} is a file, not a folder; move it "
+                f"away (or give ComfyUI another 'magcache' folder in extra_model_paths.yaml)")
         node_id = cls.node_id()
         sampler, scheduler = sampler_settings(cls.hidden.prompt if cls.hidden is not None else None, node_id)
         run = CalibrationRun(cls, ident, filename_prefix, sampler, scheduler, node_id)
         policy = cls.measuring_policy(run, **inputs)
-        folder = calibration_store.save_dir()
         text = (f"Calibrating {ident.layout.family} ({ident.model_class}); {cls.SAVES} saved to {folder} when the "
                 f"sampler finishes (sampler {sampler}, scheduler {scheduler}).")
         return cls.attach(model, policy, ui={"text": [text]})

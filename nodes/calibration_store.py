@@ -23,6 +23,7 @@ import folder_paths
 from ..cache_core import calibration_files
 from ..cache_core.layout import COMFY_LAYOUTS, BlockLayout, layout_for_module
 from ..cache_core.registry import load_methods
+from ..cache_core.text import shown
 
 log = logging.getLogger("dit_cache")
 
@@ -84,12 +85,15 @@ def choices(fmt: str) -> list[str]:
 
 def load(choice: str, fmt: str, method: str) -> Any:
     """The calibration of format ``fmt`` a dropdown entry names, read by that format's loader (its ``name`` set
-    to the entry); CalibrationError (a ValueError) names the file if it is missing or unusable."""
-    register()
+    to the entry). Only a file listed in the calibration folders is opened, never a path: any other value gets
+    the same CalibrationError (a ValueError), whether or not something of that name exists; an unusable listed
+    file gets one naming it."""
+    if not isinstance(choice, str) or choice not in _files():
+        raise calibration_files.CalibrationError(f"{method} calibration {shown(choice)} is not one of the listed "
+                                                 f"calibrations")
     path = folder_paths.get_full_path(FOLDER, choice)
-    if path is None:
-        raise calibration_files.CalibrationError(f"{method} calibration file '{choice}' is not in "
-                                                 f"{', '.join(folder_paths.get_folder_paths(FOLDER))}")
+    if path is None:  # removed since it was listed
+        raise calibration_files.CalibrationError(f"{method} calibration file {shown(choice)} no longer exists")
     cal = calibration_files.loader(fmt)(path)
     cal.name = choice
     return cal

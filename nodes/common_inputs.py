@@ -39,11 +39,6 @@ def gate_inputs(start: float = 0.0) -> list:
     ]
 
 
-def validate_window(start_percent: float | None, end_percent: float | None) -> bool | str:
-    """validate_inputs helper: ``start_percent`` below ``end_percent`` (a linked input, None here, is not checked)."""
-    return validate_windows({"": (start_percent, end_percent)})
-
-
 def named_window_inputs(prefix: str, what: str, start: float, end: float) -> list:
     """``<prefix>_start_percent`` / ``<prefix>_end_percent``: the window of one part of a method, with the
     equivalent diffusers timestep range (0-1000) in the tooltip."""

@@ -5,11 +5,11 @@ from comfy_api.latest import io
 
 from ..cache_core.methods.dbcache import DBCacheConfig
 from ..hosts.comfy.patch import block_count
-from .base import WindowedNode
+from .base import CacheNode
 from .common_inputs import window_inputs
 
 
-class ApplyDBCache(WindowedNode):
+class ApplyDBCache(CacheNode):
     OFF_INPUT = "threshold"
 
     @classmethod
@@ -46,6 +46,11 @@ class ApplyDBCache(WindowedNode):
             ],
             output="The model with DBCache attached.",
         )
+
+    @classmethod
+    def validate_inputs(cls, threshold: float | None = None, start_percent: float | None = None,
+                        end_percent: float | None = None) -> bool | str:
+        return cls.check_inputs(locals())  # every float, combo and text input, by name
 
     @classmethod
     def make_config(cls, model, Fn: int, Bn: int, threshold: float, warmup_steps: int, max_cached_steps: int,

@@ -6,7 +6,7 @@ from comfy_api.latest import io
 from ..cache_core.config import CacheWindow
 from ..cache_core.methods.fastercache import FasterCacheConfig
 from .base import CacheNode
-from .common_inputs import named_window_inputs, validate_windows
+from .common_inputs import named_window_inputs
 
 _WINDOWS = ("attention", "uncond", "low_freq", "high_freq")
 
@@ -53,15 +53,13 @@ class ApplyFasterCache(CacheNode):
         )
 
     @classmethod
-    def validate_inputs(cls, attention_start_percent: float | None = None,
+    def validate_inputs(cls, attention_weight: float | None = None, alpha_low: float | None = None,
+                        alpha_high: float | None = None, attention_start_percent: float | None = None,
                         attention_end_percent: float | None = None, uncond_start_percent: float | None = None,
                         uncond_end_percent: float | None = None, low_freq_start_percent: float | None = None,
                         low_freq_end_percent: float | None = None, high_freq_start_percent: float | None = None,
                         high_freq_end_percent: float | None = None) -> bool | str:
-        return validate_windows({"attention": (attention_start_percent, attention_end_percent),
-                                 "uncond": (uncond_start_percent, uncond_end_percent),
-                                 "low_freq": (low_freq_start_percent, low_freq_end_percent),
-                                 "high_freq": (high_freq_start_percent, high_freq_end_percent)})
+        return cls.check_inputs(locals())  # every float, combo and text input, by name
 
     @classmethod
     def make_config(cls, model, spatial_skip: int, temporal_skip: int, attention_weight: float, uncond_skip: int,

@@ -4,11 +4,11 @@ from __future__ import annotations
 from comfy_api.latest import io
 
 from ..cache_core.methods.fbc import FirstBlockCacheConfig
-from .base import WindowedNode
+from .base import CacheNode
 from .common_inputs import gate_inputs
 
 
-class ApplyFirstBlockCache(WindowedNode):
+class ApplyFirstBlockCache(CacheNode):
     OFF_INPUT = "threshold"
 
     @classmethod
@@ -32,6 +32,11 @@ class ApplyFirstBlockCache(WindowedNode):
             ],
             output="The model with First Block Cache attached.",
         )
+
+    @classmethod
+    def validate_inputs(cls, threshold: float | None = None, start_percent: float | None = None,
+                        end_percent: float | None = None) -> bool | str:
+        return cls.check_inputs(locals())  # every float, combo and text input, by name
 
     @classmethod
     def make_config(cls, model, threshold: float, start_percent: float, end_percent: float,

@@ -7,8 +7,9 @@ from comfy_api.latest import io
 
 from ..cache_core.methods import magcache_calibration as cal_io
 from ..cache_core.methods.magcache import MagCacheCalibratePolicy, MagCacheConfig, StreamCalibration
+from ..cache_core.text import plain
 from . import calibration_store
-from .base import WindowedNode
+from .base import CacheNode
 from .calibrate import CalibrateNode, CalibrationRun
 from .common_inputs import window_inputs
 
@@ -23,13 +24,16 @@ def calibration_choices() -> list[str]:
 
 
 def resolve(choice: str) -> cal_io.Calibration:
-    """The calibration a dropdown entry names; CalibrationError (a ValueError) names the file if unusable."""
-    if choice.startswith(cal_io.PRESET_PREFIX):
-        return cal_io.load_preset(choice[len(cal_io.PRESET_PREFIX):])
+    """The calibration a dropdown entry names: a built-in preset or a file listed in the calibration folders,
+    never a path. Any other value gets the same CalibrationError (a ValueError); an unusable file is named."""
+    if isinstance(choice, str) and choice.startswith(cal_io.PRESET_PREFIX):
+        name = choice[len(cal_io.PRESET_PREFIX):]
+        if name in cal_io.preset_names():
+            return cal_io.load_preset(name)
     return calibration_store.load(choice, cal_io.FORMAT, "MagCache")
 
 
-class ApplyMagCache(WindowedNode):
+class ApplyMagCache(CacheNode):
     OFF_INPUT = "threshold"
 
     @classmethod
@@ -67,6 +71,12 @@ class ApplyMagCache(WindowedNode):
         )
 
     @classmethod
+    def validate_inputs(cls, calibration: str | None = None, threshold: float | None = None,
+                        retention_ratio: float | None = None, start_percent: float | None = None,
+                        end_percent: float | None = None, interpolation: str | None = None) -> bool | str:
+        return cls.check_inputs(locals())  # every float, combo and text input, by name
+
+    @classmethod
     def make_config(cls, model, calibration: str, threshold: float, max_skip_steps: int, retention_ratio: float,
                     start_percent: float, end_percent: float, interpolation: str = "schedule") -> MagCacheConfig | None:
         ident = cls.identify(model)
@@ -77,8 +87,9 @@ class ApplyMagCache(WindowedNode):
         config = MagCacheConfig(ratios=cal.ratios, threshold=threshold, max_skip_steps=max_skip_steps,
                                 retention_ratio=retention_ratio, num_inference_steps=cal.steps,
                                 interpolation=interpolation, start_percent=start_percent, end_percent=end_percent)
-        log.info("[dit-cache] %s: using %s (%s, %d steps, streams %s)", cls.label(), cal.name, cal.family, cal.steps,
-                 ",".join(cal.ratios))
+        # the name is a listed file's (any character) and the rest the file's metadata: escaped for the log
+        log.info("[dit-cache] %s: using %s (%s, %d steps, streams %s)", cls.label(), plain(cal.name, 120),
+                 plain(cal.family), cal.steps, ",".join(plain(k) for k in cal.ratios))
         return config
 
 
@@ -100,6 +111,10 @@ class MagCacheCalibrate(CalibrateNode):
             prefix_tooltip="Start of the saved file's name; family, step count, a weights fingerprint and a "
                            "counter follow, so two models never collide.",
         )
+
+    @classmethod
+    def validate_inputs(cls, filename_prefix: str | None = None) -> bool | str:
+        return cls.check_inputs(locals())  # every float, combo and text input, by name
 
     @classmethod
     def measuring_policy(cls, run: CalibrationRun) -> MagCacheCalibratePolicy:

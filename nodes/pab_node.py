@@ -7,7 +7,7 @@ from ..cache_core.component_runner import KINDS
 from ..cache_core.config import CacheWindow
 from ..cache_core.methods.pab import PABConfig
 from .base import CacheNode
-from .common_inputs import named_window_inputs, validate_windows
+from .common_inputs import named_window_inputs
 
 # (kind, default N, what it is); windows default to diffusers' timesteps (100, 800) = 0.2-0.9 of the schedule
 _KINDS = (("spatial", 2, "self/joint attention"), ("temporal", 0, "temporal attention"),
@@ -45,11 +45,9 @@ class PABConfigNode(CacheNode):
     @classmethod
     def validate_inputs(cls, spatial_start_percent: float | None = None, spatial_end_percent: float | None = None,
                         temporal_start_percent: float | None = None, temporal_end_percent: float | None = None,
-                        cross_start_percent: float | None = None, cross_end_percent: float | None = None
-                        ) -> bool | str:
-        return validate_windows({"spatial": (spatial_start_percent, spatial_end_percent),
-                                 "temporal": (temporal_start_percent, temporal_end_percent),
-                                 "cross": (cross_start_percent, cross_end_percent)})
+                        cross_start_percent: float | None = None,
+                        cross_end_percent: float | None = None) -> bool | str:
+        return cls.check_inputs(locals())  # every float, combo and text input, by name
 
     @classmethod
     def make_config(cls, model, **inputs) -> PABConfig:

@@ -9,6 +9,7 @@ from ..cache_core.calibration_files import check_model
 from ..cache_core.methods import smoothcache_calibration as smooth_io
 from ..cache_core.methods.smoothcache import (DEFAULT_ALPHA, Errors, SmoothCacheCalibratePolicy, SmoothCacheConfig,
                                               schedule_text)
+from ..cache_core.text import plain
 from . import calibration_store
 from .base import CacheNode
 from .calibrate import CalibrateNode, CalibrationRun
@@ -42,6 +43,10 @@ class SmoothCacheCalibrate(CalibrateNode):
                                    tooltip=_ALPHA_TIP + " The schedule saved with the file uses this value; Apply "
                                                         "SmoothCache can rebuild it with another."),),
         )
+
+    @classmethod
+    def validate_inputs(cls, filename_prefix: str | None = None, alpha: float | None = None) -> bool | str:
+        return cls.check_inputs(locals())  # every float, combo and text input, by name
 
     @classmethod
     def measuring_policy(cls, run: CalibrationRun, alpha: float = DEFAULT_ALPHA) -> SmoothCacheCalibratePolicy:
@@ -91,6 +96,10 @@ class ApplySmoothCache(CacheNode):
         )
 
     @classmethod
+    def validate_inputs(cls, calibration: str | None = None, alpha: float | None = None) -> bool | str:
+        return cls.check_inputs(locals())  # every float, combo and text input, by name
+
+    @classmethod
     def make_config(cls, model, calibration: str, alpha: float = -1.0) -> SmoothCacheConfig | None:
         if alpha < 0 and alpha != -1:
             raise ValueError(f"{cls.label()}: alpha must be -1 (saved schedule), 0 (off) or positive, got {alpha}")
@@ -104,7 +113,8 @@ class ApplySmoothCache(CacheNode):
         saved = alpha < 0
         config = SmoothCacheConfig(errors=cal.errors, alpha=cal.alpha if saved else alpha,
                                    schedule=cal.schedule if saved else None)
-        log.info("[dit-cache] %s: using %s (%s, %d steps, alpha %g%s)\n%s", cls.label(), cal.name, cal.family,
-                 cal.steps, config.alpha, ", saved schedule" if saved else "",
+        # the name is a listed file's (any character), the family the file's metadata: escaped for the log
+        log.info("[dit-cache] %s: using %s (%s, %d steps, alpha %g%s)\n%s", cls.label(), plain(cal.name, 120),
+                 plain(cal.family), cal.steps, config.alpha, ", saved schedule" if saved else "",
                  schedule_text(config.schedule_for(config.calibrated_steps)))
         return config

@@ -49,6 +49,10 @@ class ApplyTaylorSeer(CacheNode):
         )
 
     @classmethod
+    def validate_inputs(cls, predict: str | None = None, factor_dtype: str | None = None) -> bool | str:
+        return cls.check_inputs(locals())  # every float, combo and text input, by name
+
+    @classmethod
     def off_reason(cls, cache_interval: int, **_) -> str | None:
         return "cache_interval 1 computes every step, cache disabled" if cache_interval == 1 else None
 

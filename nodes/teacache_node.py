@@ -8,13 +8,13 @@ from comfy_api.latest import io
 from ..cache_core.layout import COMFY_LAYOUTS, layout_for_module
 from ..cache_core.methods.teacache import CHOICES, TeaCacheConfig, resolve_coefficients
 from ..cache_core.methods.teacache_signals import signal_fn
-from .base import WindowedNode
+from .base import CacheNode
 from .common_inputs import max_consecutive_skips_input, window_inputs
 
 log = logging.getLogger("dit_cache")
 
 
-class ApplyTeaCache(WindowedNode):
+class ApplyTeaCache(CacheNode):
     OFF_INPUT = "rel_l1_threshold"
 
     @classmethod
@@ -42,6 +42,11 @@ class ApplyTeaCache(WindowedNode):
             ],
             output="The model with TeaCache attached.",
         )
+
+    @classmethod
+    def validate_inputs(cls, rel_l1_threshold: float | None = None, coefficients: str | None = None,
+                        start_percent: float | None = None, end_percent: float | None = None) -> bool | str:
+        return cls.check_inputs(locals())  # every float, combo and text input, by name
 
     @classmethod
     def make_config(cls, model, rel_l1_threshold: float, coefficients: str, start_percent: float,

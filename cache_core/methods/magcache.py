@@ -29,6 +29,7 @@ import torch
 from ..config import HIDDEN, CacheWindow, Gate, check_int, check_range
 from ..policy import Policy, Probe, RunInfo, StreamCall
 from ..registry import MethodSpec, register
+from ..text import shown
 from .magcache_calibration import FORMAT as CALIBRATION_FORMAT
 
 INTERPOLATIONS = ("schedule", "nearest")
@@ -106,7 +107,7 @@ class MagCacheConfig:
         check_range("retention_ratio", self.retention_ratio, 0.0, 1.0)
         check_int("num_inference_steps", self.num_inference_steps, 1)
         if self.interpolation not in INTERPOLATIONS:
-            raise ValueError(f"interpolation must be one of {INTERPOLATIONS}, got {self.interpolation!r}")
+            raise ValueError(f"interpolation must be one of {INTERPOLATIONS}, got {shown(self.interpolation)}")
         raw = self.ratios
         if isinstance(raw, torch.Tensor):
             raw = raw.tolist()
@@ -241,6 +242,13 @@ class MagCacheCalibratePolicy(Policy):
 
     def new_run_state(self, run: RunInfo) -> _CalibState:
         return _CalibState(run)
+
+    def check_run(self, run: RunInfo) -> None:
+        """A ratio curve needs at least 2 steps (its first value is the 1.0 pad): fewer is an error before the
+        run samples, not a failed save after it."""
+        if run.steps is not None and run.steps < 2:
+            raise ValueError(f"MagCache calibration needs at least 2 sampling steps, this run has {run.steps}; "
+                             f"set the sampler's steps to the count you will use with Apply MagCache")
 
     def begin_stream_call(self, state: _CalibState, info: StreamCall) -> None:
         state.sigma = info.sigma

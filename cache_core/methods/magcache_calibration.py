@@ -22,6 +22,7 @@ import torch
 
 from ..calibration_files import (CalibrationError, block_shape_hash, check_model, file_format, meta_steps,  # noqa: F401
                                  model_meta, pack_version, read_file, register_format, utc_now, write_file)
+from ..text import plain, shown
 
 FORMAT = "dit-cache.magcache.v1"
 PRESET_DIR = Path(__file__).resolve().parents[1] / "presets"
@@ -45,8 +46,9 @@ class Calibration:
     name: str = ""  # file name or preset name it was read from
 
     def summary(self) -> str:
-        parts = [f"{k}: " + ", ".join(f"{r:.4f}" for r in v) for k, v in self.ratios.items()]
-        return (f"{self.name or 'calibration'} ({self.family}, {self.steps} steps, {self.sampler}/{self.scheduler})\n"
+        parts = [f"{plain(k)}: " + ", ".join(f"{r:.4f}" for r in v) for k, v in self.ratios.items()]
+        return (f"{plain(self.name or 'calibration', 120)} ({plain(self.family)}, {self.steps} steps, "
+                f"{plain(self.sampler)}/{plain(self.scheduler)})\n"
                 + "\n".join(parts))
 
 
@@ -55,14 +57,14 @@ def _check_ratios(where: str, ratios: dict[str, list[float]]) -> None:
         raise CalibrationError(f"{where}: no ratio curves")
     for label, values in ratios.items():
         if len(values) < 2:
-            raise CalibrationError(f"{where}: stream {label!r} has {len(values)} ratios, need at least 2")
+            raise CalibrationError(f"{where}: stream {shown(label)} has {len(values)} ratios, need at least 2")
         if not all(isinstance(v, (int, float)) and math.isfinite(v) and v > 0 for v in values):
-            raise CalibrationError(f"{where}: stream {label!r} has non-finite or non-positive ratios")
+            raise CalibrationError(f"{where}: stream {shown(label)} has non-finite or non-positive ratios")
 
 
 def save(path: str | os.PathLike, cal: Calibration) -> Path:
     """Write ``cal`` to ``path`` (a new file; parent folders are created)."""
-    _check_ratios(str(path), cal.ratios)
+    _check_ratios(f"MagCache calibration file {shown(Path(path).name)}", cal.ratios)
     tensors = {f"ratios.{k}": torch.tensor(v, dtype=torch.float32) for k, v in cal.ratios.items()}
     if cal.sigmas:
         tensors["sigmas"] = torch.tensor(cal.sigmas, dtype=torch.float32)
@@ -75,7 +77,7 @@ def save(path: str | os.PathLike, cal: Calibration) -> Path:
 def load(path: str | os.PathLike) -> Calibration:
     """Read and validate a calibration file; any problem raises :class:`CalibrationError` naming the file."""
     path = Path(path)
-    where = f"MagCache calibration file '{path}'"
+    where = f"MagCache calibration file {shown(path.name)}"  # a listed file's name may hold any character
     meta, tensors = read_file(path, where, FORMAT, "MagCache")
     ratios = {k[len("ratios."):]: t.float().tolist() for k, t in tensors.items()
               if k.startswith("ratios.") and t.ndim == 1}
@@ -100,18 +102,21 @@ def preset_names() -> list[str]:
 
 
 def load_preset(name: str) -> Calibration:
-    path = PRESET_DIR / f"{name}.json"
-    where = f"MagCache preset {name!r}"
-    if not path.is_file():
+    """The built-in preset ``name`` (one of :func:`preset_names`: never a path). Any other name gets the same
+    CalibrationError, whatever exists on disk; a malformed preset's message quotes nothing of the file."""
+    where = f"MagCache preset {shown(name)}"
+    if not isinstance(name, str) or name not in preset_names():
         raise CalibrationError(f"{where} does not exist (available: {', '.join(preset_names())})")
+    path = PRESET_DIR / f"{name}.json"
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
         ratios = {str(k): [float(x) for x in v] for k, v in data["ratios"].items()}
-    except (ValueError, KeyError, TypeError) as e:
-        raise CalibrationError(f"{where} ({path}) is malformed: {e}") from e
+        family = str(data["family"])
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        raise CalibrationError(f"{where} is malformed ({type(e).__name__})") from e
     _check_ratios(where, ratios)
     steps = len(next(iter(ratios.values())))
-    return Calibration(ratios=ratios, family=data["family"], steps=steps, model_class=data.get("model", ""),
+    return Calibration(ratios=ratios, family=family, steps=steps, model_class=data.get("model", ""),
                        sampler=data.get("sampler", "unknown"), scheduler=data.get("scheduler", "unknown"),
                        source=data.get("source", ""), name=PRESET_PREFIX + name)
 

@@ -26,7 +26,9 @@ import torch
 
 from ..component_runner import COMPONENT_KINDS, ComponentPolicy, SiteCall
 from ..config import check_int, check_range
+from ..policy import RunInfo
 from ..registry import MethodSpec, register
+from ..text import shown
 
 CALIBRATION_FORMAT = "dit-cache.smoothcache.v1"  # the ``format`` header of its calibration files
 
@@ -51,7 +53,7 @@ def check_errors(errors: Errors) -> int:
         raise ValueError(f"SmoothCache: a calibration needs at least 2 steps, got {steps}")
     for kind, rows in errors.items():
         if kind not in COMPONENT_KINDS:
-            raise ValueError(f"SmoothCache: unknown component type {kind!r}")
+            raise ValueError(f"SmoothCache: unknown component type {shown(kind)}")
         if not 1 <= len(rows) <= MAX_LAG:
             raise ValueError(f"SmoothCache: {kind} has {len(rows)} lags, expected 1-{MAX_LAG}")
         if any(not (math.isnan(v) or v >= 0) or math.isinf(v) for row in rows for v in row):
@@ -203,6 +205,12 @@ class SmoothCacheCalibratePolicy(ComponentPolicy):
 
     def kinds(self) -> frozenset[str]:
         return self._kinds
+
+    def check_run(self, run: RunInfo) -> None:
+        """The error table needs at least 2 steps: fewer is an error before the run samples."""
+        if run.steps is not None and run.steps < 2:
+            raise ValueError(f"SmoothCache calibration needs at least 2 sampling steps, this run has {run.steps}; "
+                             f"set the sampler's steps to the count you will use with Apply SmoothCache")
 
     def window_names(self) -> frozenset[str]:
         return frozenset()

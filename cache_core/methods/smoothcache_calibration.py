@@ -16,6 +16,8 @@ from pathlib import Path
 import torch
 
 from ..calibration_files import CalibrationError, meta_steps, model_meta, read_file, register_format, write_file
+from ..config import check_range
+from ..text import plain, shown
 from .smoothcache import CALIBRATION_FORMAT as FORMAT
 from .smoothcache import Errors, Schedule, build_schedule, check_errors, schedule_text
 
@@ -37,12 +39,14 @@ class SmoothCalibration:
     name: str = ""
 
     def __post_init__(self) -> None:
+        check_range("alpha", self.alpha, 0.0, 10.0)  # NaN would build a schedule that reuses nothing, silently
         self.steps = check_errors(self.errors)
         if not self.schedule:
             self.schedule = build_schedule(self.errors, self.alpha)
 
     def summary(self) -> str:
-        lines = [f"{self.name or 'calibration'} ({self.family}, {self.steps} steps, alpha {self.alpha:g}); "
+        lines = [f"{plain(self.name or 'calibration', 120)} ({plain(self.family)}, {self.steps} steps, "
+                 f"alpha {self.alpha:g}); "
                  f"mean error at lag 1: " + ", ".join(
                      f"{k} {_mean(rows[0]):.4f}" for k, rows in self.errors.items())]
         return "\n".join(lines + [schedule_text(self.schedule)])
@@ -65,7 +69,7 @@ def save(path: str | os.PathLike, cal: SmoothCalibration) -> Path:
 def load(path: str | os.PathLike) -> SmoothCalibration:
     """Read and validate a SmoothCache calibration; any problem raises CalibrationError naming the file."""
     path = Path(path)
-    where = f"SmoothCache calibration file '{path}'"
+    where = f"SmoothCache calibration file {shown(path.name)}"  # a listed file's name may hold any character
     meta, tensors = read_file(path, where, FORMAT, "SmoothCache")
     steps = meta_steps(meta, where)
     errors = {k[len("errors."):]: t.float().tolist() for k, t in tensors.items()

@@ -32,6 +32,7 @@ from ..config import HIDDEN, Gate, check_int
 from ..forecast import TaylorForecaster, TaylorSeries
 from ..policy import Policy, Probe, RunInfo, StreamCall
 from ..registry import MethodSpec, register
+from ..text import shown
 
 log = logging.getLogger("dit_cache")
 
@@ -65,9 +66,9 @@ class TaylorSeerConfig:
         check_int("max_order", self.max_order, 0, 2)
         check_int("num_inference_steps", self.num_inference_steps, 0)
         if self.predict not in PREDICT_TARGETS:
-            raise ValueError(f"predict must be one of {PREDICT_TARGETS}, got {self.predict!r}")
+            raise ValueError(f"predict must be one of {PREDICT_TARGETS}, got {shown(self.predict)}")
         if self.factor_dtype not in FACTOR_DTYPES:
-            raise ValueError(f"factor_dtype must be one of {tuple(FACTOR_DTYPES)}, got {self.factor_dtype!r}")
+            raise ValueError(f"factor_dtype must be one of {tuple(FACTOR_DTYPES)}, got {shown(self.factor_dtype)}")
         object.__setattr__(self, "gate", Gate(warmup_steps=self.warmup_steps))
 
 

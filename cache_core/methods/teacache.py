@@ -22,6 +22,7 @@ import torch
 from ..config import HIDDEN, SETTING, GatedConfig, check_range
 from ..policy import Policy, Probe, RunInfo, StreamCall
 from ..registry import MethodSpec, register
+from ..text import shown
 
 # Published rescaling polynomials (ali-vilab/TeaCache; highest power first).
 COEFFICIENTS: dict[str, tuple[float, ...]] = {
@@ -51,7 +52,7 @@ def resolve_coefficients(choice: str, family: str) -> tuple[str, tuple[float, ..
     if name == "raw":
         return "raw", None
     if name not in COEFFICIENTS:
-        raise ValueError(f"unknown TeaCache coefficients {choice!r}; choose one of {', '.join(CHOICES)}")
+        raise ValueError(f"unknown TeaCache coefficients {shown(choice)}; choose one of {', '.join(CHOICES)}")
     return name, COEFFICIENTS[name]
 
 

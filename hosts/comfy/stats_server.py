@@ -1,18 +1,20 @@
 """The statistics panel's server side: push each run's statistics to the page that queued it, serve recent runs.
 
-- ``publish(run)`` (called by ``comfy_host`` at the end of every sampling run) keeps the run in ``run_log`` and
-  sends it to the page that queued the prompt as the websocket event ``dit-cache.run``
-  (``PromptServer.instance.send_sync(event, data, sid=client_id)``).
+- ``publish(run)`` (called by ``comfy_host`` at the end of every sampling run) keeps the run in ``run_log`` with
+  the running prompt's client id and sends it to the page that queued the prompt as the websocket event
+  ``dit-cache.run`` (``PromptServer.instance.send_sync(event, data, sid=client_id)``).
 - ``publish_step(...)`` sends one model call's decisions as ``dit-cache.step`` while sampling runs (live view).
   ``send_sync`` only puts the message on the server loop's queue (``loop.call_soon_threadsafe``), a few
   microseconds next to a model call.
-- ``GET /dit-cache/runs[?limit=N]`` returns ``{"runs": [...], "max_runs": M}``, oldest first, so a reloaded page
-  can draw the last runs again.
+- ``GET /dit-cache/runs?client_id=<id>[&limit=N]`` returns ``{"runs": [...], "max_runs": M, "max_bytes": B}``:
+  the kept runs of prompts queued with that client id (ComfyUI's page sends its websocket id, ``api.clientId``),
+  oldest first, so a reloaded page can draw its last runs again. Without a client id: no runs. Other clients'
+  runs are never served.
 
 In ComfyUI 0.3.75 the running prompt's client id is ``PromptServer.instance.client_id``: ``PromptExecutor``
 sets it from the prompt's ``extra_data["client_id"]`` before executing (execution.py, ``execute_async``), and
-main.py's worker sets ``last_prompt_id``. Runs of prompts queued without a client id are kept for the route
-but pushed to nobody, as ComfyUI does with its own ``executed`` events.
+main.py's worker sets ``last_prompt_id``. Runs of prompts queued without a client id are kept (in-process readers
+see them) but served and pushed to nobody, as ComfyUI does with its own ``executed`` events.
 
 ComfyUI's ``server`` module is only looked up in ``sys.modules`` (it is there when main.py runs): importing the
 pack in a process without a server (the in-process tests, diffusers) registers no route and sends nothing.
@@ -26,6 +28,7 @@ import math
 import sys
 from typing import Any
 
+from ...cache_core.text import shown
 from . import run_log
 
 log = logging.getLogger("dit_cache")
@@ -75,12 +78,18 @@ def executing_node_id() -> str | None:
     return None if node_id is None else str(node_id)
 
 
+def record(entry: dict[str, Any]) -> None:
+    """Keep ``entry`` in the run log under the running prompt's client id (e.g. a saved calibration)."""
+    srv = prompt_server()
+    run_log.record(entry, client_id=_running_prompt(srv)[0] if srv is not None else None)
+
+
 def publish(run: dict[str, Any]) -> dict[str, Any]:
     """Record ``run`` (a ``RunStats.to_dict()`` plus node fields) and push it to the page that queued it."""
     srv = prompt_server()
     client_id, prompt_id = _running_prompt(srv) if srv is not None else (None, None)
     run = json_safe(dict(run, prompt_id=prompt_id))
-    run_log.record(run)
+    run_log.record(run, client_id=client_id)
     if srv is not None and client_id is not None:
         try:
             srv.send_sync(RUN_EVENT, run, sid=client_id)
@@ -133,7 +142,7 @@ def register_routes() -> bool:
 
     @srv.routes.get(ROUTE)
     async def dit_cache_runs(request: web.Request) -> web.Response:
-        runs = run_log.recent()
+        runs = run_log.for_client(request.rel_url.query.get("client_id") or None)
         raw = request.rel_url.query.get("limit")
         if raw is not None:
             try:
@@ -141,11 +150,12 @@ def register_routes() -> bool:
                 if limit < 0:
                     raise ValueError
             except ValueError:
-                return web.json_response({"error": f"limit must be a non-negative integer, got {raw!r}"},
+                return web.json_response({"error": f"limit must be a non-negative integer, got {shown(raw)}"},
                                          status=400)
             runs = runs[-limit:] if limit else []
         # entries recorded by other nodes may hold values JSON has no type for: those are sent as text
-        return web.json_response(json_safe({"runs": runs, "max_runs": run_log.MAX_RUNS}),
+        return web.json_response(json_safe({"runs": runs, "max_runs": run_log.MAX_RUNS,
+                                            "max_bytes": run_log.MAX_BYTES}),
                                  dumps=lambda o: json.dumps(o, default=str))
 
     _registered = True

@@ -53,6 +53,8 @@ try {
   await fitGraph(page); // redraws the canvas: the node draws its curve
   await frames(page);
   result.events = await page.evaluate(() => window.__cal);
+  // the id the prompt was queued with: the server keeps the page's runs under it
+  result.clientId = await page.evaluate(() => window.comfyAPI.api.api.clientId);
   result.node = await page.evaluate((t) => {
     const n = window.app.graph.nodes.find((x) => x.type === t);
     return { id: n.id, calibration: n.ditCacheCalibration ?? null, drawn: n.ditCacheDrawn ?? null, size: [...n.size],
@@ -70,6 +72,7 @@ try {
   if (!(await page.$(".dit-cache-panel"))) await openTab(page, cfg);
   await page.waitForSelector(".dit-cache-calibration", { timeout: cfg.timeoutMs });
   result.reloaded = await page.evaluate(readCalibrations);
+  result.reloadedClientId = await page.evaluate(() => window.comfyAPI.api.api.clientId);
 
   step("listener removal");
   await page.evaluate(async (wf) => { await window.app.loadGraphData(wf); }, workflow);

@@ -2,7 +2,7 @@
 // tests/browser/test_panel_browser.py: opens the "DiT Cache" sidebar tab, loads a workflow, queues it, waits for the
 // run's card, reads what the panel shows, takes screenshots, reloads, and checks listener removal.
 // It asserts nothing itself: it prints one JSON line ("RESULT {...}") with its observations; the Python test
-// compares them with the server's GET /dit-cache/runs.
+// compares them with the server's GET /dit-cache/runs?client_id=<the page's id>.
 //
 // Usage: node panel_e2e.mjs <config.json>; config: {url, workflow (UI-format JSON path), outDir, nodeDir,
 // chromium, userDataDir, timeoutMs}.
@@ -78,6 +78,8 @@ try {
   await page.waitForSelector('.dit-cache-run[data-live="0"]', { timeout: cfg.timeoutMs });
   await page.evaluate(() => new Promise((r) => requestAnimationFrame(() => requestAnimationFrame(r))));
   result.events = await page.evaluate(() => { window.__ditCacheObserver.disconnect(); return window.__ditCache; });
+  // the id the prompt was queued with: the server keeps the page's runs under it
+  result.clientId = await page.evaluate(() => window.comfyAPI.api.api.clientId);
   result.after = await page.evaluate(readPanel);
   result.nodeSummary = await page.evaluate(() =>
     window.app.graph.nodes.filter((n) => n.type.startsWith("DitCache.")).map((n) => ({ id: n.id, last: n.ditCacheLast ?? null })));
@@ -97,6 +99,7 @@ try {
   if (!(await page.$(".dit-cache-panel"))) await openTab(page);
   await page.waitForSelector('.dit-cache-run[data-live="0"]', { timeout: cfg.timeoutMs });
   result.reloaded = await page.evaluate(readPanel);
+  result.reloadedClientId = await page.evaluate(() => window.comfyAPI.api.api.clientId);
 
   step("node removal removes the node's listener");
   await page.evaluate(async (wf) => { await window.app.loadGraphData(wf); }, workflow);

@@ -139,13 +139,14 @@ def test_converted_workflow_keeps_cache_nodes_and_runs_over_http(server: Server)
     prompt = workflow_convert.to_api_prompt(tiny, server.get("/object_info"))
     fbc = _cache_nodes(wf)[0]
     assert prompt[str(fbc["id"])]["inputs"]["threshold"] == fbc["widgets_values"][0]
-    status, body = server.post("/prompt", {"prompt": prompt, "client_id": uuid.uuid4().hex})
+    client = uuid.uuid4().hex
+    status, body = server.post("/prompt", {"prompt": prompt, "client_id": client})
     assert status == 200, body
     entry = server.wait_for_history(body["prompt_id"])
     assert entry["status"]["status_str"] == "success", (entry["status"], server.log_tail())
 
-    data = server.get("/dit-cache/runs")
-    assert data["max_runs"] >= 1
+    data = server.get(f"/dit-cache/runs?client_id={client}")
+    assert data["max_runs"] >= 1 and data["max_bytes"] > 0
     (run,) = data["runs"]
     assert run["node_id"] == str(fbc["id"])
     assert run["prompt_id"] == body["prompt_id"]
@@ -154,9 +155,12 @@ def test_converted_workflow_keeps_cache_nodes_and_runs_over_http(server: Server)
     assert run["calls"] == steps  # cfg 1: one model call per step
     assert run["skipped_calls"] == sum(r["skipped"] for r in run["records"])
     assert run["cache_bytes"] > 0
-    assert server.get("/dit-cache/runs?limit=0")["runs"] == []
-    assert server.get("/dit-cache/runs?limit=5")["runs"] == data["runs"]
-    status, err = _get_status(server, "/dit-cache/runs?limit=-1")
+    assert server.get(f"/dit-cache/runs?client_id={client}&limit=0")["runs"] == []
+    assert server.get(f"/dit-cache/runs?client_id={client}&limit=5")["runs"] == data["runs"]
+    # another client, or none, is served none of them
+    assert server.get(f"/dit-cache/runs?client_id={uuid.uuid4().hex}")["runs"] == []
+    assert server.get("/dit-cache/runs")["runs"] == []
+    status, err = _get_status(server, f"/dit-cache/runs?client_id={client}&limit=-1")
     assert status == 400 and "limit" in err["error"]
 
 
@@ -212,8 +216,10 @@ def test_panel_in_headless_chromium(server: Server, tmp_path: Path):
     assert page_fbc["id"] == fbc["id"]
     assert [v for _, v in page_fbc["widgets"]] == fbc["widgets_values"]
 
-    # The server's record of the run.
-    (run,) = server.get("/dit-cache/runs")["runs"]
+    # The server's record of the run, served to the page's client id (kept across the reload) and to no one else.
+    assert res["clientId"] and res["reloadedClientId"] == res["clientId"]
+    (run,) = server.get(f"/dit-cache/runs?client_id={res['clientId']}")["runs"]
+    assert server.get("/dit-cache/runs")["runs"] == []
     assert run["node_id"] == str(fbc["id"]) and run["completed"] is True
     calls, skipped = run["calls"], run["skipped_calls"]
     computed = calls - skipped
@@ -319,6 +325,12 @@ def test_magcache_calibration_on_node_in_headless_chromium(server: Server, tmp_p
         drawn = node["drawn"]
         assert (drawn["points"], drawn["streams"]) == (2 * steps, 2)
         assert node["minHeight"] <= drawn["top"] < node["size"][1]
+
+        # The run log serves the calibration (and the run) to the page's client id, kept across the reload.
+        assert res["clientId"] and res["reloadedClientId"] == res["clientId"]
+        served = server.get(f"/dit-cache/runs?client_id={res['clientId']}")["runs"]
+        assert [r["calibration"]["file"] for r in served if "calibration" in r] == [path.name]
+        assert server.get("/dit-cache/runs")["runs"] == []
 
         # The sidebar lists the calibration under the node, with the same ratios (live, and after a reload
         # from GET /dit-cache/runs).

@@ -133,3 +133,39 @@ def test_preset_on_tiny_flux_and_interrupted_calibration_saves_nothing(store):
     with pytest.raises(comfy.model_management.InterruptProcessingException):
         ksample(model, tiny, callback=interrupt)
     assert not list(store.glob("interrupted_*"))
+
+
+def test_too_few_steps_fail_before_sampling_and_a_failed_save_fails_the_run(store, monkeypatch):
+    """A calibration is never reported as done when nothing was saved: 1 step is an error before the model
+    runs; a save that fails after the run (here the writer raises) fails the sampling call, no file left."""
+    tiny = tiny_models.build("flux")
+    calls = []
+    model = MagCacheCalibrate.execute(tiny.patcher, filename_prefix="one").result[0]
+    with pytest.raises(ValueError, match="MagCache calibration needs at least 2 sampling steps, this run has 1"):
+        ksample(model, tiny, steps=1, callback=lambda *a: calls.append(a))
+    assert calls == [] and not list(store.iterdir())
+
+    def full_disk(path, cal):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(cal_io, "save", full_disk)
+    model = MagCacheCalibrate.execute(tiny.patcher, filename_prefix="full").result[0]
+    with pytest.raises(OSError, match="No space left"):
+        ksample(model, tiny, steps=4)
+    assert not list(store.iterdir())
+    assert run_log.last()["completed"] is True  # the run itself finished; its save did not
+
+
+def test_calibration_folder_that_is_a_file_fails_before_sampling(tmp_path):
+    import folder_paths
+
+    calibration_store.register()
+    blocker = tmp_path / "magcache"
+    blocker.write_text("not a folder")
+    paths = folder_paths.folder_names_and_paths[calibration_store.FOLDER][0]
+    paths.insert(0, str(blocker))
+    try:
+        with pytest.raises(ValueError, match="the calibration folder .*magcache is a file, not a folder"):
+            MagCacheCalibrate.execute(tiny_models.build("flux").patcher, filename_prefix="x")
+    finally:
+        paths.remove(str(blocker))

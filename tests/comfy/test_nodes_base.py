@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import re
 from types import SimpleNamespace
 
 import pytest
@@ -15,10 +16,11 @@ from comfy_api.latest import io
 from dit_cache import nodes
 from dit_cache.cache_core import calibration_files
 from dit_cache.cache_core.methods import magcache_calibration as cal_io
+from dit_cache.cache_core.text import shown
 from dit_cache.nodes import base, calibrate, calibration_store
 from dit_cache.nodes.fastercache_node import ApplyFasterCache
 from dit_cache.nodes.fbc_node import ApplyFirstBlockCache
-from dit_cache.nodes.magcache_nodes import MagCacheCalibrate
+from dit_cache.nodes.magcache_nodes import ApplyMagCache, MagCacheCalibrate
 from dit_cache.nodes.pab_node import PABConfigNode
 from dit_cache.nodes.smoothcache_nodes import SmoothCacheCalibrate
 
@@ -29,16 +31,64 @@ def _defaults(cls) -> dict:
     return {i.id: i.default for i in cls.define_schema().inputs if i.id != "model"}
 
 
-def test_every_node_uses_the_base_and_validates_only_inputs_it_names():
+CHECKED = (io.Float.Input, io.Combo.Input, io.String.Input)  # what ComfyUI 0.3.75 does not check fully itself
+
+
+def test_every_node_uses_the_base_and_validates_exactly_its_float_combo_and_text_inputs():
     for node_id, cls in NODES.items():
         assert issubclass(cls, base.CacheNode), node_id
         validate = first_real_override(cls, "validate_inputs")
-        if validate is None:
-            continue
+        assert validate is not None, node_id
         spec = inspect.getfullargspec(validate)
         # with **kwargs ComfyUI skips its own min/max/choice checks for every input of the node
-        assert spec.varkw is None, node_id
-        assert set(spec.args) - {"cls"} <= set(_defaults(cls)), node_id
+        assert spec.varkw is None and spec.varargs is None, node_id
+        # a named input loses ComfyUI's min/max check (the node's check_inputs does it); a float not named would
+        # pass NaN, a combo not named any value at all (0.3.75 does not compare V3 combos with their options)
+        want = {i.id for i in cls.define_schema().inputs if isinstance(i, CHECKED)}
+        assert set(spec.args) - {"cls"} == want, node_id
+        assert validate(**{k: None for k in want}) is True, node_id  # linked inputs: checked when the node runs
+
+
+@pytest.mark.parametrize("value,words", [
+    (float("nan"), "threshold must be a finite number, got nan"),
+    (float("inf"), "threshold must be a finite number, got inf"),
+    (2.0, "threshold must be between 0 and 1, got 2.0"),
+    (-0.5, "threshold must be between 0 and 1, got -0.5"),
+    ("abc", "threshold must be a number, got the text 'abc'"),
+    (True, "threshold must be a number, got true"),
+])
+def test_float_inputs_are_checked_by_name_with_plain_words(value, words):
+    assert ApplyFirstBlockCache.validate_inputs(threshold=value, start_percent=0.0, end_percent=1.0) == words
+    if "between" in words:
+        return  # a linked value outside the widget's range is the config's to check (as ComfyUI does not)
+    # a linked value (not known at /prompt): the node rejects it when it runs, before it looks at the model
+    with pytest.raises(ValueError, match=re.escape(f"Apply FirstBlockCache: {words}")):
+        ApplyFirstBlockCache.execute(object(), **{**_defaults(ApplyFirstBlockCache), "threshold": value})
+
+
+def test_choice_and_text_inputs_are_checked_with_escaped_values():
+    ok = {"calibration": "preset: flux_dev", "threshold": 0.1, "retention_ratio": 0.2, "start_percent": 0.0,
+          "end_percent": 1.0, "interpolation": "schedule"}
+    assert ApplyMagCache.validate_inputs(**ok) is True
+    same = "calibration {} is not one of the listed choices"
+    for bad in ("x\udcff.safetensors", "preset: ../../etc/x", "/etc/passwd", "a" * 5000, "\x1b[2J\n"):
+        msg = ApplyMagCache.validate_inputs(**{**ok, "calibration": bad})
+        assert msg.startswith(same.format(shown(bad))), msg
+        msg.encode("ascii")  # escaped: nothing the console could choke on
+        assert len(msg) < 1000
+    assert ApplyMagCache.validate_inputs(**{**ok, "calibration": 123}).startswith(
+        "calibration must be one of the listed choices")
+    assert ApplyMagCache.validate_inputs(**{**ok, "calibration": 123}).endswith("got the number 123")
+    assert ApplyMagCache.validate_inputs(**{**ok, "interpolation": "cubic"}) == \
+        "interpolation 'cubic' is not one of the listed choices (schedule, nearest)"
+    with pytest.raises(ValueError, match=re.escape("calibration must be one of the listed choices")) as err:
+        ApplyMagCache.execute(object(), **{**ok, "calibration": None, "max_skip_steps": 3})
+    assert str(err.value).endswith("got nothing (null)")
+    assert MagCacheCalibrate.validate_inputs(filename_prefix="x" * base.MAX_TEXT) is True
+    assert MagCacheCalibrate.validate_inputs(filename_prefix="x" * 300) == \
+        f"filename_prefix is 300 characters long, at most {base.MAX_TEXT}"
+    assert SmoothCacheCalibrate.validate_inputs(filename_prefix="p", alpha=float("nan")) == \
+        "alpha must be a finite number, got nan"
 
 
 def test_window_errors_are_one_message_and_linked_inputs_pass():
@@ -131,5 +181,10 @@ def test_store_lists_and_loads_a_format_through_the_format_map(store, monkeypatc
     assert "third.safetensors" not in calibration_store.choices(cal_io.FORMAT)
     cal = calibration_store.load("third.safetensors", fmt, "Third")
     assert cal.name == "third.safetensors" and str(cal.path).endswith("third.safetensors")
-    with pytest.raises(ValueError, match="Third calibration file 'gone.safetensors' is not in"):
-        calibration_store.load("gone.safetensors", fmt, "Third")
+    # a name not listed, a path to a file that exists, a path out of the folder: the same words, nothing opened
+    same = "Third calibration {} is not one of the listed calibrations"
+    for choice in ("gone.safetensors", str(store / "third.safetensors"), "../" + store.name + "/third.safetensors",
+                   123, None):
+        with pytest.raises(ValueError) as err:
+            calibration_store.load(choice, fmt, "Third")
+        assert str(err.value) == same.format(shown(choice)), choice

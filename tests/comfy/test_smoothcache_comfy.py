@@ -129,7 +129,36 @@ def test_bad_input_is_a_clear_error_or_unchanged_model(store):
     with pytest.raises(ValueError, match="alpha must be"):
         apply_smooth(wan.patcher, rec["file"], -0.5)
     assert apply_smooth(wan.patcher, rec["file"], 0.0) is wan.patcher  # alpha 0: unchanged
-    with pytest.raises(ValueError, match="not in"):
+    with pytest.raises(ValueError, match="'missing.safetensors' is not one of the listed calibrations"):
         apply_smooth(wan.patcher, "missing.safetensors")
     sd15 = tiny_models.build_sd15_unet()
     assert apply_smooth(sd15, rec["file"]) is sd15
+
+
+def test_too_few_steps_or_nothing_measured_is_an_error_not_a_success(store):
+    """1 step: an error before sampling (it used to log "nothing saved" and report success); a finished run
+    that measured nothing raises too."""
+    tiny = tiny_models.build("flux")
+    calls = []
+    model = SmoothCacheCalibrate.execute(tiny.patcher, filename_prefix="one", alpha=0.15).result[0]
+    with pytest.raises(ValueError, match="SmoothCache calibration needs at least 2 sampling steps, this run has 1"):
+        ksample(model, tiny, steps=1, callback=lambda *a: calls.append(a))
+    assert calls == [] and not list(store.iterdir())
+    from dit_cache.nodes.calibrate import CalibrationRun
+    run = CalibrationRun(SmoothCacheCalibrate, calibration_store.identify(tiny.patcher), "p", "euler", "simple", "1")
+    with pytest.raises(ValueError, match="SmoothCache Calibrate: fewer than 2 model calls were measured, nothing saved"):
+        SmoothCacheCalibrate.save_errors(run, 0.15, {}, [], completed=True)
+    SmoothCacheCalibrate.save_errors(run, 0.15, {}, [], completed=False)  # interrupted: the run's own error counts
+
+
+def test_a_saved_alpha_that_is_not_a_finite_number_names_the_file(store):
+    tiny = tiny_models.build("flux")
+    _, rec = calibrate(tiny, 1.0, steps=4)
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+    with safe_open(str(store / rec["file"]), framework="pt") as f:
+        meta, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+    save_file(tensors, str(store / "nan_alpha.safetensors"), metadata={**meta, "alpha": "nan"})
+    with pytest.raises(ValueError, match="SmoothCache calibration file 'nan_alpha.safetensors': alpha must be a "
+                                         "finite number"):
+        apply_smooth(tiny.patcher, "nan_alpha.safetensors")

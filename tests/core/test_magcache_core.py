@@ -114,3 +114,51 @@ def test_presets_load_and_cite_their_source():
     assert set(wan.ratios) == {"cond", "uncond"} and wan.steps == 50
     with pytest.raises(cal_io.CalibrationError, match="does not exist"):
         cal_io.load_preset("nope")
+
+
+def test_a_preset_is_a_name_never_a_path(tmp_path):
+    """Only the pack's preset names load: a path (absolute, ../) to a JSON file that exists, or a missing one,
+    gets the same message, and nothing of a file is quoted."""
+    secret = tmp_path / "secret.json"
+    secret.write_text('{"ratios": {"cond": ["TOPSECRET", 1.0]}, "family": "flux"}', encoding="utf-8")
+    up = "../" * len(cal_io.PRESET_DIR.parts)
+    names = [str(secret.with_suffix("")), up + str(secret.with_suffix(""))[1:], str(tmp_path / "missing"), "nope"]
+    messages = []
+    for name in names:
+        with pytest.raises(cal_io.CalibrationError) as err:
+            cal_io.load_preset(name)
+        assert "TOPSECRET" not in str(err.value)
+        messages.append(str(err.value).replace(cal_io.shown(name), "<name>"))
+    assert len(set(messages)) == 1 and messages[0].startswith("MagCache preset <name> does not exist")
+
+
+def test_calibrating_needs_two_steps_before_the_run():
+    from dit_cache.cache_core.methods.magcache import MagCacheCalibratePolicy
+
+    policy = MagCacheCalibratePolicy()
+    policy.check_run(RunInfo(sigmas=(1.0, 0.5, 0.0)))  # 2 steps
+    policy.check_run(RunInfo())  # steps unknown (a host without sigmas): not decided here
+    with pytest.raises(ValueError, match="needs at least 2 sampling steps, this run has 1"):
+        policy.check_run(RunInfo(sigmas=(1.0, 0.0)))
+
+
+def test_file_names_and_metadata_are_escaped_in_messages(tmp_path):
+    """A listed file's name may hold any character (a name that is not UTF-8 comes with a lone surrogate) and
+    its metadata any text: messages show both escaped, and such a file is still read."""
+    import os
+
+    name = os.fsdecode(b"cal\xff\x1b.safetensors")
+    path = tmp_path / name
+    os.rename(cal_io.save(tmp_path / "plain.safetensors", _cal(family="flux\u202e\x1b[2J\n")), path)
+    got = cal_io.load(path)
+    assert got.family == "flux\u202e\x1b[2J\n" and got.name == name
+    with pytest.raises(cal_io.CalibrationError) as err:
+        cal_io.check_model(got, "wan", "abc")
+    msg = str(err.value)
+    msg.encode("ascii")
+    assert cal_io.shown(name) in msg and "'flux\\u202e\\x1b[2J\\n'" in msg
+    assert cal_io.shown(name) in got.summary()
+    (tmp_path / name).write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{TOPSECRET json }")
+    with pytest.raises(cal_io.CalibrationError) as err:
+        cal_io.load(tmp_path / name)
+    assert str(err.value) == f"MagCache calibration file {cal_io.shown(name)} is corrupt or truncated (JSONDecodeError)"

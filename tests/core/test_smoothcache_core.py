@@ -112,3 +112,13 @@ def test_file_round_trip_and_errors(tmp_path):
     with pytest.raises(CalibrationError, match="not a dit-cache MagCache"):
         mag_io.load(path)
     assert mag_io.file_format(path) == smooth_io.FORMAT
+
+
+def test_calibrating_needs_two_steps_before_the_run():
+    from dit_cache.cache_core.policy import RunInfo
+
+    policy = SmoothCacheCalibratePolicy()
+    policy.check_run(RunInfo(sigmas=(1.0, 0.5, 0.0)))
+    policy.check_run(RunInfo())
+    with pytest.raises(ValueError, match="SmoothCache calibration needs at least 2 sampling steps, this run has 1"):
+        policy.check_run(RunInfo(sigmas=(1.0, 0.0)))

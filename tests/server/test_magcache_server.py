@@ -1,8 +1,8 @@
 """MagCache through a real ComfyUI server: calibrate -> file saved -> dropdown lists it without restart ->
 Apply MagCache uses it -> skips; a bad calibration choice is a clear error before sampling.
 
-The server saves calibrations in its "magcache" model folder (``<ComfyUI>/models/magcache`` here); the test
-reads the saved path from the server's log line and deletes the files it created.
+The server saves calibrations in its "magcache" model folder (``<base directory>/models/magcache`` here, see
+support/comfy_server.py); the test reads the saved path from the server's log line and deletes the files it created.
 """
 from __future__ import annotations
 

@@ -17,7 +17,7 @@ from typing import Iterator
 
 import pytest
 
-from comfy_server import REPO, TEST_NODES, Server, comfy_server
+from comfy_server import PACK, TEST_NODES, Server, comfy_server
 
 pytestmark = pytest.mark.server
 
@@ -83,10 +83,13 @@ def test_object_info_lists_nodes_and_pack_imports_cleanly(server: Server):
     # (other lines, e.g. comfy_extras needing torchaudio, may say IMPORT FAILED on this host).
     log = server.log()
     by_path = {os.path.realpath(path): failed for failed, path in IMPORT_LINE.findall(log)}
-    for pack_dir in (REPO, TEST_NODES / "dit_cache_test_loader"):
+    for pack_dir in (PACK, TEST_NODES / "dit_cache_test_loader"):
         assert str(pack_dir) in by_path, f"{pack_dir} not in ComfyUI's import summary; log tail:\n" \
                                          f"{server.log_tail()}"
         assert not by_path[str(pack_dir)], f"ComfyUI reports IMPORT FAILED for {pack_dir}:\n{log}"
+    # the checkout under test, and no other dit-cache (e.g. the host's custom_nodes/dit-cache link)
+    packs = [path for path in by_path if os.path.isfile(os.path.join(path, "nodes", "base.py"))]
+    assert packs == [str(PACK)], by_path
     for line in log.splitlines():
         if "IMPORT FAILED" in line or "Cannot import" in line or "comfy_entrypoint" in line:
             assert "dit-cache" not in line and "dit_cache" not in line, line
@@ -142,3 +145,43 @@ def test_invalid_window_rejected_at_validation(server: Server):
     assert queue["queue_running"] == [] and queue["queue_pending"] == []
     assert server.get("/history").keys() == history_before.keys()
     assert not SKIP_LINE.search(server.log()[log_offset:])
+
+
+def test_runs_route_serves_each_client_only_its_own_runs(server: Server):
+    """GET /dit-cache/runs?client_id=<id>: the runs of prompts queued with that id, no other client's; none
+    without an id (a prompt queued without one is served to nobody)."""
+    ids: dict[str | None, str] = {}
+    for seed, client in enumerate(("client-a-" + uuid.uuid4().hex, "client-b-" + uuid.uuid4().hex, None)):
+        prompt = _prompt("flux", 0.12, 1.0)
+        prompt["3"]["inputs"]["seed"] = 1000 + seed  # a prompt ComfyUI has not cached: it samples
+        status, body = server.post("/prompt", {"prompt": prompt, **({"client_id": client} if client else {})})
+        assert status == 200, body
+        assert server.wait_for_history(body["prompt_id"])["status"]["status_str"] == "success"
+        ids[client] = body["prompt_id"]
+    a, b, _ = ids
+    for client in (a, b):
+        runs = server.get(f"/dit-cache/runs?client_id={client}")["runs"]
+        assert [r["prompt_id"] for r in runs] == [ids[client]], runs
+    assert server.get("/dit-cache/runs")["runs"] == []
+    assert server.get("/dit-cache/runs?client_id=")["runs"] == []
+    assert server.get(f"/dit-cache/runs?client_id={uuid.uuid4().hex}")["runs"] == []
+
+
+def test_run_log_is_bounded_in_bytes_as_well_as_count(monkeypatch):
+    """In-process: the oldest runs go once the kept JSON passes MAX_BYTES; the newest always stays."""
+    from dit_cache.hosts.comfy import run_log
+
+    monkeypatch.setattr(run_log, "MAX_BYTES", 10_000)
+    run_log.clear()
+    for i in range(10):
+        run_log.record({"i": i, "pad": "x" * 3000}, client_id="c")
+    kept = run_log.for_client("c")
+    assert [r["i"] for r in kept] == [7, 8, 9] and run_log.size_bytes() <= 10_000
+    run_log.record({"i": 10, "pad": "y" * 50_000}, client_id="c")  # alone above the cap: still kept
+    assert [r["i"] for r in run_log.for_client("c")] == [10] and run_log.last()["i"] == 10
+    for i in range(run_log.MAX_RUNS + 5):
+        run_log.record({"i": i}, client_id="d")
+    assert len(run_log.recent()) == run_log.MAX_RUNS and run_log.for_client("c") == []
+    assert run_log.for_client(None) == []
+    run_log.clear()
+    assert run_log.size_bytes() == 0

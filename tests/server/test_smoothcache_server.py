@@ -1,6 +1,6 @@
 """SmoothCache through a real ComfyUI server: SmoothCache Calibrate saves a file into the calibration folder
-(``<ComfyUI>/models/magcache`` here, shared with MagCache), Apply SmoothCache lists it without a restart (Apply
-MagCache does not) and reuses components with it. The test deletes the files it created."""
+(``<base directory>/models/magcache`` here, shared with MagCache), Apply SmoothCache lists it without a restart
+(Apply MagCache does not) and reuses components with it. The test deletes the files it created."""
 from __future__ import annotations
 
 import re

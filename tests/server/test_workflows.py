@@ -107,12 +107,13 @@ def test_workflow_file_names_its_model_files(path: Path):
 
 
 def _queue(server: Server, prompt: dict) -> dict:
-    status, body = server.post("/prompt", {"prompt": prompt, "client_id": uuid.uuid4().hex})
+    client = uuid.uuid4().hex
+    status, body = server.post("/prompt", {"prompt": prompt, "client_id": client})
     assert status == 200, body
     assert body["node_errors"] == {}, body
     entry = server.wait_for_history(body["prompt_id"])
     assert entry["status"]["status_str"] == "success", (entry["status"], server.log_tail())
-    return {"prompt_id": body["prompt_id"], **entry}
+    return {"prompt_id": body["prompt_id"], "client_id": client, **entry}
 
 
 def _check_outputs(server: Server, tiny: dict, entry: dict) -> None:
@@ -128,9 +129,9 @@ def _check_outputs(server: Server, tiny: dict, entry: dict) -> None:
         assert torch.isfinite(latent).all() and latent.abs().sum() > 0
 
 
-def _runs_by_node(server: Server, prompt_id: str) -> dict[str, list[dict]]:
+def _runs_by_node(server: Server, client_id: str, prompt_id: str) -> dict[str, list[dict]]:
     out: dict[str, list[dict]] = {}
-    for run in server.get("/dit-cache/runs")["runs"]:
+    for run in server.get(f"/dit-cache/runs?client_id={client_id}")["runs"]:
         if run.get("prompt_id") == prompt_id:
             out.setdefault(str(run["node_id"]), []).append(run)
     return out
@@ -146,7 +147,7 @@ def _run(server: Server, object_info: dict, wf: dict, family: str) -> tuple[dict
         assert prompt[str(n["id"])]["class_type"] == n["type"]
     entry = _queue(server, prompt)
     _check_outputs(server, tiny, entry)
-    runs = _runs_by_node(server, entry["prompt_id"])
+    runs = _runs_by_node(server, entry["client_id"], entry["prompt_id"])
     for n in cache_nodes:
         node_runs = runs.get(str(n["id"]), [])
         assert node_runs and all(r["completed"] for r in node_runs), (n["type"], runs, server.log_tail())
@@ -154,7 +155,7 @@ def _run(server: Server, object_info: dict, wf: dict, family: str) -> tuple[dict
 
 
 def _cleanup_calibrations(server: Server, offset: int) -> list[Path]:
-    """Calibration files this test's runs wrote (into the host ComfyUI's models/magcache): removed. The folder
+    """Calibration files this test's runs wrote (into the server's models/magcache): removed. The folder
     stays: ComfyUI's cached file lists raise FileNotFoundError for a listed folder that disappeared while the
     server runs (later prompts with Apply MagCache would fail validation)."""
     created = [Path(p.strip()) for p in SAVED.findall(server.log()[offset:])]
@@ -231,7 +232,7 @@ def test_calibrate_then_apply_workflow(server: Server, object_info: dict, path: 
         log_offset = len(server.log())
         second = _queue(server, prompt)
         _check_outputs(server, tiny, second)
-        (run,) = _runs_by_node(server, second["prompt_id"])[str(apply_node["id"])]
+        (run,) = _runs_by_node(server, second["client_id"], second["prompt_id"])[str(apply_node["id"])]
         sampler = next(n for n in wf["nodes"] if n["id"] in _downstream(wf, apply_node["id"])
                        and n["type"] == "KSampler")
         assert run["completed"] and run["calls"] == sampler["widgets_values"][2]  # one model call per step

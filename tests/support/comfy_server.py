@@ -1,8 +1,17 @@
 """A real ComfyUI server (``main.py``) with this pack, as a subprocess for end-to-end tests.
 
-Started from the host ComfyUI (``.host/ComfyUI``) on CPU, on a free loopback port, with every writable folder
-(output, temp, input, user, sqlite database) under a given temporary directory, so nothing is written inside
-``.host``. The test-only node pack ``tests/support/test_nodes/dit_cache_test_loader`` (node
+Started from the host ComfyUI (``.host/ComfyUI``) on CPU, on a free loopback port, with ComfyUI's base directory
+(``--base-directory``: models, custom_nodes, output, temp, input, user) and the sqlite database under a given
+temporary directory, so nothing is written inside ``.host``.
+
+The pack the server loads is the repository under test (``PACK``: this checkout, or ``DITCACHE_SERVER_PACK``),
+never the host's ``custom_nodes/dit-cache`` link (which points at whichever checkout built the host): the
+temporary base directory's ``custom_nodes`` holds one entry, ``dit-cache``, a symlink to ``PACK``, and with
+``--base-directory`` ComfyUI lists no other ``custom_nodes`` folder than that one and the YAML's below. Its import
+summary names the pack's real path (``tests/server/test_server.py`` checks that it is ``PACK`` and that no
+other dit-cache was imported). Calibrations go to ``<root>/models/magcache``.
+
+The test-only node pack ``tests/support/test_nodes/dit_cache_test_loader`` (node
 "DitCacheTest.TinyModelLoader": a tiny random model of a real ComfyUI class, no checkpoint needed) is loaded
 through an ``--extra-model-paths-config`` YAML with a ``custom_nodes:`` entry; it is never copied into
 ComfyUI's own ``custom_nodes`` folder. Used by ``tests/server/`` and ``tests/browser/test_panel_browser.py``;
@@ -31,6 +40,8 @@ import comfy_env
 REPO = comfy_env.REPO
 COMFY_DIR = comfy_env.COMFY_DIR
 TEST_NODES = REPO / "tests" / "support" / "test_nodes"
+# the dit-cache checkout the server loads: the repository these tests belong to, unless told otherwise
+PACK = Path(os.environ.get("DITCACHE_SERVER_PACK", REPO)).resolve()
 STARTUP_TIMEOUT_S = 120
 PROMPT_TIMEOUT_S = 120
 
@@ -118,9 +129,12 @@ def _stop(proc: subprocess.Popen) -> None:
 @contextlib.contextmanager
 def comfy_server(root: Path) -> Iterator[Server]:
     """Start ComfyUI with its writable folders under ``root``; stop it (and its whole process group) on exit."""
-    dirs = {name: root / name for name in ("output", "temp", "input", "user")}
+    dirs = {name: root / name for name in ("output", "temp", "input", "user", "custom_nodes")}
     for d in dirs.values():
         d.mkdir()
+    # the pack under test, under the name the host's link has (ComfyUI serves its web folder as
+    # /extensions/dit-cache)
+    (dirs["custom_nodes"] / "dit-cache").symlink_to(PACK, target_is_directory=True)
     # utils/extra_config.py: top-level sections map folder names (here "custom_nodes") to paths;
     # absolute paths are used as they are.
     extra_config = root / "extra_model_paths.yaml"
@@ -131,6 +145,8 @@ def comfy_server(root: Path) -> Iterator[Server]:
         sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port),
         "--disable-auto-launch",
         "--disable-api-nodes",  # no network here; also a faster start
+        # models/, custom_nodes/ (and the folders set below) under root: the host's custom_nodes is not listed
+        "--base-directory", str(root),
         "--output-directory", str(dirs["output"]),
         "--temp-directory", str(dirs["temp"]),  # ComfyUI uses <this>/temp
         "--input-directory", str(dirs["input"]),

@@ -1,8 +1,8 @@
 // dit-cache statistics panel: what the cache skipped, per cache node and sampling run.
 //
 // Server side: nodes/stats_server.py pushes "dit-cache.run" (one run, at its end) and "dit-cache.step" (one
-// model call, live) to the page that queued the prompt and serves GET /dit-cache/runs (the last runs, for a
-// reloaded page). This file draws them in a "DiT Cache" sidebar tab (one section per cache node, newest run
+// model call, live) to the page that queued the prompt and serves GET /dit-cache/runs?client_id=<this page's id>
+// (this page's last runs, for a reloaded page). This file draws them in a "DiT Cache" sidebar tab (one section per cache node, newest run
 // first) and writes a one-line summary of the last run on each cache node in the graph.
 // MagCache Calibrate: nodes/magcache_nodes.py sends "dit_cache.magcache_calibrated" (node_id, file, ratios per
 // CFG stream, ...) to the same page when it has saved a calibration; the ratios are drawn as a small curve per
@@ -297,9 +297,26 @@ function scheduleRender() {
   if (state.container && !state.frame) state.frame = requestAnimationFrame(render);
 }
 
+// The page's client id: the one its prompts are queued with (api.queuePrompt sends api.clientId), which the
+// server records with each run and serves its runs by. ComfyUI's api sets it from the websocket's first "status"
+// message and keeps it in sessionStorage (and window.name) across reloads; until that message, the stored one.
+function pageClientId() {
+  const known = api.clientId ?? api.initialClientId ?? sessionStorage.getItem("clientId");
+  if (known) return Promise.resolve(known);
+  return new Promise((resolve) => {
+    const onStatus = () => {
+      if (!api.clientId) return;
+      api.removeEventListener("status", onStatus);
+      resolve(api.clientId);
+    };
+    api.addEventListener("status", onStatus);
+  });
+}
+
 async function load() {
   try {
-    const res = await api.fetchApi("/dit-cache/runs");
+    const id = await pageClientId();
+    const res = await api.fetchApi(`/dit-cache/runs?client_id=${encodeURIComponent(id)}`);
     if (!res.ok) throw new Error(`GET /dit-cache/runs: HTTP ${res.status}`);
     const data = await res.json();
     state.runs = (data.runs || []).filter(isSamplingRun);
@@ -472,7 +489,7 @@ app.registerExtension({
         state.container = null;
       },
     });
-    await load();
+    load(); // not awaited: it may wait for the websocket's client id, which must not hold up the app's setup
   },
   nodeCreated(node) {
     if (String(node.comfyClass || node.type || "").startsWith("DitCache.")) attachToNode(node);
