@@ -605,8 +605,8 @@ def main() -> None:
             print(f"fastest at PSNR >= {preset.best_at_psnr:g} dB: {top['label']} {top['knob']} {top['value']:g} "
                   f"({top['speedup']:.2f}x, {_fmt_q(top['psnr_db']).strip()})")
     weighted = ("" if shares is None else
-                f"ideal: cost-weighted (skipped calls, rebuilt unconditional passes, and reused attention / "
-                f"feed-forward computations at the shares above); ")
+                "ideal: cost-weighted (skipped calls, rebuilt unconditional passes, and reused attention / "
+                "feed-forward computations at the shares above); ")
     load_end = f", load average at the end {os.getloadavg()[0]:.1f}" if hasattr(os, "getloadavg") else ""
     print(f"{weighted}speedup: uncached wall / this wall; CPU: the same ratio of process CPU times (leaves out time "
           f"spent waiting for a core); peak memory: {mem.kind}; cache MB: the cache's own tensors (dit-cache run "
