@@ -4,7 +4,7 @@
 // model call, live) to the page that queued the prompt and serves GET /dit-cache/runs?client_id=<this page's id>
 // (this page's last runs, for a reloaded page). This file draws them in a "DiT Cache" sidebar tab (one section per cache node, newest run
 // first) and writes a one-line summary of the last run on each cache node in the graph.
-// MagCache Calibrate: nodes/magcache_nodes.py sends "dit_cache.magcache_calibrated" (node_id, file, ratios per
+// MagCache Calibrate: nodes/calibrate.py sends "dit_cache.magcache_calibrated" (node_id, file, ratios per
 // CFG stream, ...) to the same page when it has saved a calibration; the ratios are drawn as a small curve per
 // stream on that node ("saved <file>" under it) and listed in the sidebar under the node.
 // Listeners: the page-level ones are removed on "pagehide"; each cache node's own listener is removed when the
