@@ -69,6 +69,9 @@ class Recipe:
     # DiT trains: each block starts as the identity), and Flux's guidance embedding (an input it is trained to
     # ignore)
     zero_init: tuple[str, ...] = ()
+    font_names: tuple[str, ...] = ()  # the DejaVu faces glyphs are drawn in (default: all of FONT_NAMES)
+    sizes: tuple[float, float] = (30, 46)  # shape radius / half glyph height range, canvas pixels
+    glyph_angle: float = 15  # glyphs turn by up to this many degrees either way
     seed: int = 0
 
 
@@ -89,7 +92,11 @@ RECIPES: dict[str, Recipe] = {
         "image", "QwenImage",
         dict(image_model="qwen_image", in_channels=64, out_channels=16, num_layers=4, attention_head_dim=64,
              num_attention_heads=2, joint_attention_dim=32, axes_dims_rope=(16, 24, 24)),
-        latent=(16, 1, 8, 8), size=16, per_class=1500, batch=64, steps=4000,
+        # digits are thin: the upright and bold faces only, drawn larger, at most 10 degrees off
+        latent=(16, 1, 8, 8), size=16, per_class=1500, batch=64, steps=6000,
+        font_names=("DejaVuSans.ttf", "DejaVuSans-Bold.ttf", "DejaVuSerif-Bold.ttf", "DejaVuSansMono-Bold.ttf",
+                    "DejaVuSansCondensed-Bold.ttf"), sizes=(38, 48), glyph_angle=10,
+        reference=dict(sampler="euler", scheduler="simple", steps=20, cfg=4.0),
         classes=[(str(d), f"the digit {w}", ("glyph", str(d))) for d, w in enumerate(
             "zero one two three four five six seven eight nine".split())],
         zero_init=("proj_out.*", "norm_out.linear.*", "transformer_blocks.*_mod.1.*")),
@@ -99,6 +106,9 @@ RECIPES: dict[str, Recipe] = {
              out_dim=16, text_dim=32, freq_dim=256, patch_size=(1, 2, 2), window_size=(-1, -1), qk_norm=True,
              cross_attn_norm=True, eps=1e-6),
         latent=(16, 4, 8, 8), size=16, frames=4, per_class=1500, batch=32, steps=4000,
+        font_names=("DejaVuSans.ttf", "DejaVuSans-Bold.ttf", "DejaVuSerif-Bold.ttf", "DejaVuSansMono-Bold.ttf",
+                    "DejaVuSansCondensed-Bold.ttf"),
+        reference=dict(sampler="euler", scheduler="simple", steps=20, cfg=5.0),
         classes=[("circle right", "a circle moving right", ("circle", "right")),
                  ("square turning", "a square turning", ("square", "turn")),
                  ("triangle down", "a triangle moving down", ("triangle", "down")),
@@ -111,11 +121,14 @@ RECIPES: dict[str, Recipe] = {
 # ----------------------------------------------------------------------------------------------------- drawing
 
 
-def fonts() -> list[str]:
+FONT_NAMES = ("DejaVuSans.ttf", "DejaVuSans-Bold.ttf", "DejaVuSerif.ttf", "DejaVuSerif-Bold.ttf",
+              "DejaVuSansMono.ttf", "DejaVuSansMono-Bold.ttf", "DejaVuSans-Oblique.ttf", "DejaVuSerif-Italic.ttf",
+              "DejaVuSansCondensed-Bold.ttf", "DejaVuSerifCondensed.ttf")
+
+
+def fonts(names: tuple[str, ...] = ()) -> list[str]:
     """DejaVu faces from the system, else matplotlib's copies (same faces)."""
-    names = ["DejaVuSans.ttf", "DejaVuSans-Bold.ttf", "DejaVuSerif.ttf", "DejaVuSerif-Bold.ttf",
-             "DejaVuSansMono.ttf", "DejaVuSansMono-Bold.ttf", "DejaVuSans-Oblique.ttf", "DejaVuSerif-Italic.ttf",
-             "DejaVuSansCondensed-Bold.ttf", "DejaVuSerifCondensed.ttf"]
+    names = names or FONT_NAMES
     dirs = [Path("/usr/share/fonts/truetype/dejavu")]
     try:
         import matplotlib
@@ -128,7 +141,7 @@ def fonts() -> list[str]:
             if (d / n).exists():
                 out.append(str(d / n))
                 break
-    if len(out) < 3:
+    if len(out) < len(names):
         raise RuntimeError(f"need DejaVu fonts (found {out}): apt-get install fonts-dejavu-core or matplotlib")
     return out
 
@@ -207,13 +220,13 @@ def compose(m, fg: tuple[int, int, int], bg: tuple[int, int, int], size: int):
     return img.resize((size, size), Image.BOX)
 
 
-def draw_image(drawing: tuple, rng: random.Random, font_files: list[str], size: int):
+def draw_image(drawing: tuple, rng: random.Random, font_files: list[str], size: int, recipe: Recipe):
     what, arg = drawing
     kind = arg if what == "shape" else f"glyph:{arg}"
     # near the centre (a tiny model learns shapes much sooner than where to put them), varied size and angle
-    r = rng.uniform(30, 46)
+    r = rng.uniform(*recipe.sizes)
     cx, cy = CANVAS / 2 + rng.uniform(-JITTER, JITTER), CANVAS / 2 + rng.uniform(-JITTER, JITTER)
-    angle = rng.uniform(-15, 15) if what == "glyph" else rng.uniform(-20, 20)
+    angle = rng.uniform(-recipe.glyph_angle, recipe.glyph_angle) if what == "glyph" else rng.uniform(-20, 20)
     (fg,), bg = colours(rng)
     return [compose(mask(kind, cx, cy, r, angle, rng, rng.choice(font_files)), fg, bg, size)]
 
@@ -264,12 +277,12 @@ def render(recipe: Recipe, per_class: int, seed: int) -> tuple[torch.Tensor, tor
     import numpy as np
 
     rng = random.Random(seed)
-    font_files = fonts()
+    font_files = fonts(recipe.font_names)
     pics, labels = [], []
     for _ in range(per_class):
         for k, (_, _, drawing) in enumerate(recipe.classes):
             if recipe.kind == "image":
-                imgs = draw_image(drawing, rng, font_files, recipe.size)
+                imgs = draw_image(drawing, rng, font_files, recipe.size, recipe)
             else:
                 imgs = draw_video(drawing, rng, font_files, recipe.size, recipe.frames)
             arr = np.stack([np.asarray(i) for i in imgs])  # (T, H, W, 3)

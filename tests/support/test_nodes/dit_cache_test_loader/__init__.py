@@ -51,8 +51,9 @@ class TinyModelLoader(io.ComfyNode):
             node_id="DitCacheTest.TinyModelLoader",
             display_name="Tiny Model Loader (dit-cache tests)",
             category="dit-cache/testing",
-            description="A deterministic, randomly initialised tiny DiT of a real ComfyUI model class, "
-                        "with matching conditioning and an empty latent. For tests only.",
+            description="A deterministic, randomly initialised tiny DiT of a real ComfyUI model class (or, "
+                        "family suffix :trained, a small trained one), with matching conditioning and an "
+                        "empty latent. For tests only.",
             inputs=[
                 io.Combo.Input("family", default="flux",
                                options=[*tiny_models.FAMILIES, *(f + TRAINED for f in trained_models.FAMILIES)],
