@@ -584,7 +584,7 @@ def picture(family: str, m: Any, samples: torch.Tensor, per_class: int, path: Pa
     rgb = m.decode(samples)
     n = len(m.classes)
     if rgb.ndim == 5:  # (B, 3, T, H, W) -> per sample T tiles, a white column between samples
-        b, c, t, h, w = rgb.shape
+        _, c, t, h, w = rgb.shape
         keep = min(per_class, 3)
         rows = []
         for k in range(n):
