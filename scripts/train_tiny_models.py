@@ -20,7 +20,7 @@ training samples get the empty prompt instead, so classifier-free guidance has s
 
 Outputs (``--out``, default models/trained/): ``<family>.safetensors`` (float16 weights, the embedding table and
 latent projection, the config as JSON metadata) and ``<family>.classifier.safetensors`` (a small CNN trained on
-fresh renders, that tests/test_trained_models.py uses to check that samples show their class), plus the sample
+fresh renders, that tests/comfy/test_trained_models_comfy.py uses to check that samples show their class), plus the sample
 grid docs/trained-<family>.png. Train with one thread (the default): tiny models gain nothing from more.
 """
 from __future__ import annotations
