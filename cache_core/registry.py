@@ -41,6 +41,7 @@ class MethodSpec:
 
 _METHODS: dict[str, MethodSpec] = {}
 _MODULES: dict[str, str] = {}  # method key -> the module that registered it
+_loaded = False  # cache_core/methods/ has been imported (its modules register once, at import)
 
 
 def register(spec: MethodSpec, module: str | None = None) -> MethodSpec:
@@ -53,10 +54,14 @@ def register(spec: MethodSpec, module: str | None = None) -> MethodSpec:
 
 
 def load_methods() -> dict[str, MethodSpec]:
-    """Import every module of ``cache_core/methods/`` (each registers its method) and return the registry."""
-    package = importlib.import_module(f"{__package__}.methods")
-    for info in pkgutil.iter_modules(package.__path__):
-        importlib.import_module(f"{package.__name__}.{info.name}")
+    """Import every module of ``cache_core/methods/`` (each registers its method; the folder is listed once per
+    process) and return the registry."""
+    global _loaded
+    if not _loaded:
+        package = importlib.import_module(f"{__package__}.methods")
+        for info in pkgutil.iter_modules(package.__path__):
+            importlib.import_module(f"{package.__name__}.{info.name}")
+        _loaded = True
     return dict(_METHODS)
 
 
@@ -71,10 +76,15 @@ def module_of(key: str) -> str:
     return _MODULES[key]
 
 
+def spec_for(config: Any) -> MethodSpec:
+    """The registered method whose config class ``config`` is (TypeError naming the known ones otherwise)."""
+    for spec in load_methods().values():
+        if type(config) is spec.config:
+            return spec
+    known = ", ".join(s.config.__name__ for s in _METHODS.values())
+    raise TypeError(f"unsupported cache method {type(config).__name__}; expected a Policy or one of {known}")
+
+
 def policy_for(method: Any) -> Any:
     """The policy for a method config (found by its class in the registry)."""
-    for spec in load_methods().values():
-        if type(method) is spec.config:
-            return spec.policy(method)
-    known = ", ".join(s.config.__name__ for s in _METHODS.values())
-    raise TypeError(f"unsupported cache method {type(method).__name__}; expected a Policy or one of {known}")
+    return spec_for(method).policy(method)

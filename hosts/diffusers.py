@@ -33,8 +33,7 @@ from ..cache_core.config import CacheWindow, SigmaWindow
 from ..cache_core.layout import DIFFUSERS_LAYOUTS, BlockLayout, Segment, layout_for_module
 from ..cache_core.model_call import model_call
 from ..cache_core.policy import Policy
-from ..cache_core.registry import methods
-from ..cache_core.registry import policy_for as registry_policy_for
+from ..cache_core.registry import spec_for
 from ..cache_core.runners import make_runner, uses_components
 from ..cache_core.stats import RunStats
 from ..cache_core.streams import CallInfo, Streams
@@ -57,11 +56,11 @@ def policy_for(method: Any) -> Policy | ComponentPolicy:
     registry entry names the diffusers host."""
     if isinstance(method, (Policy, ComponentPolicy)):
         return method
-    for spec in methods().values():
-        if type(method) is spec.config and "diffusers" not in spec.hosts:
-            raise TypeError(f"unsupported cache method {type(method).__name__} on the diffusers host: {spec.label} runs on "
-                            f"{', '.join(spec.hosts)}")
-    return registry_policy_for(method)
+    spec = spec_for(method)
+    if "diffusers" not in spec.hosts:
+        raise TypeError(f"unsupported cache method {type(method).__name__} on the diffusers host: {spec.label} runs "
+                        f"on {', '.join(spec.hosts)}")
+    return spec.policy(method)
 
 
 def flow_sigma_window(window: CacheWindow) -> SigmaWindow:
