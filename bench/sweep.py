@@ -49,7 +49,7 @@ import textwrap
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 OUT_DIR = Path(__file__).resolve().parent / "out"
 # ComfyUI's EasyCache logs "EasyCache - skipped X/Y steps (...)" at the end of each run (no run record)
@@ -80,6 +80,13 @@ class Preset:
     runs: tuple[Run, ...] | None = None  # None: every sweep_methods entry at its values for the size
     weighted_ideal: bool = False  # ideal speedup weighted by measured component shares (common.weighted_ideal)
     best_at_psnr: float | None = None  # also print the fastest point at or above this PSNR (dB)
+    # trained-model presets (bench/trained.py): the trained families, CFG values and seeds; node_defaults: every
+    # node once with all inputs at their defaults instead of the knob values
+    trained: bool = False
+    families: tuple[str, ...] = ("flux", "qwen_image", "wan21")
+    cfgs: tuple[float, ...] = (1.0, 3.5)
+    seeds: int = 6
+    node_defaults: bool = False
 
 
 def _windows(start: float, end: float, kinds: tuple[str, ...] = ("spatial", "temporal", "cross")) -> dict:
@@ -87,7 +94,13 @@ def _windows(start: float, end: float, kinds: tuple[str, ...] = ("spatial", "tem
 
 
 PRESETS: dict[str, Preset] = {
-    "default": Preset("every method's main knob on the medium Flux-class image model at cfg 1"),
+    "trained": Preset("every method's main knob on the three small trained models (Flux-, Qwen-Image- and "
+                      "Wan-class), cfg 1 and 3.5, 6 seeds: block and wall speedup, PSNR mean / min, SSIM",
+                      size="trained", trained=True),
+    "trained-defaults": Preset("every node once at its default inputs on the three trained models, cfg 1 and 3.5, "
+                               "6 seeds", size="trained", trained=True, node_defaults=True),
+    "random": Preset("every method's main knob on the medium random-weight Flux-class model at cfg 1: wall time "
+                     "and overhead at a size where block work dominates"),
     # threshold 1e-9 never skips (0 would disable the cache and return the model unpatched): every block still
     # runs through the cache core, so its wall time over the uncached one is the patched model's overhead
     "fbc-overhead": Preset(
@@ -175,10 +188,13 @@ def _presets_text() -> str:
 def _parse(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, epilog=_presets_text(),
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--preset", default="default", choices=list(PRESETS), help="what to run (see below)")
+    ap.add_argument("--preset", default="trained", choices=list(PRESETS), help="what to run (see below)")
+    ap.add_argument("--families", nargs="+", default=None, help="trained presets: trained model families")
+    ap.add_argument("--cfgs", nargs="+", type=float, default=None, help="trained presets: CFG values")
+    ap.add_argument("--seeds", type=int, default=None, help="trained presets: number of seeds (default 6)")
     ap.add_argument("--list-presets", action="store_true", help="print the presets and exit")
     ap.add_argument("--family", default=None, help="tiny_models family key (preset's: flux, or wan21)")
-    ap.add_argument("--size", default=None, choices=["tiny", "medium", "large"],
+    ap.add_argument("--size", default=None, choices=["tiny", "medium", "large", "trained"],
                     help="tiny / medium (CPU), large (GPU, Flux only); default: the preset's (medium)")
     ap.add_argument("--cfg", type=float, default=None, help="default: the preset's (1, attention: 5)")
     ap.add_argument("--steps", type=int, default=None, help="default: the preset's (20)")
@@ -326,9 +342,12 @@ def apply_node(cls: Any, model: Any, knob: str, value: float, prepared: dict[str
 class Context:
     """What entries may need from the bench model (sweep_methods.SweepMethod.prepared)."""
 
-    def __init__(self, pack: Any, tiny: Any, steps: int, cfg: float, classes: dict[str, Any] | None = None) -> None:
+    def __init__(self, pack: Any, tiny: Any, steps: int, cfg: float, classes: dict[str, Any] | None = None,
+                 sample: Callable[[Any], Any] | None = None) -> None:
         self.pack, self.tiny, self.steps, self.cfg = pack, tiny, steps, cfg
         self.classes = classes if classes is not None else node_classes(pack)
+        # one full sampling run of a (patched) model; default: ksample with the bench model's own conditioning
+        self.sample = sample
         self._calibrations: dict[str, str] = {}
         self._tempdirs: dict[str, str] = {}  # model folder name -> temporary folder put first in it
 
@@ -337,7 +356,7 @@ class Context:
         at their defaults) and one full KSampler run (same steps and cfg as the sweep); the file is saved in a
         temporary folder put first in ComfyUI's model folder ``folder``. Returns the saved file's name as the
         apply node lists it: the ``calibration.file`` of the run-log record the calibrate node writes (as
-        MagCache Calibrate does). Made once per node."""
+        MagCache Calibrate does). Made once per node. With ``sample`` given, that run is ``sample(model)``."""
         if node_id not in self._calibrations:
             import folder_paths
             from common import run_log  # the pack's run log, wherever the pack keeps it
@@ -349,7 +368,10 @@ class Context:
             cls = self.classes[node_id]
             calibrating = cls.execute(self.tiny.patcher, **node_inputs(cls, {"filename_prefix": "bench"})).result[0]
             run_log.clear()
-            ksample(calibrating, self.tiny, steps=self.steps, cfg=self.cfg)
+            if self.sample is not None:
+                self.sample(calibrating)
+            else:
+                ksample(calibrating, self.tiny, steps=self.steps, cfg=self.cfg)
             saved = [r for r in run_log.recent() if "calibration" in r]
             if not saved:
                 raise RuntimeError(f"{node_id} recorded no calibration in the run log")
@@ -448,6 +470,13 @@ def main() -> None:
         args.device = "gpu" if torch.cuda.is_available() else "cpu"
     os.environ["DITCACHE_BENCH_DEVICE"] = args.device
     sys.path.insert(0, str(Path(__file__).resolve().parent))
+    if PRESETS[args.preset].trained:
+        from trained import run_trained
+        try:
+            run_trained(args, PRESETS[args.preset])
+        except ValueError as e:
+            sys.exit(str(e))
+        return
     from common import PACK, component_shares, run_log, tiny_models, weighted_ideal  # noqa: E402  (sets up ComfyUI)
     import torch
     from metrics import psnr, ssim
@@ -485,7 +514,7 @@ def main() -> None:
     machine = _machine(gpu)
     family = FAMILY_LABELS.get(args.family, f"{args.family} family")
     params = tiny_models.parameter_count(m) / 1e6
-    named = "" if args.preset == "default" else f" (preset {args.preset})"
+    named = "" if args.preset == "random" else f" (preset {args.preset})"
     load = f", load average {os.getloadavg()[0]:.1f}" if hasattr(os, "getloadavg") else ""
     print(f"dit-cache sweep{named}: {family} {args.size} ({params:.1f} M params, ComfyUI's "
           f"{m.spec.supported_model} class, random weights), {args.steps} euler steps, cfg {cfg}, {machine}{load}")
@@ -614,7 +643,7 @@ def main() -> None:
           f"round); sweep {total:.0f} s{load_end}")
 
     args.out.mkdir(parents=True, exist_ok=True)
-    stem = f"sweep_{args.size}" if args.preset == "default" else f"sweep_{args.preset}_{args.size}"
+    stem = f"sweep_{args.size}" if args.preset == "random" else f"sweep_{args.preset}_{args.size}"
     csv_path = args.out / f"{stem}.csv"
     setting = f"{args.steps} steps" + ("" if cfg == 1.0 else f", cfg {cfg:g}")
     with open(csv_path, "w", newline="", encoding="utf-8") as f:

@@ -40,6 +40,11 @@ class SweepMethod:
     fixed: Mapping[str, Any] = field(default_factory=dict)
     reference: bool = False  # drawn as the reference curve (ComfyUI's built-in EasyCache)
     note: str = field(default="", compare=False)
+    # The recommended setting on the trained models (tests/comfy/test_trained_quality_comfy.py checks it reaches
+    # PSNR >= 30 dB on each, cfg 1 and 3.5): inputs on top of the node's defaults (empty: the defaults), and per
+    # trained family (tests/support/trained_models.py key) inputs on top of those
+    recommended: Mapping[str, Any] = field(default_factory=dict)
+    recommended_by_family: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.knob in self.fixed:
@@ -47,6 +52,10 @@ class SweepMethod:
 
     def values_for(self, size: str) -> tuple[float, ...]:
         return self.values.get(size, self.values["medium"])
+
+    def recommended_for(self, family: str) -> dict[str, Any]:
+        """The recommended inputs (beyond the node defaults) on the trained ``family`` model."""
+        return {**self.recommended, **self.recommended_by_family.get(family, {})}
 
 
 def _magcache_inputs(ctx: Any) -> dict[str, Any]:
@@ -57,46 +66,62 @@ def _smoothcache_inputs(ctx: Any) -> dict[str, Any]:
     return {"calibration": ctx.calibration("DitCache.SmoothCacheCalibrate", "magcache")}
 
 
-# Knob values: the bench models have random weights; their step-to-step changes are smaller than a trained
-# model's, so MagCache's useful thresholds are small (calibrated ratios within 1 +- 0.02, trained Flux up to
-# 1.21). Values span "few skips" to "most steps skipped" at 20 steps on each size; the medium values of DBCache,
+# Knob values: the random-weight bench models' step-to-step changes are smaller than a trained model's, so
+# MagCache's useful thresholds there are small (calibrated ratios within 1 +- 0.02, trained Flux up to 1.21).
+# Values span "few skips" to "most steps skipped" at 20 steps on each size; the medium values of DBCache,
 # TaylorSeer and Adaptive Cache are among those the forecast preset measures on the same model. MagCache
-# with its default max_skip_steps 3 computes at least 8 of 20 steps (0.03 already reaches that). Two or three
-# points each keep the default command (medium, CPU) near 5 minutes on a quiet 2-core machine.
+# with its default max_skip_steps 3 computes at least 8 of 20 steps. Two or three points each keep the random
+# preset (medium, CPU) near 5 minutes on a quiet 2-core machine. The "trained" values (the default preset, the
+# small trained models) run from about the node default to past the 30 dB bar on all three trained models.
+# ``recommended``: see SweepMethod; measured by ``bench/sweep.py --preset trained-defaults`` (docs/benchmarks.md).
 METHODS: tuple[SweepMethod, ...] = (
     SweepMethod("fbc", "First Block Cache", "DitCache.ApplyFirstBlockCache", "threshold",
-                {"tiny": (0.1, 0.2, 0.3), "medium": (0.08, 0.12, 0.2)}),
+                {"tiny": (0.1, 0.2, 0.3), "medium": (0.08, 0.12, 0.2),
+                 "trained": (0.08, 0.12, 0.2, 0.3, 0.4, 0.5)}),
     SweepMethod("magcache", "MagCache (calibrated)", "DitCache.ApplyMagCache", "threshold",
-                {"tiny": (0.02, 0.1, 0.3), "medium": (0.01, 0.03)}, prepared=_magcache_inputs,
+                {"tiny": (0.02, 0.1, 0.3), "medium": (0.01, 0.03), "trained": (0.05, 0.1, 0.2, 0.3, 0.4, 0.8)},
+                prepared=_magcache_inputs,
                 note="calibrated on the bench model first (MagCache Calibrate, same steps)"),
+    # Wan and Qwen-Image read TeaCache's signal without a published rescaling polynomial ("raw"): its scale is
+    # not Flux's, and the node's 0.4 (a Flux value) falls below 30 dB on both trained models; 0.1 is the value
+    # docs/nodes.md gives for raw coefficients
     SweepMethod("teacache", "TeaCache", "DitCache.ApplyTeaCache", "rel_l1_threshold",
-                {"tiny": (0.25, 0.6, 1.0), "medium": (0.25, 0.4, 0.6)}),
+                {"tiny": (0.25, 0.6, 1.0), "medium": (0.25, 0.4, 0.6), "trained": (0.1, 0.15, 0.25, 0.4, 0.6, 1.0)},
+                recommended_by_family={"wan21": {"rel_l1_threshold": 0.1}, "qwen_image": {"rel_l1_threshold": 0.1}}),
     # Fn 1 (cache-dit's fastest Flux setting, F1B0) with its TaylorSeer calibrator: the node's defaults (Fn 8,
-    # warm-up 8) are cache-dit's for 28-50 steps of a 57-block Flux; this model has 17 blocks and runs 20 steps
+    # warm-up 8) are cache-dit's for 28-50 steps of a 57-block Flux; the medium model has 17 blocks and the
+    # trained ones 4-6 (Fn 8 cannot apply there), and they run 20 steps
     SweepMethod("dbcache", "DBCache F1B0 + TaylorSeer 1", "DitCache.ApplyDBCache", "threshold",
-                {"tiny": (0.1, 0.3), "medium": (0.1, 0.3)},
+                {"tiny": (0.1, 0.3), "medium": (0.1, 0.3), "trained": (0.2, 0.3, 0.5, 0.8)},
                 fixed={"Fn": 1, "Bn": 0, "warmup_steps": 4, "taylorseer_order": 1},
+                recommended={"Fn": 1, "Bn": 0, "warmup_steps": 4, "taylorseer_order": 1, "threshold": 0.2},
                 note="Fn 1, Bn 0, warmup_steps 4, taylorseer_order 1 (node defaults Fn 8 / warm-up 8 suit "
-                     "28-50 steps of a 57-block Flux; this model has 17 blocks and runs 20 steps)"),
+                     "28-50 steps of a 57-block Flux; the bench models have 4-17 blocks and run 20 steps)"),
+    # final_full_steps 2: at the default 0 the trained Flux-class model at CFG 3.5 fell to a min PSNR of 23 dB
+    # over 6 seeds (mean 32); with the last two steps computed it kept >= 28 dB on every trained model
     SweepMethod("taylorseer", "TaylorSeer", "DitCache.ApplyTaylorSeer", "cache_interval",
-                {"tiny": (3, 5), "medium": (3, 5)}),
+                {"tiny": (3, 5), "medium": (3, 5), "trained": (2, 3, 4, 5, 6, 8)},
+                recommended={"final_full_steps": 2}),
     SweepMethod("adaptive", "Adaptive Cache", "DitCache.ApplyAdaptiveCache", "threshold",
-                {"tiny": (0.2, 0.8), "medium": (0.2, 0.4, 0.8)}),
+                {"tiny": (0.2, 0.8), "medium": (0.2, 0.4, 0.8), "trained": (0.1, 0.2, 0.4, 0.8)}),
     SweepMethod("pab", "PAB", "DitCache.PABConfig", "spatial_skip",
-                {"tiny": (2, 4), "medium": (2, 4)},
+                {"tiny": (2, 4), "medium": (2, 4), "trained": (2, 4, 6)},
                 note="reuses attention cores only (no model call is skipped: computed stays at every call; the "
                      "call-count ideal is 1x, --weighted-ideal counts the reused cores at their share)"),
     SweepMethod("fastercache", "FasterCache", "DitCache.ApplyFasterCache", "spatial_skip",
-                {"tiny": (2, 4), "medium": (2, 4)},
+                {"tiny": (2, 4), "medium": (2, 4), "trained": (2, 4)},
                 note="at cfg 1 only its attention extrapolation acts (no unconditional branch to rebuild; "
                      "bench/sweep.py --preset attention measures that part on a video model at CFG 5)"),
     SweepMethod("smoothcache", "SmoothCache (calibrated)", "DitCache.ApplySmoothCache", "alpha",
-                {"tiny": (0.05, 0.2), "medium": (0.1, 0.3)}, prepared=_smoothcache_inputs,
+                {"tiny": (0.05, 0.2), "medium": (0.1, 0.3), "trained": (0.1, 0.2, 0.4, 0.8)},
+                prepared=_smoothcache_inputs,
                 note="calibrated on the bench model first (SmoothCache Calibrate, same steps); reuses attention "
                      "cores and feed-forward outputs (no model call is skipped), the schedule rebuilt per alpha"),
     SweepMethod("easycache", "EasyCache (ComfyUI built-in)", "EasyCache", "reuse_threshold",
-                {"tiny": (0.05, 0.2, 0.5), "medium": (0.1, 0.2, 0.5)}, reference=True,
-                note="comfy_extras.nodes_easycache, start 0.15 / end 0.95 (its defaults)"),
+                {"tiny": (0.05, 0.2, 0.5), "medium": (0.1, 0.2, 0.5), "trained": (0.05, 0.1, 0.2)}, reference=True,
+                note="comfy_extras.nodes_easycache, start 0.15 / end 0.95 (its defaults); it estimates the change "
+                     "from the latent subsampled 8x per side, one value per channel on the trained models' 8x8 "
+                     "latents, so its trained-model points say little about larger latents"),
 )
 
 # method key -> entry (a completeness check can compare these keys with the support matrix's)

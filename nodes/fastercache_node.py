@@ -22,7 +22,7 @@ class ApplyFasterCache(CacheNode):
             description=(
                 "FasterCache: inside a window, attention outputs are extrapolated from the last two computed ones "
                 "(F1 + (F1 - F2) * weight), and on most CFG steps the unconditional branch is not run but rebuilt "
-                "from the conditional one plus stored low/high-frequency differences. Defaults are diffusers'."
+                "from the conditional one plus stored low/high-frequency differences. Defaults are diffusers' except uncond_skip (3, not 5)."
             ),
             inputs=[
                 io.Model.Input("model", tooltip="The diffusion model to speed up (CFG models gain most)."),
@@ -36,10 +36,11 @@ class ApplyFasterCache(CacheNode):
                 *named_window_inputs("attention", "attention extrapolation", 0.319, 1.0),
                 io.Float.Input("attention_weight", default=0.5, min=-2.0, max=2.0, step=0.01,
                                tooltip="w in F1 + (F1 - F2) * w (diffusers' default 0.5)."),
-                io.Int.Input("uncond_skip", default=5, min=0, max=100,
+                io.Int.Input("uncond_skip", default=3, min=0, max=100,
                              tooltip="The unconditional (negative prompt) branch runs once every N steps inside "
                                      "its window and is rebuilt from the conditional one in between. 0 or 1 = "
-                                     "always run. Has no effect at CFG 1."),
+                                     "always run. Has no effect at CFG 1. Default 3 (diffusers: 5, which fell below 30 "
+                                     "dB PSNR on two of the three trained models at CFG 3.5; 3 stayed above 34)."),
                 *named_window_inputs("uncond", "unconditional-branch reuse", 0.359, 1.0),
                 io.Float.Input("alpha_low", default=1.1, min=0.0, max=5.0, step=0.01,
                                tooltip="Each rebuild multiplies the stored low-frequency difference by this inside "

@@ -331,12 +331,12 @@ def wan21(method: str) -> Workflow:
         label = "FasterCache"
         text_y = 600  # below the taller node
         # spatial_skip, temporal_skip, attention window, attention_weight, uncond_skip, uncond window,
-        # alpha_low, alpha_high, low_freq window, high_freq window: diffusers' defaults (the node defaults)
+        # alpha_low, alpha_high, low_freq window, high_freq window: the node defaults (diffusers' but uncond_skip 3)
         cache = cache_node(wf, "DitCache.ApplyFasterCache",
-                           [2, 0, 0.319, 1.0, 0.5, 5, 0.359, 1.0, 1.1, 1.1, 0.099, 0.901, 0.699, 1.0], shifted,
+                           [2, 0, 0.319, 1.0, 0.5, 3, 0.359, 1.0, 1.1, 1.1, 0.099, 0.901, 0.699, 1.0], shifted,
                            (340, 160), size=(340, 390), nid=ID_FASTERCACHE)
-        tip = ("Apply FasterCache with diffusers' defaults: from 36 % of the schedule on, the negative-prompt "
-               "branch runs every 5th step (uncond_skip) and is rebuilt from the positive one in between (this "
+        tip = ("Apply FasterCache with its defaults: from 36 % of the schedule on, the negative-prompt "
+               "branch runs every 3rd step (uncond_skip) and is rebuilt from the positive one in between (this "
                "part needs CFG > 1: here 6); from 32 % on, self-attention is computed every 2nd call "
                "(spatial_skip) and extrapolated in between, in calls without a negative-prompt branch. Higher "
                "uncond_skip / spatial_skip = faster.")

@@ -23,6 +23,7 @@ import torch
 
 from comfy_env import REPO
 from metrics import psnr, ssim
+from sampling import ksample
 
 sys.path.insert(0, str(REPO / "bench"))
 
@@ -113,8 +114,8 @@ def test_every_installed_method_skips_through_its_node(pack, one_thread):
 
 def test_sweep_command_writes_csv_and_png(tmp_path: Path):
     proc = subprocess.run(
-        [sys.executable, str(REPO / "bench" / "sweep.py"), "--size", "tiny", "--steps", "6", "--repeats", "1",
-         "--device", "cpu", "--methods", "fbc", "easycache", "--values", "fbc=0.3", "--out", str(tmp_path)],
+        [sys.executable, str(REPO / "bench" / "sweep.py"), "--preset", "random", "--size", "tiny", "--steps", "6",
+         "--repeats", "1", "--device", "cpu", "--methods", "fbc", "easycache", "--values", "fbc=0.3", "--out", str(tmp_path)],
         capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "First Block Cache" in proc.stdout and "EasyCache" in proc.stdout
@@ -146,11 +147,17 @@ def test_every_matrix_method_has_a_sweep_entry():
 
 def test_presets_resolve(pack):
     import tiny_models
+    import trained_models
 
     classes = sweep.node_classes(pack)
-    assert "default" in sweep.PRESETS
-    assert [c.method.key for c in sweep.resolve(sweep.PRESETS["default"], "medium")] == list(sweep_methods.BY_KEY)
+    assert sweep._parse([]).preset == "trained"  # the trained models by default
+    for name in ("random", "trained", "trained-defaults"):
+        assert [c.method.key for c in sweep.resolve(sweep.PRESETS[name], "medium")] == list(sweep_methods.BY_KEY)
     for name, preset in sweep.PRESETS.items():
+        if preset.trained:
+            assert preset.size == "trained" and set(preset.families) <= set(trained_models.FAMILIES)
+            assert preset.seeds >= 6 and set(preset.cfgs) == {1.0, 3.5}
+            continue
         assert preset.size in tiny_models.FAMILIES[preset.family], name
         assert "tiny" in tiny_models.FAMILIES[preset.family], name  # the quick check every preset allows
         for size in ("tiny", preset.size):
@@ -203,3 +210,67 @@ def test_preset_command_prints_its_table(tmp_path: Path):
     assert [r["method"] for r in rows] == ["uncached", "pab", "pab", "fastercache", "fastercache"]
     assert all(float(r["weighted_ideal"]) >= 1.0 for r in rows)
     assert rows[3]["uncond_rebuilt"]  # FasterCache at CFG 5 ran its unconditional-branch logic
+
+
+def test_block_counter_counts_batch_rows_times_block_calls(pack):
+    """The trained benchmark's block work: an uncached run of the 6-block trained Flux-class model makes
+    steps x 6 block calls, of 1 row at CFG 1 and 2 rows (cond + uncond batched) at CFG 3.5; First Block Cache
+    at a high threshold runs fewer."""
+    import trained_models
+    from trained import BlockCounter
+
+    m = trained_models.load("flux")
+    counter = BlockCounter(m.patcher.model.diffusion_model)
+    assert len(counter.blocks) == 6
+
+    def rows(model, cfg):
+        counter.rows = 0
+        with counter:
+            ksample(model, m, steps=4, cfg=cfg, noise=m.noise(1, seed=0), positive=m.conditioning(0),
+                    negative=m.empty())
+        return counter.rows
+
+    assert rows(m.patcher, 1.0) == 4 * 6 and rows(m.patcher, 3.5) == 4 * 6 * 2
+    fbc = sweep.node_classes(pack)["DitCache.ApplyFirstBlockCache"]
+    cached = fbc.execute(m.patcher, **sweep.node_inputs(fbc, {"threshold": 5.0, "warmup_steps": 0})).result[0]
+    assert 4 * 1 < rows(cached, 1.0) < 4 * 6  # first block every step, the rest at least once
+    counter.rows = 0
+    ksample(m.patcher, m, steps=2, cfg=1.0, noise=m.noise(1, seed=0), positive=m.conditioning(0),
+            negative=m.empty())
+    assert counter.rows == 0  # hooks gone after the with block
+
+
+def test_trained_command_prints_table_and_best(tmp_path: Path):
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "sweep.py"), "--families", "flux", "--cfgs", "1", "3.5", "--seeds",
+         "2", "--steps", "6", "--methods", "fbc", "fastercache", "--values", "fbc=0.5", "fastercache=2",
+         "--out", str(tmp_path)],
+        capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    out = proc.stdout
+    assert "(preset trained)" in out and "Flux-class (flux.safetensors" in out and "best block speedup" in out
+    with open(tmp_path / "bench-trained.csv", encoding="utf-8") as f:
+        assert f.readline().startswith("# trained models")
+        rows = list(csv.DictReader(f))
+    assert [(r["cfg"], r["method"]) for r in rows] == [
+        (c, k) for c in ("1.0", "3.5") for k in ("uncached", "fbc", "fastercache")]
+    by = {(r["cfg"], r["method"]): r for r in rows}
+    assert int(by["1.0", "uncached"]["block_rows"]) == 2 * 6 * 6 and by["1.0", "uncached"]["psnr_mean"] == "100.0"
+    assert int(by["3.5", "uncached"]["block_rows"]) == 2 * 6 * 6 * 2
+    assert float(by["1.0", "fbc"]["block_speedup"]) > 1 and float(by["1.0", "fbc"]["psnr_min"]) < 100
+    assert by["1.0", "fastercache"]["block_speedup"] == "1.0" and by["1.0", "fastercache"]["attention_reused"]
+    assert float(by["3.5", "fastercache"]["block_speedup"]) > 1 and by["3.5", "fastercache"]["uncond_rebuilt"]
+    assert (tmp_path / "bench-trained.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_trained_defaults_command_shows_defaults_and_recommended(tmp_path: Path):
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "sweep.py"), "--preset", "trained-defaults", "--families", "wan21",
+         "--cfgs", "3.5", "--seeds", "1", "--steps", "6", "--methods", "dbcache", "teacache", "--out", str(tmp_path)],
+        capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    out = proc.stdout
+    # DBCache's Fn 8 cannot apply to the 4-block model: said, and its recommended setting runs instead
+    assert "defaults on wan21: DBCache: Fn 8" in out and "DBCache F1B0 + TaylorSeer 1, recommended" in out
+    assert "TeaCache, defaults" in out and "TeaCache, recommended" in out and "rel_l1_threshold 0.1" in out
+    assert (tmp_path / "bench-trained-defaults.csv").is_file()
