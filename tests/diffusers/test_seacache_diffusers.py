@@ -16,7 +16,8 @@ from diffusers.hooks import SeaCacheConfig as DiffusersSeaCacheConfig
 from dit_cache.cache_core.methods.seacache import SeaCacheConfig
 from dit_cache.hosts.diffusers import apply_cache
 
-from tiny_diffusers import ATOL, RTOL, SHIFT, STEPS, run_plain, sample, skips_of, tiny_flux, tiny_wan
+from tiny_diffusers import (ATOL, RTOL, SHIFT, STEPS, run_plain, run_with_diffusers_cache, run_with_our_cache,
+                            sample, skips_of, tiny_flux, tiny_wan)
 
 log = logging.getLogger("dit_cache.tests")
 
@@ -35,26 +36,18 @@ def tiny():
     return tiny_wan()
 
 
+def _context(tiny):
+    """diffusers' SeaCache needs each call's step, sigma and step count in cache_context (as WanPipeline passes)."""
+    steps = _step_of()
+    return lambda name, sigma: tiny.model.cache_context(name, step_index=steps[sigma], sigma=sigma,
+                                                        num_inference_steps=STEPS)
+
+
 def run_diffusers(tiny, **kw):
-    model, steps = tiny.model, _step_of()
-    model.enable_cache(DiffusersSeaCacheConfig(**kw))
-    try:
-        return sample(tiny, lambda name, sigma: model.cache_context(
-            name, step_index=steps[sigma], sigma=sigma, num_inference_steps=STEPS))
-    finally:
-        model._reset_stateful_cache()
-        model.disable_cache()
+    return run_with_diffusers_cache(tiny, DiffusersSeaCacheConfig(**kw), _context(tiny))
 
 
-def run_ours(tiny, config):
-    cache = apply_cache(tiny.model, config)
-    try:
-        out, observed = sample(tiny, lambda name, sigma: cache.stream(name, sigma=sigma))
-        stats = cache.reset()
-    finally:
-        cache.remove()
-    assert skips_of(stats) == observed  # the records say what the blocks really did
-    return out, observed, stats
+run_ours = run_with_our_cache
 
 
 # (threshold, residual_order, retention_steps, cache_end_steps, max_consecutive_cached). The tiny Wan's SEA
@@ -73,8 +66,8 @@ MIN_MARGIN = 1e-3
 @pytest.mark.parametrize("case", CASES, ids=lambda c: "thr{}-o{}-r{}-e{}-m{}".format(*c))
 def test_same_skips_and_latents_as_diffusers(tiny, case):
     threshold, order, retention, end, limit = case
-    kw = dict(threshold=threshold, residual_order=order, retention_steps=retention, cache_end_steps=end,
-              max_consecutive_cached=limit)
+    kw = {"threshold": threshold, "residual_order": order, "retention_steps": retention, "cache_end_steps": end,
+          "max_consecutive_cached": limit}
     ref, ref_skips = run_diffusers(tiny, **kw)
     out, skips, stats = run_ours(tiny, SeaCacheConfig(num_inference_steps=STEPS, **kw))
     diff = (out - ref).abs().max().item()
@@ -110,11 +103,10 @@ def test_skipping_stays_close_to_uncached(tiny):
 def test_pipeline_cache_context_drives_the_cache(tiny):
     """A pipeline passes step, sigma and step count to cache_context and resets the cache at the end."""
     explicit, explicit_skips, _ = run_ours(tiny, SeaCacheConfig(threshold=0.5, num_inference_steps=STEPS))
-    model, steps = tiny.model, _step_of()
+    model = tiny.model
     cache = apply_cache(model, SeaCacheConfig(threshold=0.5, num_inference_steps=STEPS))
     try:
-        out, skips = sample(tiny, lambda name, sigma: model.cache_context(
-            name, step_index=steps[sigma], sigma=sigma, num_inference_steps=STEPS))
+        out, skips = sample(tiny, _context(tiny))
         model._reset_stateful_cache()
         assert skips == explicit_skips == skips_of(cache.last_stats)
         assert torch.equal(out, explicit)
@@ -130,12 +122,5 @@ def test_packed_flux_tokens_compute_every_call_as_diffusers(caplog):
         out, skips, stats = run_ours(tiny, SeaCacheConfig(threshold=10.0, num_inference_steps=STEPS))
     assert stats.skipped_calls == 0 and torch.equal(out, ref)
     assert caplog.text.count("[dit-cache] SeaCache: the model call has an input latent of shape (1, 64, 16)") == 1
-    model = tiny.model
-    model.enable_cache(DiffusersSeaCacheConfig(threshold=10.0))
-    try:
-        theirs, their_skips = sample(tiny, lambda name, sigma: model.cache_context(
-            name, step_index=_step_of()[sigma], sigma=sigma, num_inference_steps=STEPS))
-    finally:
-        model._reset_stateful_cache()
-        model.disable_cache()
+    theirs, their_skips = run_with_diffusers_cache(tiny, DiffusersSeaCacheConfig(threshold=10.0), _context(tiny))
     assert their_skips == skips and torch.equal(theirs, ref)
