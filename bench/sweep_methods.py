@@ -117,6 +117,9 @@ METHODS: tuple[SweepMethod, ...] = (
                 prepared=_smoothcache_inputs,
                 note="calibrated on the bench model first (SmoothCache Calibrate, same steps); reuses attention "
                      "cores and feed-forward outputs (no model call is skipped), the schedule rebuilt per alpha"),
+    SweepMethod("seacache", "SeaCache", "DitCache.ApplySeaCache", "threshold",
+                {"tiny": (0.1, 0.25, 1.0), "medium": (0.1, 0.25, 0.5)},
+                note="diffusers' defaults otherwise (residual order 1, retention 1, end 1, at most 2 in a row)"),
     SweepMethod("easycache", "EasyCache (ComfyUI built-in)", "EasyCache", "reuse_threshold",
                 {"tiny": (0.05, 0.2, 0.5), "medium": (0.1, 0.2, 0.5), "trained": (0.05, 0.1, 0.2)}, reference=True,
                 note="comfy_extras.nodes_easycache, start 0.15 / end 0.95 (its defaults); it estimates the change "

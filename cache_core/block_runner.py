@@ -163,6 +163,8 @@ class BlockCacheRunner(StreamRunner):
                 call.probe_residual = signal()
             elif probe is Probe.INPUT_AND_STACK:
                 call.probe_residual = call.head_in
+            elif probe is Probe.LATENT:
+                call.probe_residual = call.info.latent
         lo, hi = self._cached
         if p < lo:
             out = run(inputs)

@@ -2,6 +2,7 @@
 a host knows about a run. The gate (warm-up, consecutive-skip limit, window) is in ``config.py``."""
 from __future__ import annotations
 
+import bisect
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any
@@ -24,6 +25,25 @@ class RunInfo:
         return len(self.sigmas) - 1 if self.sigmas else None
 
 
+def schedule_step(run: RunInfo, sigma: float | None) -> float | None:
+    """The step of a call on the run's schedule, from its sigma: ``k + f`` for a sigma between the start sigmas of
+    steps k and k + 1 (fractional for samplers calling the model more than once per step), within
+    [0, steps - 1]. None without a sigma or without a schedule of at least 2 steps."""
+    sig = run.sigmas
+    if not sig or sigma is None or len(sig) < 3:
+        return None
+    steps = len(sig) - 1
+    # sigmas decrease; find k with sig[k] >= sigma >= sig[k+1] over the steps' start sigmas sig[0..steps-1]
+    k = bisect.bisect_right([-x for x in sig[:steps]], -sigma) - 1
+    if k < 0:
+        return 0.0
+    if k >= steps - 1:
+        return float(steps - 1)
+    a, b = sig[k], sig[k + 1]
+    f = 0.0 if a == b else (a - sigma) / (a - b)
+    return k + min(max(f, 0.0), 1.0)
+
+
 @dataclass(frozen=True)
 class StreamCall:
     """One CFG stream's part in a model call: how many calls of this stream came before, the sigma and the
@@ -43,7 +63,8 @@ class Probe(str, Enum):
     (TeaCache's modulated input, ``methods/teacache_signals.py``). STACK: nothing to decide on, but the whole
     stack's hidden residual (last block output minus first block input) of each computed call goes to
     :meth:`Policy.observe_stack_residual` (calibration). INPUT_AND_STACK: the first block's hidden input as the
-    probe, and the whole-stack residual as with STACK (the adaptive cache).
+    probe, and the whole-stack residual as with STACK (the adaptive cache). LATENT: the model call's input latent
+    (the noisy sample the host's model receives, ``CallInfo.latent``), before any block runs (SeaCache).
     """
 
     NONE = "none"
@@ -51,6 +72,7 @@ class Probe(str, Enum):
     SIGNAL = "signal"
     STACK = "stack"
     INPUT_AND_STACK = "input_and_stack"
+    LATENT = "latent"
 
 
 class Policy:

@@ -30,10 +30,14 @@ ResolveWindow = Callable[[str, CacheWindow], SigmaWindow]
 
 @dataclass
 class CallInfo:
-    """One model call: its CFG streams in batch order as (key, label), and the current sigma if known."""
+    """One model call: its CFG streams in batch order as (key, label), the current sigma if known and the model's
+    input latent."""
 
     streams: Sequence[tuple[Hashable, str]]
     sigma: float | None = None
+    # the model's input latent of this call (the noisy sample, batch = the streams), for policies deciding on
+    # it (probe LATENT); None where the host does not hand it over
+    latent: torch.Tensor | None = None
 
 
 class StreamState:

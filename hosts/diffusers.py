@@ -250,7 +250,10 @@ class DiffusersCache:
     def _model_forward(self, original: Callable) -> Callable:
         def call(names: tuple[str, ...], sigma: float | None, args: tuple, kwargs: dict) -> Any:
             runner = self._runner  # the run this call belongs to, even if reset() happens meanwhile
-            with model_call(runner, CallInfo(streams=[(n, n) for n in names], sigma=sigma)):
+            latent = kwargs.get("hidden_states", args[0] if args else None)  # the transformer's input latent
+            info = CallInfo(streams=[(n, n) for n in names], sigma=sigma,
+                            latent=latent if isinstance(latent, torch.Tensor) else None)
+            with model_call(runner, info):
                 return original(*args, **kwargs)
 
         def forward(*args: Any, **kwargs: Any) -> Any:

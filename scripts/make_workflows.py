@@ -171,6 +171,7 @@ NEG_WAN = "blurry, low quality, static, overexposed, worst quality, jpeg artifac
 # Node ids of the cache nodes in the workflows added after the first seven: the panel groups runs by node id,
 # so each gets an id no other workflow's cache node has (the first seven use 3, 4, 5, 7, 8 and 9).
 ID_DBCACHE, ID_TAYLORSEER, ID_ADAPTIVE, ID_FASTERCACHE, ID_SMOOTH_CALIBRATE, ID_SMOOTH_APPLY = 21, 22, 23, 24, 25, 26
+ID_SEACACHE = 27
 FLUX_KSAMPLER = [0, "fixed", 28, 1.0, "euler", "simple", 1.0]  # seed, control, steps, cfg, sampler, scheduler, denoise
 
 
@@ -294,7 +295,7 @@ def _wan_loaders(wf: Workflow) -> tuple[int, int]:
     return clip, vae
 
 
-WAN21_METHODS = ("teacache", "magcache", "adaptivecache", "fastercache")
+WAN21_METHODS = ("teacache", "magcache", "adaptivecache", "fastercache", "seacache")
 
 
 def wan21(method: str) -> Workflow:
@@ -340,6 +341,18 @@ def wan21(method: str) -> Workflow:
                "part needs CFG > 1: here 6); from 32 % on, self-attention is computed every 2nd call "
                "(spatial_skip) and extrapolated in between, in calls without a negative-prompt branch. Higher "
                "uncond_skip / spatial_skip = faster.")
+    elif method == "seacache":
+        label = "SeaCache"
+        # threshold, residual_order, retention_steps, cache_end_steps, max_consecutive_cached, power_exp,
+        # start_percent, end_percent: diffusers' SeaCacheConfig defaults (the node defaults)
+        cache = cache_node(wf, "DitCache.ApplySeaCache", [0.25, 1, 1, 1, 2, 3.0, 0.0, 1.0], shifted, (340, 160),
+                           size=(340, 270), nid=ID_SEACACHE)
+        text_y = 480  # below the taller node
+        tip = ("Apply SeaCache with diffusers' defaults: each step the noisy latent is filtered with a "
+               "noise-level-aware spectral filter, and the whole transformer is skipped while the filtered "
+               "latent's accumulated relative change stays under threshold 0.25 (higher = faster); a skipped step "
+               "extrapolates the last two computed residuals (residual_order 1). The first and last step always "
+               "compute, and at most 2 steps in a row are skipped.")
     else:
         raise ValueError(f"no Wan 2.1 workflow for {method!r}")
     pos_t = text(wf, clip, PROMPT_VIDEO, (340, text_y))

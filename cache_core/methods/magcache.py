@@ -19,7 +19,6 @@ tokens of ``||r_t|| / ||r_{t-1}||`` (norm over the last dim, first value 1.0) as
 """
 from __future__ import annotations
 
-import bisect
 import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
@@ -27,7 +26,7 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 
 from ..config import HIDDEN, CacheWindow, Gate, check_int, check_range
-from ..policy import Policy, Probe, RunInfo, StreamCall
+from ..policy import Policy, Probe, RunInfo, StreamCall, schedule_step
 from ..registry import MethodSpec, register
 from ..text import shown
 from .magcache_calibration import FORMAT as CALIBRATION_FORMAT
@@ -143,20 +142,11 @@ class _MagState:
 
 def schedule_position(run: RunInfo, call: StreamCall, fallback_steps: int) -> float:
     """Position of a call in [0, 1]: from its sigma on the run's schedule (fractional between two steps, for
-    samplers that call the model more than once per step), else from the call index."""
-    sig = run.sigmas
-    if sig and call.sigma is not None and len(sig) >= 3:
-        steps = len(sig) - 1
-        # sigmas decrease; find k with sig[k] >= s >= sig[k+1] over the steps' start sigmas sig[0..steps-1]
-        desc = [-x for x in sig[:steps]]
-        k = bisect.bisect_right(desc, -call.sigma) - 1
-        if k < 0:
-            return 0.0
-        if k >= steps - 1:
-            return 1.0
-        a, b = sig[k], sig[k + 1]
-        f = 0.0 if a == b else (a - call.sigma) / (a - b)
-        return (k + min(max(f, 0.0), 1.0)) / (steps - 1)
+    samplers that call the model more than once per step, :func:`~cache_core.policy.schedule_step`), else from
+    the call index."""
+    step = schedule_step(run, call.sigma)
+    if step is not None:
+        return step / (len(run.sigmas) - 2)
     steps = run.steps or fallback_steps
     return min(call.call_index / (steps - 1), 1.0) if steps > 1 else 1.0
 

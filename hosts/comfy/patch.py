@@ -346,7 +346,9 @@ def _model_call_wrapper(executor: Any, *args: Any, **kwargs: Any) -> Any:
     n_chunks = len(t_opts.get("cond_or_uncond") or [0])
     first_record = len(runner.stats.records)
     spec = t_opts.get(SPEC_KEY)
-    with model_call(runner, CallInfo(_stream_labels(t_opts, n_chunks), sigma)):
+    # BaseModel.apply_model(x, t, ...): x is the noisy latent as the sampler holds it (SeaCache's probe)
+    latent = args[0] if args and isinstance(args[0], torch.Tensor) else kwargs.get("x")
+    with model_call(runner, CallInfo(_stream_labels(t_opts, n_chunks), sigma, latent)):
         token = _ACTIVE.set((spec.id if spec is not None else "", runner))
         try:
             out = executor(*args, **kwargs)

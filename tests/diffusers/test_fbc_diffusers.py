@@ -13,7 +13,8 @@ import logging
 import pytest
 import torch
 from diffusers.hooks import FirstBlockCacheConfig as DiffusersFBCConfig
-from tiny_diffusers import ATOL, BUILDERS, RTOL, STEPS, Tiny, run_plain, sample, skips_of
+from tiny_diffusers import (ATOL, BUILDERS, RTOL, STEPS, Tiny, run_plain, run_with_diffusers_cache,
+                            run_with_our_cache, sample, skips_of)
 
 from dit_cache.hosts.diffusers import DiffusersCache, apply_cache
 from dit_cache.cache_core.methods.fbc import FirstBlockCacheConfig
@@ -41,24 +42,11 @@ def fam(request) -> tuple[str, Tiny]:
 
 
 def run_diffusers(tiny: Tiny, threshold: float) -> tuple[torch.Tensor, dict[str, list[bool]]]:
-    model = tiny.model
-    model.enable_cache(DiffusersFBCConfig(threshold=threshold))
-    try:
-        return sample(tiny, lambda name, sigma: model.cache_context(name))
-    finally:
-        model._reset_stateful_cache()  # what DiffusionPipeline.maybe_free_model_hooks does after each call
-        model.disable_cache()
+    return run_with_diffusers_cache(tiny, DiffusersFBCConfig(threshold=threshold))
 
 
 def run_ours(tiny: Tiny, threshold: float) -> tuple[torch.Tensor, dict[str, list[bool]], RunStats]:
-    cache = apply_cache(tiny.model, FirstBlockCacheConfig(threshold=threshold))
-    try:
-        out, observed = sample(tiny, lambda name, sigma: cache.stream(name, sigma=sigma))
-        stats = cache.reset()
-    finally:
-        cache.remove()
-    assert skips_of(stats) == observed  # the records say what the blocks really did
-    return out, observed, stats
+    return run_with_our_cache(tiny, FirstBlockCacheConfig(threshold=threshold))
 
 
 def _metrics(stats: RunStats) -> str:

@@ -17,7 +17,8 @@ from diffusers.hooks.mag_cache import FLUX_MAG_RATIOS
 from dit_cache.hosts.diffusers import apply_cache
 from dit_cache.cache_core.methods.magcache import MagCacheCalibratePolicy, MagCacheConfig
 
-from tiny_diffusers import ATOL, RTOL, STEPS, STREAMS, run_plain, sample, skips_of, tiny_flux
+from tiny_diffusers import (ATOL, RTOL, STEPS, STREAMS, run_plain, run_with_diffusers_cache, run_with_our_cache,
+                            sample, tiny_flux)
 
 log = logging.getLogger("dit_cache.tests")
 
@@ -31,24 +32,10 @@ def tiny():
 
 
 def run_diffusers(tiny, **kw):
-    model = tiny.model
-    model.enable_cache(DiffusersMagCacheConfig(num_inference_steps=STEPS, **kw))
-    try:
-        return sample(tiny, lambda name, sigma: model.cache_context(name))
-    finally:
-        model._reset_stateful_cache()
-        model.disable_cache()
+    return run_with_diffusers_cache(tiny, DiffusersMagCacheConfig(num_inference_steps=STEPS, **kw))
 
 
-def run_ours(tiny, config):
-    cache = apply_cache(tiny.model, config)
-    try:
-        out, observed = sample(tiny, lambda name, sigma: cache.stream(name, sigma=sigma))
-        stats = cache.reset()
-    finally:
-        cache.remove()
-    assert skips_of(stats) == observed
-    return out, observed, stats
+run_ours = run_with_our_cache
 
 
 # FLUX_MAG_RATIOS has 28 values: mapped to 12 steps by nearest index (diffusers) = interpolation "nearest".

@@ -10,9 +10,8 @@ import torch
 
 from dit_cache.cache_core.methods.adaptive import AdaptiveCacheConfig
 from dit_cache.cache_core.methods.dbcache import DBCacheConfig
-from dit_cache.hosts.diffusers import apply_cache
 
-from tiny_diffusers import sample, skips_of
+from tiny_diffusers import run_with_our_cache
 from tiny_diffusers import uncached_family  # noqa: F401 - the fixture "fam"
 
 log = logging.getLogger("dit_cache.tests")
@@ -33,13 +32,7 @@ CONFIGS = {
 @pytest.mark.parametrize("method", list(CONFIGS))
 def test_skips_and_stays_close(fam, method):
     name, tiny, ref = fam
-    cache = apply_cache(tiny.model, CONFIGS[method]())
-    try:
-        out, observed = sample(tiny, lambda stream, sigma: cache.stream(stream, sigma=sigma))
-        stats = cache.reset()
-    finally:
-        cache.remove()
-    assert skips_of(stats) == observed
+    out, _, stats = run_with_our_cache(tiny, CONFIGS[method]())
     rel = ((out - ref).norm() / ref.norm()).item()
     log.info("%s %s: skipped %d/%d, relative L2 vs uncached %.3g", name, method, stats.skipped_calls, stats.calls, rel)
     assert 0 < stats.skipped_calls < stats.calls

@@ -180,6 +180,18 @@ def _smoothcache(model: Any, setting: str, family: str) -> Any:
     return ApplySmoothCache.execute(model, calibration=calibration, alpha=alpha).result[0]
 
 
+def _seacache(model: Any, setting: str, family: str) -> Any:
+    from dit_cache.nodes.seacache_node import ApplySeaCache
+
+    # accumulated relative change of the spectrally filtered input latent (0 disables); diffusers' defaults
+    # otherwise (order 1, retention 1, end 1, at most 2 in a row). The tiny models' SEA distance runs 0.07-1.4 per
+    # step; 0.25 is diffusers' default
+    threshold = {"aggressive": 1.0, "mild": 0.25, "disabled": 0.0}[setting]
+    return ApplySeaCache.execute(model, threshold=threshold, residual_order=1, retention_steps=1, cache_end_steps=1,
+                                 max_consecutive_cached=2, power_exp=3.0, start_percent=0.0,
+                                 end_percent=1.0).result[0]
+
+
 def _families_with_signal() -> frozenset[str]:
     """Matrix rows whose layout says how to read TeaCache's first-block signal."""
     from matrix_families import ROWS
@@ -201,4 +213,5 @@ METHODS: dict[str, Method] = {
     "pab": Method("PAB", "DitCache.PABConfig", _pab),
     "fastercache": Method("FasterCache", "DitCache.ApplyFasterCache", _fastercache),
     "smoothcache": Method("SmoothCache", "DitCache.ApplySmoothCache", _smoothcache),
+    "seacache": Method("SeaCache", "DitCache.ApplySeaCache", _seacache),
 }

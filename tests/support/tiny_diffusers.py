@@ -16,6 +16,7 @@ import torch
 from diffusers import FluxTransformer2DModel, WanTransformer3DModel
 
 from dit_cache.cache_core.stats import RunStats
+from dit_cache.hosts.diffusers import apply_cache
 
 STEPS = 12
 SHIFT = 3.0  # Flux/Wan-style time shift of the flow-matching sigmas
@@ -135,3 +136,29 @@ def skips_of(stats: RunStats) -> dict[str, list[bool]]:
         assert r.call_index == len(out[r.stream])
         out[r.stream].append(r.skipped)
     return out
+
+
+def run_with_diffusers_cache(tiny: Tiny, config: object, ctx: Ctx | None = None
+                             ) -> tuple[torch.Tensor, dict[str, list[bool]]]:
+    """The loop with diffusers' own cache hook ``config`` enabled; ``ctx`` (default: ``cache_context(name)``)
+    wraps each call. The hook is reset (as a pipeline does at its end) and disabled afterwards."""
+    model = tiny.model
+    model.enable_cache(config)
+    try:
+        return sample(tiny, ctx or (lambda name, sigma: model.cache_context(name)))
+    finally:
+        model._reset_stateful_cache()  # what DiffusionPipeline.maybe_free_model_hooks does after each call
+        model.disable_cache()
+
+
+def run_with_our_cache(tiny: Tiny, config: object) -> tuple[torch.Tensor, dict[str, list[bool]], RunStats]:
+    """The loop with our ``config`` applied through the diffusers host (streams and sigmas by ``cache.stream``);
+    checks the run's records say what the blocks really did."""
+    cache = apply_cache(tiny.model, config)
+    try:
+        out, observed = sample(tiny, lambda name, sigma: cache.stream(name, sigma=sigma))
+        stats = cache.reset()
+    finally:
+        cache.remove()
+    assert skips_of(stats) == observed
+    return out, observed, stats
