@@ -39,6 +39,8 @@ class SweepMethod:
     # inputs held at a non-default value for every point, by input name (Int inputs take ints)
     fixed: Mapping[str, Any] = field(default_factory=dict)
     reference: bool = False  # drawn as the reference curve (ComfyUI's built-in EasyCache)
+    # the tiny_models family the method needs where the DiT bench models do not take it (DeepCache: a UNet)
+    family: str | None = None
     note: str = field(default="", compare=False)
 
     def __post_init__(self) -> None:
@@ -94,6 +96,10 @@ METHODS: tuple[SweepMethod, ...] = (
                 {"tiny": (0.05, 0.2), "medium": (0.1, 0.3)}, prepared=_smoothcache_inputs,
                 note="calibrated on the bench model first (SmoothCache Calibrate, same steps); reuses attention "
                      "cores and feed-forward outputs (no model call is skipped), the schedule rebuilt per alpha"),
+    SweepMethod("deepcache", "DeepCache (UNets)", "DitCache.ApplyDeepCache", "interval",
+                {"tiny": (2, 3, 5), "medium": (2, 3, 5)}, family="sd15",
+                note="UNet models only: on a DiT bench model the node warns and leaves the model unchanged (points "
+                     "equal the uncached run); bench/sweep.py --preset unet runs it on the tiny SD1.5 UNet"),
     SweepMethod("easycache", "EasyCache (ComfyUI built-in)", "EasyCache", "reuse_threshold",
                 {"tiny": (0.05, 0.2, 0.5), "medium": (0.1, 0.2, 0.5)}, reference=True,
                 note="comfy_extras.nodes_easycache, start 0.15 / end 0.95 (its defaults)"),
