@@ -129,9 +129,17 @@ PRESETS: dict[str, Preset] = {
                   label="TaylorSeer attention+MLP, final 1"),
               Run("adaptive", values=(0.2, 0.4, 0.8)),
               Run("smoothcache", values=(0.05, 0.1, 0.2)))),
+    # the tiny SD1.5 UNet (tests/support/tiny_models.py; there is no medium UNet) at CFG 4: DeepCache's interval and
+    # First Block Cache on a UNet, with the ideal counting each reused step at the measured shallow-branch cost
+    "unet": Preset(
+        "DeepCache and First Block Cache on the tiny SD1.5 UNet at CFG 4",
+        family="sd15", size="tiny", cfg=4.0,
+        runs=(Run("deepcache"), Run("deepcache", values=(3,), fixed={"branch_depth": 2}, label="DeepCache, depth 2"),
+              Run("fbc", values=(0.02, 0.05)))),
 }
 
-FAMILY_LABELS = {"flux": "Flux-class", "wan21": "Wan-class video"}
+FAMILY_LABELS = {"flux": "Flux-class", "wan21": "Wan-class video", "sd15": "SD1.5-class UNet",
+                 "sdxl": "SDXL-class UNet"}
 
 
 @dataclass(frozen=True)

@@ -39,6 +39,8 @@ class SweepMethod:
     # inputs held at a non-default value for every point, by input name (Int inputs take ints)
     fixed: Mapping[str, Any] = field(default_factory=dict)
     reference: bool = False  # drawn as the reference curve (ComfyUI's built-in EasyCache)
+    # the tiny_models family the method needs where the DiT bench models do not take it (DeepCache: a UNet)
+    family: str | None = None
     note: str = field(default="", compare=False)
     # The recommended setting on the trained models (tests/comfy/test_trained_quality_comfy.py checks it reaches
     # PSNR >= 30 dB on each, cfg 1 and 3.5): inputs on top of the node's defaults (empty: the defaults), and per
@@ -120,6 +122,10 @@ METHODS: tuple[SweepMethod, ...] = (
     SweepMethod("seacache", "SeaCache", "DitCache.ApplySeaCache", "threshold",
                 {"tiny": (0.1, 0.25, 1.0), "medium": (0.1, 0.25, 0.5)},
                 note="diffusers' defaults otherwise (residual order 1, retention 1, end 1, at most 2 in a row)"),
+    SweepMethod("deepcache", "DeepCache (UNets)", "DitCache.ApplyDeepCache", "interval",
+                {"tiny": (2, 3, 5), "medium": (2, 3, 5)}, family="sd15",
+                note="UNet models only: on a DiT bench model the node warns and leaves the model unchanged (points "
+                     "equal the uncached run); bench/sweep.py --preset unet runs it on the tiny SD1.5 UNet"),
     SweepMethod("easycache", "EasyCache (ComfyUI built-in)", "EasyCache", "reuse_threshold",
                 {"tiny": (0.05, 0.2, 0.5), "medium": (0.1, 0.2, 0.5), "trained": (0.05, 0.1, 0.2)}, reference=True,
                 note="comfy_extras.nodes_easycache, start 0.15 / end 0.95 (its defaults); it estimates the change "

@@ -37,6 +37,9 @@ class RunStats:
     reuse: dict[str, list[int]] = field(default_factory=dict)
     # component-level methods: the same per component kind ("spatial", "cross", "ffn"), over every stream
     reuse_by_kind: dict[str, list[int]] = field(default_factory=dict)
+    # what a skipped call still costs as a share of a computed one (UNets: the shallow branch, measured); 0 for
+    # DiT methods, whose skipped calls run a block or two of dozens
+    skipped_cost: float = 0.0
 
     def add_call(self, records: list[CallRecord], skipped: bool, wall_s: float) -> None:
         for r in records:
@@ -57,8 +60,10 @@ class RunStats:
 
     @property
     def ideal_speedup(self) -> float:
-        """Model calls over calls that ran the full block stack (what the skips could save at most)."""
-        return self.calls / self.computed_calls if self.computed_calls else 1.0
+        """Model calls over calls that ran the full block stack (what the skips could save at most), a skipped
+        call counted at its measured ``skipped_cost``."""
+        work = self.computed_calls + self.skipped_calls * self.skipped_cost
+        return self.calls / work if work > 0 else 1.0
 
     def streams(self) -> list[str]:
         seen: dict[str, None] = {}

@@ -100,11 +100,12 @@ def unet(wf: Workflow, file: str, pos: tuple[int, int], title: str | None = None
     return wf.node("UNETLoader", [file, "default"], pos, (320, 82), outputs=(("MODEL", M),), title=title)
 
 
-def text(wf: Workflow, clip: int, prompt: str, pos: tuple[int, int], negative: bool = False) -> int:
+def text(wf: Workflow, clip: int, prompt: str, pos: tuple[int, int], negative: bool = False,
+         clip_slot: int = 0) -> int:
     n = wf.node("CLIPTextEncode", [prompt], pos, (400, 130), inputs=(("clip", CL),),
                 outputs=(("CONDITIONING", C),),
                 title=f"CLIP Text Encode ({'Negative' if negative else 'Positive'} Prompt)")
-    wf.link(clip, 0, n, "clip")
+    wf.link(clip, clip_slot, n, "clip")
     return n
 
 
@@ -172,6 +173,7 @@ NEG_WAN = "blurry, low quality, static, overexposed, worst quality, jpeg artifac
 # so each gets an id no other workflow's cache node has (the first seven use 3, 4, 5, 7, 8 and 9).
 ID_DBCACHE, ID_TAYLORSEER, ID_ADAPTIVE, ID_FASTERCACHE, ID_SMOOTH_CALIBRATE, ID_SMOOTH_APPLY = 21, 22, 23, 24, 25, 26
 ID_SEACACHE = 27
+ID_DEEPCACHE = 28
 FLUX_KSAMPLER = [0, "fixed", 28, 1.0, "euler", "simple", 1.0]  # seed, control, steps, cfg, sampler, scheduler, denoise
 
 
@@ -464,8 +466,29 @@ def ltxv_pab() -> Workflow:
     return wf
 
 
+def sd15_deepcache() -> Workflow:
+    wf = Workflow("sd15-deepcache")
+    ckpt = wf.node("CheckpointLoaderSimple", ["v1-5-pruned-emaonly-fp16.safetensors"], (-40, 60), (320, 98),
+                   outputs=(("MODEL", M), ("CLIP", CL), ("VAE", V)))
+    # interval, branch_depth, start_percent, end_percent, warmup_steps: the paper's SD1.5 setting (N 3, depth 1)
+    cache = cache_node(wf, "DitCache.ApplyDeepCache", [3, 1, 0.0, 1.0, 0], ckpt, (340, 60), size=(320, 180),
+                       nid=ID_DEEPCACHE)
+    pos_t = text(wf, ckpt, PROMPT_IMAGE, (340, 300), clip_slot=1)  # the checkpoint's CLIP
+    neg_t = text(wf, ckpt, "blurry, low quality, deformed, watermark", (340, 480), negative=True, clip_slot=1)
+    latent = wf.node("EmptyLatentImage", [512, 512, 1], (780, 300), (300, 106), outputs=(("LATENT", L),))
+    s = ksampler(wf, cache, pos_t, neg_t, latent, [0, "fixed", 25, 7.0, "euler", "normal", 1.0], (780, 60))
+    decode_save(wf, s, ckpt, (1140, 60), "sd15-deepcache", vae_slot=2)  # the checkpoint's VAE
+    wf.note("Stable Diffusion 1.5 text-to-image with Apply DeepCache (dit-cache): the full UNet runs on one step "
+            "in every 3; in between only the shallow branch runs and the deep feature is reused (the DeepCache "
+            "paper's SD1.5 setting, 2.3x reported). branch_depth 1 is the fastest; raise it, or lower interval "
+            "to 2, for fidelity. Works the same on SD2 and SDXL checkpoints.\n\nFiles to download "
+            "(ComfyUI/models/...):\n- checkpoints/v1-5-pruned-emaonly-fp16.safetensors  "
+            "(huggingface.co/Comfy-Org/stable-diffusion-v1-5-archive)\n\n" + PANEL_HINT, (-40, 220), (360, 340))
+    return wf
+
+
 WORKFLOWS = (flux_magcache, *(lambda m=m: wan21(m) for m in WAN21_METHODS), wan22, qwen_image, ltxv_pab,
-             flux_dbcache, flux_taylorseer, flux_smoothcache)
+             flux_dbcache, flux_taylorseer, flux_smoothcache, sd15_deepcache)
 
 
 def main() -> int:

@@ -6,6 +6,8 @@ hidden-state residual and r_ref the one of the last computed call of the same CF
 ``diff = mean|r - r_ref| / mean|r_ref|``; the call computes when there is no r_ref or ``diff > threshold``
 (equal skips), and r_ref is replaced on computed calls only. Our extras (warm-up, consecutive-skip limit,
 schedule window) default to off, which keeps decisions identical to diffusers.
+On UNets (SD1.5 / SD2 / SDXL) the "first block" is the first input block after the stem convolution and the
+reused part is everything after it up to the last output block (``cache_core/unet_runner.py``).
 """
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ import torch
 from ..config import GatedConfig, check_range
 from ..policy import Policy, Probe
 from ..registry import MethodSpec, register
+from ..unet_runner import UNetPlan
 
 
 @dataclass(frozen=True)
@@ -40,6 +43,12 @@ class FirstBlockCachePolicy(Policy):
     name = "FirstBlockCache"
     probe = Probe.BLOCKS
     probe_blocks = 1
+
+    def unet_plan(self) -> UNetPlan:
+        """On a UNet: the stem convolution plus the first ``probe_blocks`` input blocks decide (block 0 is a
+        plain convolution, its change is the input's), the rest is reused as the residual from the head's output
+        to the last output block's (both at full resolution, ``model_channels`` wide)."""
+        return UNetPlan(head=1 + self.probe_blocks, tail=0, reuse="residual")
 
     def new_state(self) -> _FBCState:
         return _FBCState()

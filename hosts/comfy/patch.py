@@ -7,12 +7,13 @@ Families whose forward has no ``patches_replace["dit"]`` (HiDream, Lumina 2 / Z-
 their block ModuleLists swapped with ``ModelPatcher.add_object_patch`` for a :class:`CachedBlockList`: the
 same modules under the same names (weights, LoRA patches and offloading see no difference), whose iteration
 yields proxies that call the runner. ComfyUI restores the original lists when it unpatches the model.
+UNet models (SD1.5 / SD2 / SDXL) get each block object-patched instead, for methods with a UNet plan
+(``unet.py``, ``cache_core/unet_runner.py``).
 Per-run state lives in a copy of the guider's model options made for that run, so two clones, two samplers or
 an interrupted run never share or leave state behind.
 """
 from __future__ import annotations
 
-import contextvars
 import inspect
 import logging
 import time
@@ -32,22 +33,23 @@ from ...cache_core.policy import Policy, Probe, RunInfo
 from ...cache_core.runners import make_runner, uses_components
 from ...cache_core.stats import RunStats
 from ...cache_core.streams import CallInfo, StreamRunner
-from . import stats_server
+from ...cache_core.unet_runner import UNET_LAYOUT, unet_plan
+from . import stats_server, unet
+from .keys import ACTIVE as _ACTIVE
 from .keys import RUN_KEY, SPEC_KEY, WRAPPER_KEY
 from .uncond import calc_cond_batch_wrapper
 
 log = logging.getLogger("dit_cache")
 
-# (spec id, runner) of the model call running now: feed-forward proxies get no transformer_options
-_ACTIVE: contextvars.ContextVar[tuple[str, Any] | None] = contextvars.ContextVar("dit_cache_active", default=None)
 
 
 class CacheSpec:
     """What a cache node attached to a model: the method's policy and the model's block layout."""
 
     def __init__(self, policy: Policy | ComponentPolicy, layout: BlockLayout, block_counts: list[int], model_name: str,
-                 node_label: str, node_id: str | None = None) -> None:
+                 node_label: str, node_id: str | None = None, runner: str | None = None) -> None:
         self.policy = policy
+        self.runner = runner  # the runner kind the model needs instead of the policy's ("unet"), or None
         self.layout = layout
         self.block_counts = block_counts
         self.model_name = model_name
@@ -76,10 +78,18 @@ def apply_cache(model: Any, policy: Policy | ComponentPolicy, node_label: str, n
     method raises ValueError (before sampling): two block caches on one model cannot both decide.
     """
     dm = diffusion_model_of(model)
-    layout = layout_for_module(dm, COMFY_LAYOUTS)
+    if unet.is_unet(dm):
+        layout = _unet_layout(policy, dm, node_label)
+    elif getattr(policy, "unet_only", False):
+        log.warning("[dit-cache] %s: %s only applies to UNet models (SD1.5, SD2, SDXL), not to %s; the model is "
+                    "left unchanged", node_label, policy.name, type(dm).__name__)
+        return model
+    else:
+        layout = layout_for_module(dm, COMFY_LAYOUTS)
+        if layout is None:
+            log.warning("[dit-cache] %s: %s is not a supported DiT model; the model is left unchanged",
+                        node_label, type(dm).__name__)
     if layout is None:
-        log.warning("[dit-cache] %s: %s is not a supported DiT model; the model is left unchanged",
-                    node_label, type(dm).__name__)
         return model
     existing = model.model_options.get("transformer_options", {}).get(SPEC_KEY)
     if existing is not None:
@@ -87,14 +97,17 @@ def apply_cache(model: Any, policy: Policy | ComponentPolicy, node_label: str, n
             f"{node_label}: this model already has {existing.policy.name} from '{existing.node_label}' applied. "
             f"Use one dit-cache node per model (remove one of them, or feed this node the model before the other)."
         )
-    counts = [len(getattr(dm, seg.attr)) for seg in layout.segments]
+    is_unet = layout is UNET_LAYOUT
+    counts = unet.block_counts(dm) if is_unet else [len(getattr(dm, seg.attr)) for seg in layout.segments]
     m = model.clone()
     if node_id is None:  # nodes without the hidden unique_id input: the node ComfyUI is executing
         node_id = stats_server.executing_node_id()
-    spec = CacheSpec(policy, layout, counts, type(dm).__name__, node_label, node_id)
+    spec = CacheSpec(policy, layout, counts, type(dm).__name__, node_label, node_id, "unet" if is_unet else None)
     m.model_options.setdefault("transformer_options", {})[SPEC_KEY] = spec
     head_signal = _head_signal(policy, layout, dm)  # raises (before sampling) if the family has no signal
-    if layout.mechanism == "object_patch":
+    if is_unet:
+        unet.attach_blocks(m, spec.id)
+    elif layout.mechanism == "object_patch":
         for s, seg in enumerate(layout.segments):
             key = f"diffusion_model.{seg.attr}"
             # get_model_object returns another pack's object patch of this list if there is one: we wrap it
@@ -115,6 +128,22 @@ def apply_cache(model: Any, policy: Policy | ComponentPolicy, node_label: str, n
     # ComfyUI 0.3.75 (SD3's MMDiT, Mochi) do not run their wrappers for
     m.add_wrapper_with_key(WrappersMP.APPLY_MODEL, WRAPPER_KEY, _model_call_wrapper)
     return m
+
+
+def _unet_layout(policy: Policy | ComponentPolicy, dm: Any, node_label: str) -> BlockLayout | None:
+    """UNET_LAYOUT when ``policy`` applies to UNets and its plan fits ``dm`` (ValueError before sampling when it
+    does not fit); None after a warning when the method does not apply to UNets."""
+    plan = unet_plan(policy)
+    if plan is None:
+        log.warning("[dit-cache] %s: %s is not a supported DiT model and %s does not apply to UNets (First Block "
+                    "Cache and DeepCache do); the model is left unchanged", node_label, type(dm).__name__,
+                    policy.name)
+        return None
+    try:
+        plan.check(unet.block_counts(dm), policy.name)
+    except ValueError as e:
+        raise ValueError(f"{node_label}: {e}") from None
+    return UNET_LAYOUT
 
 
 def _head_signal(policy: Policy, layout: BlockLayout, dm: Any) -> Callable[[dict], Any] | None:
@@ -290,7 +319,7 @@ def _outer_sample_wrapper(executor: Any, *args: Any, **kwargs: Any) -> Any:
     spec.policy.check_run(run_info)  # e.g. a calibration that needs more steps: an error before sampling
     model_sampling = guider.model_patcher.get_model_object("model_sampling")
     runner = make_runner(spec.policy, spec.layout, spec.block_counts, stats,
-                         lambda name, window: _sigma_window(window, model_sampling), run_info)
+                         lambda name, window: _sigma_window(window, model_sampling), run_info, spec.runner)
     t_opts[RUN_KEY] = runner
     t0 = time.perf_counter()
     ok = False
@@ -349,7 +378,7 @@ def _model_call_wrapper(executor: Any, *args: Any, **kwargs: Any) -> Any:
     # BaseModel.apply_model(x, t, ...): x is the noisy latent as the sampler holds it (SeaCache's probe)
     latent = args[0] if args and isinstance(args[0], torch.Tensor) else kwargs.get("x")
     with model_call(runner, CallInfo(_stream_labels(t_opts, n_chunks), sigma, latent)):
-        token = _ACTIVE.set((spec.id if spec is not None else "", runner))
+        token = _ACTIVE.set((spec.id if spec is not None else "", runner, t_opts))
         try:
             out = executor(*args, **kwargs)
         finally:

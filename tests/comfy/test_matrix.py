@@ -1,5 +1,5 @@
-"""The support matrix: every method (tests/support/methods_registry.py) x every DiT family of the host
-(tests/support/matrix_families.py), each a short real ComfyUI sample of a tiny real model.
+"""The support matrix: every method (tests/support/methods_registry.py) x every DiT family and UNet model of the
+host (tests/support/matrix_families.py), each a short real ComfyUI sample of a tiny real model.
 
 Per cell: at least one skipped model call at the aggressive setting; finite and close to uncached (PSNR) at
 the mild one; bit-identical when disabled; the input model unchanged afterwards (object patches undone).
@@ -85,7 +85,7 @@ def test_method_on_family(method_key: str, row: Row, caplog) -> None:
     method = METHODS[method_key]
     result: dict = {"status": "fail"}
     RESULTS.setdefault(method_key, {})[row.key] = result
-    if method.families is not None and row.key not in method.families:
+    if not method.applies_to(row.key):
         # refused: a warning and the model itself back, or a ValueError from the node (before sampling)
         tiny = _tiny(row.tiny)
         try:
@@ -128,9 +128,13 @@ def test_method_on_family(method_key: str, row: Row, caplog) -> None:
                   mild_psnr=None if math.isinf(quality) else round(quality, 1))
 
 
-@pytest.mark.parametrize("method_key", list(METHODS))
+DIT_ONLY = [k for k, m in METHODS.items() if not m.applies_to("sd15")]
+
+
+@pytest.mark.parametrize("method_key", DIT_ONLY)
 def test_unknown_model_is_returned_unchanged_with_a_warning(method_key: str, caplog) -> None:
-    """An SD1.5 UNet is no DiT: every method warns, naming the class, and returns the model itself."""
+    """An SD1.5 UNet is no DiT: every method without a UNet plan warns, naming the class, and returns the model
+    itself."""
     model = tiny_models.build_sd15_unet()
     for setting in ("aggressive", "mild"):
         caplog.clear()
@@ -140,7 +144,7 @@ def test_unknown_model_is_returned_unchanged_with_a_warning(method_key: str, cap
         assert "UNetModel" in caplog.text
 
 
-OBJECT_PATCH_ROWS = [r for r in TESTED if next(
+OBJECT_PATCH_ROWS = [r for r in TESTED if r.layout != "unet" and next(
     lay for lay in COMFY_LAYOUTS if lay.family == r.layout).mechanism == "object_patch"]
 
 
@@ -180,7 +184,9 @@ def test_every_host_dit_family_has_a_row() -> None:
     layouts = {lay.family for lay in COMFY_LAYOUTS}
     assert layouts <= {r.layout for r in ROWS}
     for r in ROWS:
-        if r.layout is not None:
+        if r.layout == "unet":
+            assert r.key in matrix_families.UNET_ROWS and hasattr(comfy.supported_models, r.comfy_class), r
+        elif r.layout is not None:
             assert r.layout in layouts, r
             assert hasattr(comfy.supported_models, r.comfy_class), r
         if r.tiny:

@@ -39,6 +39,7 @@ FAMILY_BY_PREFIX = {
     "wan22-": "wan21",
     "qwen-image-": "qwen_image",
     "ltxv-": "ltxv",
+    "sd15-": "sd15",
 }
 FILES = sorted(WORKFLOWS.glob("*.json"))
 SAVED = re.compile(r"\[dit-cache\] (?:MagCache|SmoothCache) Calibrate: saved (.+\.safetensors)")

@@ -1,4 +1,4 @@
-"""The support matrix's rows (DiT families of the host ComfyUI) and the table in docs/support-matrix.md.
+"""The support matrix's rows (DiT families and UNet models of the host ComfyUI) and the table in docs/support-matrix.md.
 
 Each row names the tiny model that stands for the family (tests/support/tiny_models.py) and the layout the
 pack uses (cache_core/layout.py). Rows without a tiny model say why ("not tested"), never "supported".
@@ -49,7 +49,12 @@ ROWS: tuple[Row, ...] = (
     Row("hunyuan_image21", "HunyuanImage 2.1", "HunyuanImage21", "hunyuan_video", "hunyuan_image21"),
     Row("hunyuan_video15", "HunyuanVideo 1.5", "HunyuanVideo15", "hunyuan_video", "hunyuan_video15"),
     Row("kandinsky5", "Kandinsky 5", "-", None, None, reason="not in ComfyUI 0.3.75"),
+    # UNet models (UNetModel): only methods with a UNet plan apply (methods_registry.Method.unets)
+    Row("sd15", "SD1.5 / SD2 (UNet)", "SD15", "unet", "sd15"),
+    Row("sdxl", "SDXL (UNet)", "SDXL", "unet", "sdxl"),
 )
+UNET_ROWS = frozenset(r.key for r in ROWS if r.layout == "unet")
+UNET_COLUMNS = ("`add_object_patch` (each block)", "`input_blocks` → `middle_block` → `output_blocks` (x)")
 
 
 def _cell(result: dict | None) -> str:
@@ -102,4 +107,5 @@ def layout_columns(comfy_layouts) -> dict[str, tuple[str, str]]:
         if lay.hidden != "img":
             blocks += f", decision on {lay.hidden}"
         out[lay.family] = (via, blocks)
+    out["unet"] = UNET_COLUMNS  # hosts/comfy/unet.py: every block of UNetModel object-patched
     return out

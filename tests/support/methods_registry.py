@@ -32,6 +32,15 @@ class Method:
     # matrix family keys (tests/support/matrix_families.py) the method can apply to; None = every DiT family
     families: frozenset[str] | None = None
     mild_min_psnr: float = 30.0  # dB, final latent against the uncached one
+    unets: bool = False  # also applies to the UNet rows (SD1.5, SDXL: matrix_families.UNET_ROWS)
+
+    def applies_to(self, row_key: str) -> bool:
+        """Whether the method applies to the matrix row ``row_key`` (else it must refuse it clearly)."""
+        from matrix_families import UNET_ROWS
+
+        if row_key in UNET_ROWS:
+            return self.unets
+        return self.families is None or row_key in self.families
 
 
 def _fbc(model: Any, setting: str, family: str) -> Any:
@@ -203,8 +212,17 @@ def _families_with_signal() -> frozenset[str]:
     return frozenset(r.key for r in ROWS if r.layout in with_signal)
 
 
+def _deepcache(model: Any, setting: str, family: str) -> Any:
+    from dit_cache.nodes.deepcache_node import ApplyDeepCache
+
+    # one full UNet call in every `interval` (1 disables: model unchanged); the paper's shallow branch (depth 1)
+    interval = {"aggressive": 5, "mild": 2, "disabled": 1}[setting]
+    return ApplyDeepCache.execute(model, interval=interval, branch_depth=1, start_percent=0.0, end_percent=1.0,
+                                  warmup_steps=0).result[0]
+
+
 METHODS: dict[str, Method] = {
-    "fbc": Method("First Block Cache", "DitCache.ApplyFirstBlockCache", _fbc),
+    "fbc": Method("First Block Cache", "DitCache.ApplyFirstBlockCache", _fbc, unets=True),
     "magcache": Method("MagCache", "DitCache.ApplyMagCache", _magcache),
     "teacache": Method("TeaCache", "DitCache.ApplyTeaCache", _teacache, families=_families_with_signal()),
     "dbcache": Method("DBCache", "DitCache.ApplyDBCache", _dbcache),
@@ -214,4 +232,5 @@ METHODS: dict[str, Method] = {
     "fastercache": Method("FasterCache", "DitCache.ApplyFasterCache", _fastercache),
     "smoothcache": Method("SmoothCache", "DitCache.ApplySmoothCache", _smoothcache),
     "seacache": Method("SeaCache", "DitCache.ApplySeaCache", _seacache),
+    "deepcache": Method("DeepCache", "DitCache.ApplyDeepCache", _deepcache, families=frozenset(), unets=True),
 }

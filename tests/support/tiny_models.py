@@ -212,6 +212,26 @@ FAMILIES.update({
 })
 
 
+# UNet families (comfy.ldm.modules.diffusionmodules.openaimodel.UNetModel): three resolution levels; attention where
+# the real models have it (SD1.5: the first levels, so its first block is a ResBlock + transformer; SDXL: the
+# deeper levels only, its first block a plain ResBlock). SD15 forces 8 heads, SDXL 64-channel heads (from 64 wide).
+_UNET_TINY = dict(image_size=16, in_channels=4, out_channels=4, model_channels=32, num_res_blocks=[1, 1, 1],
+                  channel_mult=[1, 2, 2], transformer_depth=[1, 1, 0], transformer_depth_middle=1,
+                  transformer_depth_output=[1, 1, 1, 1, 0, 0], num_head_channels=16, use_temporal_attention=False,
+                  use_spatial_transformer=True, legacy=False, use_checkpoint=False)
+_UNET_T = ("time_embed.0.weight",)
+FAMILIES.update({
+    "sd15": {"tiny": FamilySpec(
+        "SD15", dict(_UNET_TINY, context_dim=32, use_linear_in_transformer=False, adm_in_channels=None),
+        latent=(4, 16, 16), context=(8, 32), time_embed_in=_UNET_T, cfg=4.0)},
+    # SDXL's adm input: the pooled text embedding (32 here) + six 256-wide size embeddings
+    "sdxl": {"tiny": FamilySpec(
+        "SDXL", dict(_UNET_TINY, context_dim=32, use_linear_in_transformer=True, adm_in_channels=32 + 6 * 256,
+                     num_classes="sequential", transformer_depth=[0, 1, 1],
+                     transformer_depth_output=[0, 0, 1, 1, 1, 1]),
+        latent=(4, 16, 16), context=(8, 32), pooled=32, time_embed_in=_UNET_T, cfg=4.0)},
+})
+
 @dataclass
 class TinyModel:
     """A patchable model plus matching conditioning."""
