@@ -120,7 +120,7 @@ METHODS: tuple[SweepMethod, ...] = (
                 note="calibrated on the bench model first (SmoothCache Calibrate, same steps); reuses attention "
                      "cores and feed-forward outputs (no model call is skipped), the schedule rebuilt per alpha"),
     SweepMethod("seacache", "SeaCache", "DitCache.ApplySeaCache", "threshold",
-                {"tiny": (0.1, 0.25, 1.0), "medium": (0.1, 0.25, 0.5)},
+                {"tiny": (0.1, 0.25, 1.0), "medium": (0.1, 0.25, 0.5), "trained": (0.1, 0.25, 0.5, 1.0)},
                 note="diffusers' defaults otherwise (residual order 1, retention 1, end 1, at most 2 in a row)"),
     SweepMethod("deepcache", "DeepCache (UNets)", "DitCache.ApplyDeepCache", "interval",
                 {"tiny": (2, 3, 5), "medium": (2, 3, 5)}, family="sd15",

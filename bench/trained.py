@@ -279,6 +279,8 @@ def run_trained(args: Any, preset: Any) -> None:
                 try:
                     prepared: dict[str, dict[str, Any]] = {}
                     for c in curves:
+                        if c.method.family is not None:  # a method for other models (DeepCache: UNets)
+                            continue
                         cls = classes.get(c.method.node_id)
                         if cls is None:
                             print(f"skipped {c.label}: node {c.method.node_id} is not installed")
