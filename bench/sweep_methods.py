@@ -94,6 +94,10 @@ METHODS: tuple[SweepMethod, ...] = (
                 {"tiny": (0.05, 0.2), "medium": (0.1, 0.3)}, prepared=_smoothcache_inputs,
                 note="calibrated on the bench model first (SmoothCache Calibrate, same steps); reuses attention "
                      "cores and feed-forward outputs (no model call is skipped), the schedule rebuilt per alpha"),
+    # the node's default codebook (the authors' 30-step "fast" one) with its thresholds scaled: the bench models'
+    # residual change per step is smaller than a trained model's, so scales below 1 are where the rates differ
+    SweepMethod("adacache", "AdaCache", "DitCache.ApplyAdaCache", "threshold_scale",
+                {"tiny": (0.25, 1.0), "medium": (0.25, 1.0)}),
     SweepMethod("easycache", "EasyCache (ComfyUI built-in)", "EasyCache", "reuse_threshold",
                 {"tiny": (0.05, 0.2, 0.5), "medium": (0.1, 0.2, 0.5)}, reference=True,
                 note="comfy_extras.nodes_easycache, start 0.15 / end 0.95 (its defaults)"),

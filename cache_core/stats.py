@@ -37,6 +37,8 @@ class RunStats:
     reuse: dict[str, list[int]] = field(default_factory=dict)
     # component-level methods: the same per component kind ("spatial", "cross", "ffn"), over every stream
     reuse_by_kind: dict[str, list[int]] = field(default_factory=dict)
+    # a method's own end-of-run figures (Policy.run_details; AdaCache: the caching rates it chose), by name
+    details: dict[str, Any] = field(default_factory=dict)
 
     def add_call(self, records: list[CallRecord], skipped: bool, wall_s: float) -> None:
         for r in records:

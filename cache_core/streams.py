@@ -30,10 +30,20 @@ ResolveWindow = Callable[[str, CacheWindow], SigmaWindow]
 
 @dataclass
 class CallInfo:
-    """One model call: its CFG streams in batch order as (key, label), and the current sigma if known."""
+    """One model call: its CFG streams in batch order as (key, label), the current sigma if known and the latent
+    frames of its input (video models; 1 = an image; None = unknown)."""
 
     streams: Sequence[tuple[Hashable, str]]
     sigma: float | None = None
+    frames: int | None = None
+
+
+def latent_frames(latent: Any) -> int | None:
+    """Latent frames of a model input: dim 2 of a 5-D (batch, channels, frames, height, width) latent, 1 for a
+    4-D image latent, None for anything else."""
+    if not isinstance(latent, torch.Tensor):
+        return None
+    return int(latent.shape[2]) if latent.ndim == 5 else 1 if latent.ndim == 4 else None
 
 
 class StreamState:
@@ -116,4 +126,8 @@ class StreamRunner:
 
     def finish(self, completed: bool) -> None:
         """End of the run: let the policy see every stream's final state (a calibration saves here)."""
-        self.policy.finish_run(self.stream_states(), completed)
+        streams = self.stream_states()
+        self.policy.finish_run(streams, completed)
+        details = getattr(self.policy, "run_details", None)
+        if details is not None:
+            self.stats.details.update(details(streams))

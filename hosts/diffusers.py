@@ -36,7 +36,7 @@ from ..cache_core.policy import Policy
 from ..cache_core.registry import spec_for
 from ..cache_core.runners import make_runner, uses_components
 from ..cache_core.stats import RunStats
-from ..cache_core.streams import CallInfo, Streams
+from ..cache_core.streams import CallInfo, Streams, latent_frames
 
 __all__ = ["DEFAULT_STREAM", "DiffusersCache", "apply_cache", "flow_sigma_window", "policy_for"]
 
@@ -250,7 +250,8 @@ class DiffusersCache:
     def _model_forward(self, original: Callable) -> Callable:
         def call(names: tuple[str, ...], sigma: float | None, args: tuple, kwargs: dict) -> Any:
             runner = self._runner  # the run this call belongs to, even if reset() happens meanwhile
-            with model_call(runner, CallInfo(streams=[(n, n) for n in names], sigma=sigma)):
+            frames = latent_frames(kwargs.get("hidden_states", args[0] if args else None))  # Wan: (B, C, T, H, W)
+            with model_call(runner, CallInfo(streams=[(n, n) for n in names], sigma=sigma, frames=frames)):
                 return original(*args, **kwargs)
 
         def forward(*args: Any, **kwargs: Any) -> Any:

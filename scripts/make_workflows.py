@@ -171,6 +171,7 @@ NEG_WAN = "blurry, low quality, static, overexposed, worst quality, jpeg artifac
 # Node ids of the cache nodes in the workflows added after the first seven: the panel groups runs by node id,
 # so each gets an id no other workflow's cache node has (the first seven use 3, 4, 5, 7, 8 and 9).
 ID_DBCACHE, ID_TAYLORSEER, ID_ADAPTIVE, ID_FASTERCACHE, ID_SMOOTH_CALIBRATE, ID_SMOOTH_APPLY = 21, 22, 23, 24, 25, 26
+ID_ADACACHE = 27
 FLUX_KSAMPLER = [0, "fixed", 28, 1.0, "euler", "simple", 1.0]  # seed, control, steps, cfg, sampler, scheduler, denoise
 
 
@@ -294,7 +295,7 @@ def _wan_loaders(wf: Workflow) -> tuple[int, int]:
     return clip, vae
 
 
-WAN21_METHODS = ("teacache", "magcache", "adaptivecache", "fastercache")
+WAN21_METHODS = ("teacache", "magcache", "adaptivecache", "fastercache", "adacache")
 
 
 def wan21(method: str) -> Workflow:
@@ -340,6 +341,20 @@ def wan21(method: str) -> Workflow:
                "part needs CFG > 1: here 6); from 32 % on, self-attention is computed every 2nd call "
                "(spatial_skip) and extrapolated in between, in calls without a negative-prompt branch. Higher "
                "uncond_skip / spatial_skip = faster.")
+    elif method == "adacache":
+        label = "AdaCache"
+        text_y = 480  # below the taller node
+        # codebook, threshold_scale, motion_regularization, block, start_percent, end_percent,
+        # max_consecutive_skips, warmup_steps (the node defaults: the AdaCache authors' 30-step "fast" codebook)
+        cache = cache_node(wf, "DitCache.ApplyAdaCache",
+                           ["0.08:6, 0.16:5, 0.24:4, 0.32:3, 0.40:2, 1.00:1", 1.0, True, -1, 0.0, 1.0, -1, 0],
+                           shifted, (340, 160), size=(340, 290), nid=ID_ADACACHE)
+        tip = ("Apply AdaCache (content-adaptive caching, Kahatapitiya et al. 2024): after each computed step the "
+               "change of the middle block's residual picks, from the codebook, how many steps reuse the cache "
+               "(threshold:rate; the default is the authors' 30-step 'fast' codebook, for this 30-step sampler). "
+               "motion_regularization lowers the rate for videos with more motion. threshold_scale above 1 = "
+               "faster; try the authors' 'slow' codebook 0.08:3, 0.16:2, 0.24:1, 1.00:1 for quality. Not the "
+               "EasyCache-style Apply Adaptive Cache.")
     else:
         raise ValueError(f"no Wan 2.1 workflow for {method!r}")
     pos_t = text(wf, clip, PROMPT_VIDEO, (340, text_y))

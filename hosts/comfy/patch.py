@@ -31,7 +31,7 @@ from ...cache_core.model_call import model_call
 from ...cache_core.policy import Policy, Probe, RunInfo
 from ...cache_core.runners import make_runner, uses_components
 from ...cache_core.stats import RunStats
-from ...cache_core.streams import CallInfo, StreamRunner
+from ...cache_core.streams import CallInfo, StreamRunner, latent_frames
 from . import stats_server
 from .keys import RUN_KEY, SPEC_KEY, WRAPPER_KEY
 from .uncond import calc_cond_batch_wrapper
@@ -346,7 +346,8 @@ def _model_call_wrapper(executor: Any, *args: Any, **kwargs: Any) -> Any:
     n_chunks = len(t_opts.get("cond_or_uncond") or [0])
     first_record = len(runner.stats.records)
     spec = t_opts.get(SPEC_KEY)
-    with model_call(runner, CallInfo(_stream_labels(t_opts, n_chunks), sigma)):
+    frames = latent_frames(args[0] if args else kwargs.get("x"))  # BaseModel.apply_model(x, t, ...)
+    with model_call(runner, CallInfo(_stream_labels(t_opts, n_chunks), sigma, frames)):
         token = _ACTIVE.set((spec.id if spec is not None else "", runner))
         try:
             out = executor(*args, **kwargs)
