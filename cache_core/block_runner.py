@@ -64,6 +64,7 @@ class _Call:
     new_residuals: dict[tuple[int, str], torch.Tensor] = field(default_factory=dict)
     new_outputs: dict[tuple[int, str], torch.Tensor] = field(default_factory=dict)  # forecaster target "output"
     stack_residual: torch.Tensor | None = None  # whole-stack hidden residual (probes STACK, INPUT_AND_STACK)
+    observed: torch.Tensor | None = None  # the observed block's hidden residual (Policy.observed)
     records: list[CallRecord] = field(default_factory=list)
 
 
@@ -89,6 +90,10 @@ class BlockCacheRunner(StreamRunner):
                 f"to cache in a model with {self.total_blocks} blocks"
             )
         self._cached = (lo, hi)
+        self._observed = policy.observed_block(self.total_blocks) if policy.observed else None
+        if self._observed is not None and not lo <= self._observed < hi:
+            raise ValueError(f"{policy.name}: observed block {self._observed} is outside the cached blocks "
+                             f"[{lo}, {hi})")
         # per segment: first and last flat position inside the cached range (None: no cached block there)
         self._seg_bounds: list[tuple[int, int] | None] = []
         for s, n in enumerate(block_counts):
@@ -119,6 +124,7 @@ class BlockCacheRunner(StreamRunner):
         probe_chunks = call.probe_residual.chunk(n) if call.probe_residual is not None else [None] * n
         new_chunks = {k: v.chunk(n) for k, v in call.new_residuals.items()} if computed else {}
         stack_chunks = call.stack_residual.chunk(n) if computed and call.stack_residual is not None else None
+        observed_chunks = call.observed.chunk(n) if computed and call.observed is not None else None
         forecaster = self.policy.forecaster
         if computed and forecaster is not None:
             seen = call.new_outputs if forecaster.target == "output" else call.new_residuals
@@ -126,6 +132,8 @@ class BlockCacheRunner(StreamRunner):
         for j, st in enumerate(call.states):
             if stack_chunks is not None:
                 self.policy.observe_stack_residual(st.policy_state, stack_chunks[j])
+            if observed_chunks is not None:
+                self.policy.observe_block_residual(st.policy_state, observed_chunks[j])
             if computed and forecaster is not None:
                 for key, chunks in seen_chunks.items():
                     forecaster.observe(st.forecast, key, chunks[j], st.calls)
@@ -190,7 +198,10 @@ class BlockCacheRunner(StreamRunner):
             return {k: inputs[k] for k in outputs}
         if p == first:
             call.seg_in[segment] = {k: inputs[k].clone() for k in outputs}
+        observed_in = inputs[hidden].clone() if p == self._observed else None  # blocks may update it in place
         out = run(inputs)
+        if observed_in is not None:
+            call.observed = self._head_tokens(call, segment, out[hidden] - observed_in)
         if p == last:
             for k in outputs:
                 call.new_residuals[(segment, k)] = out[k] - call.seg_in[segment][k]
@@ -208,7 +219,8 @@ class BlockCacheRunner(StreamRunner):
         in_window = self.window.contains(call.info.sigma)
         votes: list[tuple[bool, str, float | None]] = []
         for j, st in enumerate(call.states):
-            self.policy.begin_stream_call(st.policy_state, StreamCall(st.calls, call.info.sigma, st.label))
+            self.policy.begin_stream_call(st.policy_state,
+                                          StreamCall(st.calls, call.info.sigma, st.label, call.info.frames))
             metric = self.policy.metric(st.policy_state, chunks[j])
             if not (st.residuals or st.forecast_ready):
                 vote = (False, "no_cache")
@@ -232,20 +244,28 @@ class BlockCacheRunner(StreamRunner):
                 metric=metric, threshold=self.policy.threshold, reason=reason,
             ))
 
-    def _stack_residual(self, call: _Call, segment: int, tail_out: torch.Tensor) -> torch.Tensor | None:
-        """Last block's hidden output minus the first block's hidden input. Where the host joined other tokens
-        to the last segment's hidden stream, ``Segment.hidden_tokens`` says which tokens are the head's."""
+    def _head_tokens(self, call: _Call, segment: int, t: torch.Tensor) -> torch.Tensor | None:
+        """The first block's tokens of a hidden tensor of ``segment``: all of it where its shape is the first
+        block input's; where the host joined other tokens to the segment's hidden stream, the part that
+        ``Segment.hidden_tokens`` names; None where neither fits."""
         head_in = call.head_in
-        if tail_out.shape == head_in.shape:
-            return tail_out - head_in
+        if t.shape == head_in.shape:
+            return t
         where = self.layout.segments[segment].hidden_tokens
         n = head_in.shape[1] if head_in.ndim >= 2 else 0
-        if (where in ("last", "first") and tail_out.ndim == head_in.ndim >= 2 and tail_out.shape[1] > n
-                and tail_out.shape[0] == head_in.shape[0] and tail_out.shape[2:] == head_in.shape[2:]):
-            return (tail_out[:, -n:] if where == "last" else tail_out[:, :n]) - head_in
+        if (where in ("last", "first") and t.ndim == head_in.ndim >= 2 and t.shape[1] > n
+                and t.shape[0] == head_in.shape[0] and t.shape[2:] == head_in.shape[2:]):
+            return t[:, -n:] if where == "last" else t[:, :n]
+        return None
+
+    def _stack_residual(self, call: _Call, segment: int, tail_out: torch.Tensor) -> torch.Tensor | None:
+        """Last block's hidden output minus the first block's hidden input (the head's tokens of the output)."""
+        head_out = self._head_tokens(call, segment, tail_out)
+        if head_out is not None:
+            return head_out - call.head_in
         log.warning("[dit-cache] %s: last block output %s does not match the first block input %s; "
                     "no whole-stack residual this call", self.policy.name, tuple(tail_out.shape),
-                    tuple(head_in.shape))
+                    tuple(call.head_in.shape))
         return None
 
     def _cached_residual(self, call: _Call, segment: int, stream: str) -> torch.Tensor:

@@ -52,6 +52,7 @@ class StreamCall:
     call_index: int
     sigma: float | None
     label: str = ""
+    frames: int | None = None  # latent frames of the call's input (video models; 1 = an image), None if unknown
 
 
 class Probe(str, Enum):
@@ -94,6 +95,7 @@ class Policy:
     # predicts what the cached blocks produce instead of reusing it (cache_core/forecast.py); None = plain reuse
     forecaster: Forecaster | None = None
     config: Any = None
+    observed = False  # True: the runner hands one block's residual to observe_block_residual (see there)
 
     def __init__(self, config: Any = None) -> None:
         """A policy for ``config``: its ``threshold`` (what the run records show beside each metric) and ``gate``
@@ -135,11 +137,25 @@ class Policy:
     def observe_stack_residual(self, state: Any, residual: torch.Tensor) -> None:
         """The stream's whole-stack hidden residual of a computed call (probes STACK and INPUT_AND_STACK)."""
 
+    def observed_block(self, total_blocks: int) -> int:
+        """With ``observed`` True: the flat index (0 .. ``total_blocks`` - 1) of the block whose residual
+        :meth:`observe_block_residual` gets."""
+        return total_blocks // 2
+
+    def observe_block_residual(self, state: Any, residual: torch.Tensor) -> None:
+        """With ``observed`` True: the stream's hidden residual (output minus input; the first block's tokens
+        where the host joined others to them) of block :meth:`observed_block`, on every computed call (AdaCache)."""
+
     def check_run(self, run: RunInfo) -> None:
         """Before a run samples: raise ValueError if this run cannot work (e.g. too few steps to calibrate)."""
 
     def finish_run(self, streams: list[tuple[str, Any]], completed: bool) -> None:
         """End of a run: every stream's (label, state), in first-seen order."""
+
+    def run_details(self, streams: list[tuple[str, Any]]) -> dict[str, Any]:
+        """End of a run: the method's own figures for the run record (``RunStats.details``), from every stream's
+        (label, state); JSON-ready values."""
+        return {}
 
     @staticmethod
     def state_bytes(state: Any) -> int:

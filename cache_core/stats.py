@@ -40,6 +40,8 @@ class RunStats:
     # what a skipped call still costs as a share of a computed one (UNets: the shallow branch, measured); 0 for
     # DiT methods, whose skipped calls run a block or two of dozens
     skipped_cost: float = 0.0
+    # a method's own end-of-run figures (Policy.run_details; AdaCache: the caching rates it chose), by name
+    details: dict[str, Any] = field(default_factory=dict)
 
     def add_call(self, records: list[CallRecord], skipped: bool, wall_s: float) -> None:
         for r in records:

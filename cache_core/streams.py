@@ -30,14 +30,23 @@ ResolveWindow = Callable[[str, CacheWindow], SigmaWindow]
 
 @dataclass
 class CallInfo:
-    """One model call: its CFG streams in batch order as (key, label), the current sigma if known and the model's
-    input latent."""
+    """One model call: its CFG streams in batch order as (key, label), the current sigma if known, the model's
+    input latent and its latent frames (video models; 1 = an image; None = unknown)."""
 
     streams: Sequence[tuple[Hashable, str]]
     sigma: float | None = None
     # the model's input latent of this call (the noisy sample, batch = the streams), for policies deciding on
     # it (probe LATENT); None where the host does not hand it over
     latent: torch.Tensor | None = None
+    frames: int | None = None
+
+
+def latent_frames(latent: Any) -> int | None:
+    """Latent frames of a model input: dim 2 of a 5-D (batch, channels, frames, height, width) latent, 1 for a
+    4-D image latent, None for anything else."""
+    if not isinstance(latent, torch.Tensor):
+        return None
+    return int(latent.shape[2]) if latent.ndim == 5 else 1 if latent.ndim == 4 else None
 
 
 class StreamState:
@@ -120,4 +129,8 @@ class StreamRunner:
 
     def finish(self, completed: bool) -> None:
         """End of the run: let the policy see every stream's final state (a calibration saves here)."""
-        self.policy.finish_run(self.stream_states(), completed)
+        streams = self.stream_states()
+        self.policy.finish_run(streams, completed)
+        details = getattr(self.policy, "run_details", None)
+        if details is not None:
+            self.stats.details.update(details(streams))

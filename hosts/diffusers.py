@@ -36,7 +36,7 @@ from ..cache_core.policy import Policy
 from ..cache_core.registry import spec_for
 from ..cache_core.runners import make_runner, uses_components
 from ..cache_core.stats import RunStats
-from ..cache_core.streams import CallInfo, Streams
+from ..cache_core.streams import CallInfo, Streams, latent_frames
 
 __all__ = ["DEFAULT_STREAM", "DiffusersCache", "apply_cache", "flow_sigma_window", "policy_for"]
 
@@ -252,7 +252,8 @@ class DiffusersCache:
             runner = self._runner  # the run this call belongs to, even if reset() happens meanwhile
             latent = kwargs.get("hidden_states", args[0] if args else None)  # the transformer's input latent
             info = CallInfo(streams=[(n, n) for n in names], sigma=sigma,
-                            latent=latent if isinstance(latent, torch.Tensor) else None)
+                            latent=latent if isinstance(latent, torch.Tensor) else None,
+                            frames=latent_frames(latent))  # Wan: (B, C, T, H, W)
             with model_call(runner, info):
                 return original(*args, **kwargs)
 

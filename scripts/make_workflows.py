@@ -174,6 +174,7 @@ NEG_WAN = "blurry, low quality, static, overexposed, worst quality, jpeg artifac
 ID_DBCACHE, ID_TAYLORSEER, ID_ADAPTIVE, ID_FASTERCACHE, ID_SMOOTH_CALIBRATE, ID_SMOOTH_APPLY = 21, 22, 23, 24, 25, 26
 ID_SEACACHE = 27
 ID_DEEPCACHE = 28
+ID_ADACACHE = 29
 FLUX_KSAMPLER = [0, "fixed", 28, 1.0, "euler", "simple", 1.0]  # seed, control, steps, cfg, sampler, scheduler, denoise
 
 
@@ -297,7 +298,7 @@ def _wan_loaders(wf: Workflow) -> tuple[int, int]:
     return clip, vae
 
 
-WAN21_METHODS = ("teacache", "magcache", "adaptivecache", "fastercache", "seacache")
+WAN21_METHODS = ("teacache", "magcache", "adaptivecache", "fastercache", "seacache", "adacache")
 
 
 def wan21(method: str) -> Workflow:
@@ -355,6 +356,20 @@ def wan21(method: str) -> Workflow:
                "latent's accumulated relative change stays under threshold 0.25 (higher = faster); a skipped step "
                "extrapolates the last two computed residuals (residual_order 1). The first and last step always "
                "compute, and at most 2 steps in a row are skipped.")
+    elif method == "adacache":
+        label = "AdaCache"
+        text_y = 480  # below the taller node
+        # codebook, threshold_scale, motion_regularization, block, start_percent, end_percent,
+        # max_consecutive_skips, warmup_steps (the node defaults: the AdaCache authors' 30-step "fast" codebook)
+        cache = cache_node(wf, "DitCache.ApplyAdaCache",
+                           ["0.08:6, 0.16:5, 0.24:4, 0.32:3, 0.40:2, 1.00:1", 1.0, True, -1, 0.0, 1.0, -1, 0],
+                           shifted, (340, 160), size=(340, 290), nid=ID_ADACACHE)
+        tip = ("Apply AdaCache (content-adaptive caching, Kahatapitiya et al. 2024): after each computed step the "
+               "change of the middle block's residual picks, from the codebook, how many steps reuse the cache "
+               "(threshold:rate; the default is the authors' 30-step 'fast' codebook, for this 30-step sampler). "
+               "motion_regularization lowers the rate for videos with more motion. threshold_scale above 1 = "
+               "faster; try the authors' 'slow' codebook 0.08:3, 0.16:2, 0.24:1, 1.00:1 for quality. Not the "
+               "EasyCache-style Apply Adaptive Cache.")
     else:
         raise ValueError(f"no Wan 2.1 workflow for {method!r}")
     pos_t = text(wf, clip, PROMPT_VIDEO, (340, text_y))

@@ -32,7 +32,7 @@ from ...cache_core.model_call import model_call
 from ...cache_core.policy import Policy, Probe, RunInfo
 from ...cache_core.runners import make_runner, uses_components
 from ...cache_core.stats import RunStats
-from ...cache_core.streams import CallInfo, StreamRunner
+from ...cache_core.streams import CallInfo, StreamRunner, latent_frames
 from ...cache_core.unet_runner import UNET_LAYOUT, unet_plan
 from . import stats_server, unet
 from .keys import ACTIVE as _ACTIVE
@@ -375,9 +375,11 @@ def _model_call_wrapper(executor: Any, *args: Any, **kwargs: Any) -> Any:
     n_chunks = len(t_opts.get("cond_or_uncond") or [0])
     first_record = len(runner.stats.records)
     spec = t_opts.get(SPEC_KEY)
-    # BaseModel.apply_model(x, t, ...): x is the noisy latent as the sampler holds it (SeaCache's probe)
+    # BaseModel.apply_model(x, t, ...): x is the noisy latent as the sampler holds it (SeaCache's probe; AdaCache
+    # reads its frame count)
     latent = args[0] if args and isinstance(args[0], torch.Tensor) else kwargs.get("x")
-    with model_call(runner, CallInfo(_stream_labels(t_opts, n_chunks), sigma, latent)):
+    info = CallInfo(_stream_labels(t_opts, n_chunks), sigma, latent=latent, frames=latent_frames(latent))
+    with model_call(runner, info):
         token = _ACTIVE.set((spec.id if spec is not None else "", runner, t_opts))
         try:
             out = executor(*args, **kwargs)

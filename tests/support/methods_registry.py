@@ -178,6 +178,18 @@ def _adaptive(model: Any, setting: str, family: str) -> Any:
                                       max_consecutive_skips=-1, warmup_steps=0).result[0]
 
 
+def _adacache(model: Any, setting: str, family: str) -> Any:
+    from dit_cache.cache_core.methods.adacache import FAST_30, SLOW_30
+    from dit_cache.nodes.adacache_node import ApplyAdaCache
+
+    # the AdaCache authors' 30-step codebooks: "fast" (up to 6 steps per computed one) and "slow" (up to 3);
+    # threshold_scale 0 disables (model unchanged). The tiny models' residual change per step runs 0.01-0.15
+    codebook, scale = {"aggressive": (FAST_30, 1.0), "mild": (SLOW_30, 1.0), "disabled": (FAST_30, 0.0)}[setting]
+    return ApplyAdaCache.execute(model, codebook=codebook, threshold_scale=scale, motion_regularization=True,
+                                 block=-1, start_percent=0.0, end_percent=1.0, max_consecutive_skips=-1,
+                                 warmup_steps=0).result[0]
+
+
 def _smoothcache(model: Any, setting: str, family: str) -> Any:
     from dit_cache.nodes.calibration_store import identify
     from dit_cache.nodes.smoothcache_nodes import ApplySmoothCache
@@ -233,4 +245,5 @@ METHODS: dict[str, Method] = {
     "smoothcache": Method("SmoothCache", "DitCache.ApplySmoothCache", _smoothcache),
     "seacache": Method("SeaCache", "DitCache.ApplySeaCache", _seacache),
     "deepcache": Method("DeepCache", "DitCache.ApplyDeepCache", _deepcache, families=frozenset(), unets=True),
+    "adacache": Method("AdaCache", "DitCache.ApplyAdaCache", _adacache),
 }

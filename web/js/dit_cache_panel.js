@@ -241,6 +241,12 @@ function runCard(run, live = false) {
     card.append(el("div", { class: "dit-cache-reuse", "data-part": part, "data-reused": reused, "data-total": total,
       style: "font-size:12px" }, "reused ", el("b", {}, `${reused}`), ` of ${total} ${part} computations`));
   }
+  // a method's own end-of-run figures (AdaCache: the caching rate each decision chose, per stream)
+  for (const [name, value] of Object.entries(run.details || {})) {
+    const text = value !== null && typeof value === "object" ? JSON.stringify(value) : fmtVal(value);
+    card.append(el("div", { class: "dit-cache-detail", "data-name": name, style: "font-size:11px;word-break:break-all" },
+      `${name}: ${text}`));
+  }
   if (!live) {
     card.append(el("div", { class: "dit-cache-perf", style: "font-size:12px" },
       `wall ${fmtS(run.run_wall_s)} (model ${fmtS(run.wall_s)}) · est. speedup `,
