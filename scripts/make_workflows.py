@@ -360,15 +360,15 @@ def wan21(method: str) -> Workflow:
         label = "AdaCache"
         text_y = 480  # below the taller node
         # codebook, threshold_scale, motion_regularization, block, start_percent, end_percent,
-        # max_consecutive_skips, warmup_steps (the node defaults: the AdaCache authors' 30-step "fast" codebook)
+        # max_consecutive_skips, warmup_steps (the node defaults: the AdaCache authors' 30-step "slow" codebook)
         cache = cache_node(wf, "DitCache.ApplyAdaCache",
-                           ["0.08:6, 0.16:5, 0.24:4, 0.32:3, 0.40:2, 1.00:1", 1.0, True, -1, 0.0, 1.0, -1, 0],
+                           ["0.08:3, 0.16:2, 0.24:1, 0.32:1, 0.40:1, 1.00:1", 1.0, True, -1, 0.0, 1.0, -1, 0],
                            shifted, (340, 160), size=(340, 290), nid=ID_ADACACHE)
         tip = ("Apply AdaCache (content-adaptive caching, Kahatapitiya et al. 2024): after each computed step the "
                "change of the middle block's residual picks, from the codebook, how many steps reuse the cache "
-               "(threshold:rate; the default is the authors' 30-step 'fast' codebook, for this 30-step sampler). "
-               "motion_regularization lowers the rate for videos with more motion. threshold_scale above 1 = "
-               "faster; try the authors' 'slow' codebook 0.08:3, 0.16:2, 0.24:1, 1.00:1 for quality. Not the "
+               "(threshold:rate; the default is the authors' 30-step 'slow' codebook). motion_regularization lowers "
+               "the rate for videos with more motion. threshold_scale above 1 = faster; the authors' 'fast' "
+               "codebook 0.08:6, 0.16:5, 0.24:4, 0.32:3, 0.40:2, 1.00:1 skips more. Not the "
                "EasyCache-style Apply Adaptive Cache.")
     else:
         raise ValueError(f"no Wan 2.1 workflow for {method!r}")

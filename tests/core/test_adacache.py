@@ -25,7 +25,7 @@ def clip(moving: bool) -> torch.Tensor:
 def call(runner, residual: torch.Tensor, frames: int | None = FRAMES) -> list[int]:
     """One model call of a 4-block toy: block 2 (the middle one, observed) adds ``residual``, the others 1."""
     img = torch.zeros_like(residual)
-    runner.begin_call(CallInfo([("c", "cond")], None, frames))
+    runner.begin_call(CallInfo([("c", "cond")], None, frames=frames))
     ran = []
     for i in range(4):
         def run(st, i=i):
