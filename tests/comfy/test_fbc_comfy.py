@@ -183,11 +183,15 @@ def test_existing_block_patch_of_another_pack_is_kept():
 
 
 def test_unsupported_model_is_returned_unchanged_with_a_warning(caplog):
+    """A diffusion model that is neither a known DiT nor a UNet (here: the SD1.5 UNet's model with its network
+    swapped for a plain module) comes back unchanged, with a warning naming it. (UNets themselves take First
+    Block Cache: tests/comfy/test_deepcache_comfy.py.)"""
     model = tiny_models.build_sd15_unet()
+    model.model.diffusion_model = torch.nn.Identity()
     with caplog.at_level(logging.WARNING, logger="dit_cache"):
         out = apply_fbc(model, 0.1)
     assert out is model
-    assert "UNetModel is not a supported DiT model" in caplog.text
+    assert "Identity is not a supported DiT model" in caplog.text
 
 
 def test_blocks_that_bypass_the_cache_are_reported(caplog):
