@@ -129,6 +129,24 @@ PRESETS: dict[str, Preset] = {
                   label="TaylorSeer attention+MLP, final 1"),
               Run("adaptive", values=(0.2, 0.4, 0.8)),
               Run("smoothcache", values=(0.05, 0.1, 0.2)))),
+    # each forecaster of cache_core/forecasters.py against Taylor at equal computed steps (same schedule), then
+    # the checked predictions and the CFG-aware negative branch on top (issue 17; docs/benchmarks.md)
+    "forecasters": Preset(
+        "TaylorSeer's forecasters (Taylor, Adams-Bashforth 1-3, FoCa, Hermite) at equal computed steps, checked "
+        "predictions and the sparser negative CFG branch, on the trained Flux- and Wan-class models, cfg 1 and 3.5",
+        size="trained", trained=True, families=("flux", "wan21"),
+        runs=tuple(Run("taylorseer", values=(4, 5, 6), fixed={"forecaster": f}, label=f"TaylorSeer {f}")
+                   for f in ("taylor", "adams-bashforth 1", "adams-bashforth 2", "adams-bashforth 3", "foca",
+                             "hermite")) + (
+            Run("taylorseer", values=(5, 6, 7), fixed={"forecaster": "taylor", "warmup_steps": 2},
+                label="TaylorSeer taylor, warm-up 2"),
+            Run("taylorseer", values=(5, 6, 7), fixed={"forecaster": "hermite", "warmup_steps": 2},
+                label="TaylorSeer hermite, warm-up 2"),
+            Run("taylorseer", values=(8, 10), fixed={"forecaster": "hermite", "warmup_steps": 2, "check_blocks": 1,
+                                                     "check_threshold": 0.4},
+                label="TaylorSeer hermite, warm-up 2, check 1 block 0.4"),
+            Run("taylorseer", values=(5, 6), fixed={"forecaster": "hermite", "warmup_steps": 2, "uncond_interval": 2},
+                label="TaylorSeer hermite, warm-up 2, uncond 2"))),
     # the tiny SD1.5 UNet (tests/support/tiny_models.py; there is no medium UNet) at CFG 4: DeepCache's interval and
     # First Block Cache on a UNet, with the ideal counting each reused step at the measured shallow-branch cost
     "unet": Preset(

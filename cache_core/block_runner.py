@@ -135,8 +135,9 @@ class BlockCacheRunner(StreamRunner):
             if observed_chunks is not None:
                 self.policy.observe_block_residual(st.policy_state, observed_chunks[j])
             if computed and forecaster is not None:
+                t = forecaster.coordinate(st.calls, call.info.sigma)
                 for key, chunks in seen_chunks.items():
-                    forecaster.observe(st.forecast, key, chunks[j], st.calls)
+                    forecaster.observe(st.forecast, key, chunks[j], t)
                 st.forecast_ready = True
             self.policy.commit(st.policy_state, probe_chunks[j], computed)
             if computed:
@@ -280,6 +281,7 @@ class BlockCacheRunner(StreamRunner):
         forecaster, key = self.policy.forecaster, (segment, stream)
         parts = []
         for j, st in enumerate(call.states):
-            predicted = forecaster.predict(st.forecast, key, st.calls, chunks[j].dtype)
+            t = forecaster.coordinate(st.calls, call.info.sigma)
+            predicted = forecaster.predict(st.forecast, key, t, chunks[j].dtype)
             parts.append(predicted if forecaster.target == "output" else chunks[j] + predicted)
         return parts[0] if n == 1 else torch.cat(parts, dim=0)

@@ -46,6 +46,7 @@ class SiteCall:
     in_window: bool  # the call's sigma lies in this kind's schedule window
     cond_only: bool  # no unconditional branch is computed in this call (CFG off, or its uncond was rebuilt)
     steps: int | None = None  # steps of the run (from the host's sigma schedule), None if unknown
+    sigma: float | None = None  # the call's sigma, None if unknown (forecasters on the sigma clock)
 
 
 class ComponentPolicy:
@@ -140,10 +141,6 @@ class ComponentCacheRunner(StreamRunner):
         self.windows = windows or {}
         self.attention_seen = 0  # attention calls that reached the runner inside a block
         self._tuple_sites: dict[tuple[int, int, int], bool] = {}  # sites whose attention returns a tuple
-        # set per call by reuse_uncond: this call's unconditional branch was left out (FasterCache's uncond reuse)
-        self.uncond_dropped = False
-        self.uncond_idle_logged = False  # the host said once that the uncond reuse cannot act (CFG 1, separate calls)
-        self.uncond_state = policy.new_uncond_state() if policy.uncond_reuse else None
 
     @classmethod
     def for_policy(cls, layout: BlockLayout, block_counts: Sequence[int], policy: ComponentPolicy, stats: RunStats,
@@ -159,31 +156,6 @@ class ComponentCacheRunner(StreamRunner):
 
     def stream_state(self, st: _Stream) -> Any:  # type: ignore[override]
         return st.sites
-
-    def reuse_uncond(self, sigma: float | None, full: Callable[[], tuple[torch.Tensor, torch.Tensor]],
-                     cond_only: Callable[[], torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, bool]:
-        """One CFG step of a policy with ``uncond_reuse``: ``full()`` computes both branches and returns their
-        outputs (cond, uncond); ``cond_only()`` computes the conditional branch alone. Returns (cond, uncond,
-        rebuilt): on the steps the policy picks, the uncond output is rebuilt from the cond one. Every host uses
-        this; only how a host leaves the uncond branch out of its batch differs."""
-        policy, state = self.policy, self.uncond_state
-
-        def inside(name: str) -> bool:
-            return self.windows.get(name, SigmaWindow()).contains(sigma)
-
-        if not policy.uncond_skips(state, inside("uncond")):
-            cond, uncond = full()
-            policy.uncond_observe(state, cond, uncond)
-            self.stats.count("uncond", 0, 1)
-            return cond, uncond, False
-        self.uncond_dropped = True
-        try:
-            cond = cond_only()
-        finally:
-            self.uncond_dropped = False
-        uncond = policy.uncond_rebuild(state, cond, inside)
-        self.stats.count("uncond", 1, 1)
-        return cond, uncond, True
 
     # ----------------------------------------------------------------------------------------- call life
     def end_call(self, wall_s: float) -> None:
@@ -251,7 +223,7 @@ class ComponentCacheRunner(StreamRunner):
         key = (segment, index, slot)
         cond_only = not self.cfg_active or self.uncond_dropped
         inside = window.contains(call.info.sigma)
-        sites = [(st.sites.get(key), SiteCall(kind, st.calls, inside, cond_only, self.run.steps))
+        sites = [(st.sites.get(key), SiteCall(kind, st.calls, inside, cond_only, self.run.steps, call.info.sigma))
                  for st in call.streams]
         reuse = all(states is not None and all(self.policy.reuse(s, sc) for s in states) for states, sc in sites)
         if reuse:

@@ -4,7 +4,9 @@ A :class:`Forecaster` is a small plug-in (as cache-dit's calibrators): per CFG s
 the values of every computed call (:meth:`Forecaster.observe`) and predicts them for a skipped call
 (:meth:`Forecaster.predict`). The block runner asks a policy's ``forecaster`` for each segment's cached range:
 its residual (``target = "residual"``, DBCache's TaylorSeer calibrator) or its last block's output
-(``target = "output"``, TaylorSeer). Steps are the stream's call indices.
+(``target = "output"``, TaylorSeer). Steps are the stream's call indices, or what the forecaster's
+:meth:`Forecaster.coordinate` makes of them and the call's sigma (the sigma-clock forecasters of
+``forecasters.py``: Adams–Bashforth, FoCa, Hermite).
 
 Taylor-series forecasting of a tensor observed at integer steps (TaylorSeer, arXiv 2503.06923):
 
@@ -78,6 +80,11 @@ class Forecaster:
     """Predicts a value observed on computed calls at a later step (the slot forecasting methods fill)."""
 
     target: str = "residual"  # what the block runner observes and asks for: "residual" or "output"
+
+    def coordinate(self, step: int, sigma: float | None) -> float:
+        """The time a stream's call is observed / predicted at: its call index (Taylor), or e.g. its sigma
+        (cache_core/forecasters.py)."""
+        return step
 
     def new_state(self) -> Any:
         """One CFG stream's state (a fresh one after the stream's inputs change shape)."""

@@ -77,6 +77,11 @@ class StreamRunner:
         self._call: Any = None
         self.model_calls = 0  # calls begun, whether or not any block reached the runner
         self.cfg_active = False  # some call of this run had an unconditional (negative) stream
+        self.windows: dict[str, SigmaWindow] = {}  # named schedule windows (a runner resolves its policy's)
+        # the unconditional-branch reuse (a policy with ``uncond_reuse``: FasterCache, TaylorSeer's uncond_interval)
+        self.uncond_dropped = False  # set per call by reuse_uncond: this call's unconditional branch was left out
+        self.uncond_idle_logged = False  # the host said once that the uncond reuse cannot act (CFG 1, separate calls)
+        self.uncond_state = policy.new_uncond_state() if getattr(policy, "uncond_reuse", False) else None
 
     def new_stream(self, label: str) -> StreamState:
         return StreamState(label)
@@ -106,6 +111,34 @@ class StreamRunner:
     def block(self, segment: int, index: int, inputs: Streams, run: RunBlock,
               signal: Callable[[], torch.Tensor] | None = None) -> Streams:
         raise NotImplementedError
+
+    def reuse_uncond(self, sigma: float | None, full: Callable[[], tuple[torch.Tensor, torch.Tensor]],
+                     cond_only: Callable[[], torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, bool]:
+        """One CFG step of a policy with ``uncond_reuse``: ``full()`` computes both branches and returns their
+        outputs (cond, uncond); ``cond_only()`` computes the conditional branch alone. Returns (cond, uncond,
+        rebuilt): on the steps the policy picks, the uncond output is rebuilt from the cond one. Every host uses
+        this; only how a host leaves the uncond branch out of its batch differs."""
+        policy, state = self.policy, self.uncond_state
+
+        def inside(name: str) -> bool:
+            return self.windows.get(name, SigmaWindow()).contains(sigma)
+
+        begin = getattr(policy, "uncond_begin", None)
+        if begin is not None:
+            begin(state, sigma, self.run)
+        if not policy.uncond_skips(state, inside("uncond")):
+            cond, uncond = full()
+            policy.uncond_observe(state, cond, uncond)
+            self.stats.count("uncond", 0, 1)
+            return cond, uncond, False
+        self.uncond_dropped = True
+        try:
+            cond = cond_only()
+        finally:
+            self.uncond_dropped = False
+        uncond = policy.uncond_rebuild(state, cond, inside)
+        self.stats.count("uncond", 1, 1)
+        return cond, uncond, True
 
     # ----------------------------------------------------------------------------------------- shared
     def check_signatures(self, states: Sequence[StreamState], inputs: Streams) -> None:

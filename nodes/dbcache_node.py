@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from comfy_api.latest import io
 
+from ..cache_core.forecasters import FORECASTERS
 from ..cache_core.methods.dbcache import DBCacheConfig
 from ..hosts.comfy.patch import block_count
 from .base import CacheNode
@@ -43,22 +44,28 @@ class ApplyDBCache(CacheNode):
                              tooltip="0: reuse the cached middle blocks' result. 1 or 2: predict it from the "
                                      "last computed steps (TaylorSeer); keeps order + 1 copies per CFG stream."),
                 *window_inputs(),
+                io.Combo.Input("calibrator", options=list(FORECASTERS), default="taylor",
+                               tooltip="With taylorseer_order 1-2: how the middle blocks' result is predicted. "
+                                       "'taylor': cache-dit's TaylorSeer calibrator. 'adams-bashforth 1/2/3': the "
+                                       "polynomial through the last 2/3/4 computed steps on the sampler's sigmas "
+                                       "(keeps k + 1 copies per CFG stream). 'foca': forecast then calibrate "
+                                       "(3 copies). 'hermite': HiCache's scaled Hermite series (order + 1)."),
             ],
             output="The model with DBCache attached.",
         )
 
     @classmethod
     def validate_inputs(cls, threshold: float | None = None, start_percent: float | None = None,
-                        end_percent: float | None = None) -> bool | str:
+                        end_percent: float | None = None, calibrator: str | None = None) -> bool | str:
         return cls.check_inputs(locals())  # every float, combo and text input, by name
 
     @classmethod
     def make_config(cls, model, Fn: int, Bn: int, threshold: float, warmup_steps: int, max_cached_steps: int,
                     max_consecutive_cached_steps: int, taylorseer_order: int, start_percent: float,
-                    end_percent: float) -> DBCacheConfig:
+                    end_percent: float, calibrator: str = "taylor") -> DBCacheConfig:
         return DBCacheConfig(front_blocks=Fn, back_blocks=Bn, threshold=threshold, warmup_steps=warmup_steps,
                              max_cached_steps=max_cached_steps, max_consecutive_skips=max_consecutive_cached_steps,
-                             taylorseer_order=taylorseer_order, start_percent=start_percent, end_percent=end_percent)
+                             taylorseer_order=taylorseer_order, calibrator=calibrator, start_percent=start_percent, end_percent=end_percent)
 
     @classmethod
     def make_policy(cls, model, config: DBCacheConfig):

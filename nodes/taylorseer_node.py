@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from comfy_api.latest import io
 
+from ..cache_core.forecasters import FORECASTERS
 from ..cache_core.methods.taylorseer import FACTOR_DTYPES, PREDICT_TARGETS, TaylorSeerConfig
 from .base import CacheNode
 
@@ -44,12 +45,36 @@ class ApplyTaylorSeer(CacheNode):
                 io.Combo.Input("factor_dtype", options=list(FACTOR_DTYPES), default="bfloat16",
                                tooltip="Precision the Taylor factors are stored in: bfloat16 halves the memory of "
                                        "float32 (diffusers' default); float32 is the most accurate."),
+                io.Combo.Input("forecaster", options=list(FORECASTERS), default="taylor",
+                               tooltip="How skipped steps are predicted. 'taylor': TaylorSeer's Taylor series in "
+                                       "step counts (max_order). 'adams-bashforth 1/2/3': the polynomial through "
+                                       "the last 2/3/4 computed steps on the sampler's actual sigmas (AB-Cache; "
+                                       "non-uniform steps exact). 'foca': FoCa's forecast-then-calibrate (BDF2 "
+                                       "slope, Heun correction; damps the curvature). 'hermite': HiCache's scaled "
+                                       "Hermite polynomials (order max_order, damped). Memory per CFG stream: "
+                                       "taylor/hermite order + 1 copies, AB-k k + 1, foca 3."),
+                io.Int.Input("check_blocks", default=0, min=0, max=16,
+                             tooltip="Checked predictions (SpeCa): the first this many blocks always run; on a "
+                                     "predicted step their result is compared with its forecast and the step is "
+                                     "computed in full when the error exceeds check_threshold, so the interval "
+                                     "adapts per image (cache_interval is then the longest). Costs these blocks "
+                                     "on every predicted step. 0 = off."),
+                io.Float.Input("check_threshold", default=0.1, min=0.0, max=10.0, step=0.01,
+                               tooltip="With check_blocks: largest relative error of the checked blocks' forecast "
+                                       "that still predicts the step. Lower = more computed steps, better quality."),
+                io.Int.Input("uncond_interval", default=0, min=0, max=100,
+                             tooltip="CFG > 1: compute the negative (uncond) branch on only one in this many of "
+                                     "the positive branch's computed steps; in between it is rebuilt from the "
+                                     "positive output plus a forecast of their difference (FasterCache's "
+                                     "observation: it changes slowly), halving those calls' batch. 0 or 1 = off "
+                                     "(both branches on one schedule). Block outputs mode only."),
             ],
             output="The model with TaylorSeer attached.",
         )
 
     @classmethod
-    def validate_inputs(cls, predict: str | None = None, factor_dtype: str | None = None) -> bool | str:
+    def validate_inputs(cls, predict: str | None = None, factor_dtype: str | None = None,
+                        forecaster: str | None = None, check_threshold: float | None = None) -> bool | str:
         return cls.check_inputs(locals())  # every float, combo and text input, by name
 
     @classmethod
@@ -58,7 +83,9 @@ class ApplyTaylorSeer(CacheNode):
 
     @classmethod
     def make_config(cls, model, cache_interval: int, warmup_steps: int, final_full_steps: int, max_order: int,
-                    predict: str, factor_dtype: str) -> TaylorSeerConfig:
+                    predict: str, factor_dtype: str, forecaster: str = "taylor", check_blocks: int = 0,
+                    check_threshold: float = 0.1, uncond_interval: int = 0) -> TaylorSeerConfig:
         return TaylorSeerConfig(cache_interval=cache_interval, warmup_steps=warmup_steps,
                                 final_full_steps=final_full_steps, max_order=max_order, predict=predict,
-                                factor_dtype=factor_dtype)
+                                factor_dtype=factor_dtype, forecaster=forecaster, check_blocks=check_blocks,
+                                check_threshold=check_threshold, uncond_interval=uncond_interval)

@@ -235,9 +235,9 @@ def _flux_single(name: str, type_: str, widgets: list[Any], nid: int, size: tupl
 
 def flux_dbcache() -> Workflow:
     # Fn, Bn, threshold, warmup_steps, max_cached_steps, max_consecutive_cached_steps, taylorseer_order,
-    # start_percent, end_percent
+    # start_percent, end_percent, calibrator
     return _flux_single(
-        "flux-dbcache", "DitCache.ApplyDBCache", [1, 0, 0.08, 8, -1, -1, 1, 0.0, 1.0], ID_DBCACHE, (320, 290),
+        "flux-dbcache", "DitCache.ApplyDBCache", [1, 0, 0.08, 8, -1, -1, 1, 0.0, 1.0, "taylor"], ID_DBCACHE, (320, 290),
         "DBCache",
         "Fn 1, Bn 0 with taylorseer_order 1: cache-dit's fast setting for Flux. The first block always runs; "
         "while its result changes by less than threshold, the other 56 blocks are skipped and their result is "
@@ -247,15 +247,18 @@ def flux_dbcache() -> Workflow:
 
 
 def flux_taylorseer() -> Workflow:
-    # cache_interval, warmup_steps, final_full_steps, max_order, predict, factor_dtype (the node defaults)
+    # cache_interval, warmup_steps, final_full_steps, max_order, predict, factor_dtype, forecaster, check_blocks,
+    # check_threshold, uncond_interval (the node defaults)
     return _flux_single(
-        "flux-taylorseer", "DitCache.ApplyTaylorSeer", [5, 3, 0, 1, "block outputs", "bfloat16"], ID_TAYLORSEER,
+        "flux-taylorseer", "DitCache.ApplyTaylorSeer",
+        [5, 3, 0, 1, "block outputs", "bfloat16", "taylor", 0, 0.1, 0], ID_TAYLORSEER,
         (320, 210), "TaylorSeer",
         "cache_interval 5 (diffusers' default): after 3 warm-up steps the transformer computes one step in 5 "
         "and the others are predicted (max_order 1: linear Taylor extrapolation) from the computed ones. Lower "
         "cache_interval (3-4) or set final_full_steps 1-2 for fidelity; the TaylorSeer authors ran 6 (3.53x). "
         "predict 'attention+MLP outputs' (the paper's mode) stays closer to the uncached image but needs about "
-        "4 GiB per CFG stream at 1024x1024 instead of about 108 MiB.")
+        "4 GiB per CFG stream at 1024x1024 instead of about 108 MiB. forecaster 'hermite' with warmup_steps 2 "
+        "was the best measured setting on the small trained models (docs/nodes.md).")
 
 
 def flux_smoothcache() -> Workflow:

@@ -6,7 +6,9 @@ input; ``diff = mean|R_prev - R_F| / mean|R_prev|`` with R_prev the R_F of the l
 caches when ``diff < threshold`` (strict), after the warm-up and within the cached-step limits. A cached call
 adds the middle blocks' residual to the Fn blocks' output and then runs the Bn blocks. With the TaylorSeer
 calibrator (``taylorseer_order`` > 0) the middle residual is not reused but predicted by a Taylor expansion of
-the residuals of the computed calls (cache_core/forecast.py), at the offset in calls since the last one.
+the residuals of the computed calls (cache_core/forecast.py), at the offset in calls since the last one; the
+``calibrator`` input picks another forecaster of cache_core/forecasters.py (Adams–Bashforth 1-3, FoCa, Hermite
+of order ``taylorseer_order``) on the sampler's sigmas.
 cache-dit defaults: Fn 8, Bn 0, threshold 0.08, 8 warm-up steps, no cached-step limits.
 """
 from __future__ import annotations
@@ -17,9 +19,10 @@ from dataclasses import dataclass, field
 import torch
 
 from ..config import SETTING, GatedConfig, check_int, check_range
-from ..forecast import TaylorForecaster
+from ..forecasters import FORECASTERS, make_forecaster
 from ..policy import Policy, Probe, RunInfo
 from ..registry import MethodSpec, register
+from ..text import shown
 
 
 @dataclass(frozen=True)
@@ -27,13 +30,15 @@ class DBCacheConfig(GatedConfig):
     """front_blocks (Fn) / back_blocks (Bn): blocks that always run at the start / end of the stack.
     threshold: largest relative change of the Fn blocks' residual that still caches (strict).
     max_cached_steps: most cached calls per stream in a run (-1 = no limit). taylorseer_order: 0 reuses the
-    middle residual, 1 or 2 predicts it."""
+    middle residual, 1 or 2 predicts it. calibrator: the forecaster that predicts it (``FORECASTERS``; "taylor" =
+    cache-dit's TaylorSeer calibrator)."""
 
     front_blocks: int = field(default=8, metadata={SETTING: "Fn"})
     back_blocks: int = field(default=0, metadata={SETTING: "Bn"})
     threshold: float = 0.08
     max_cached_steps: int = -1
     taylorseer_order: int = 0
+    calibrator: str = "taylor"
     warmup_steps: int = field(default=8, kw_only=True)  # cache-dit's default
 
     def __post_init__(self) -> None:
@@ -41,6 +46,8 @@ class DBCacheConfig(GatedConfig):
         check_int("back_blocks (Bn)", self.back_blocks, 0)
         check_range("threshold", self.threshold, 0.0, 10.0)
         check_int("taylorseer_order", self.taylorseer_order, 0, 2)
+        if self.calibrator not in FORECASTERS:
+            raise ValueError(f"calibrator must be one of {FORECASTERS}, got {shown(self.calibrator)}")
         super().__post_init__()
 
     def check_blocks(self, total_blocks: int) -> None:
@@ -66,7 +73,8 @@ class DBCachePolicy(Policy):
         self.probe_blocks = config.front_blocks
         self.tail_blocks = config.back_blocks
         # the TaylorSeer calibrator: the middle blocks' residual predicted from the computed calls' residuals
-        self.forecaster = TaylorForecaster(config.taylorseer_order) if config.taylorseer_order > 0 else None
+        self.forecaster = (make_forecaster(config.calibrator, config.taylorseer_order)
+                           if config.taylorseer_order > 0 else None)
 
     def new_run_state(self, run: RunInfo) -> _DBState:
         return _DBState()

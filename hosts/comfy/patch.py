@@ -123,6 +123,8 @@ def apply_cache(model: Any, policy: Policy | ComponentPolicy, node_label: str, n
         _attach_attention(m, policy)
         if FFN in policy.kinds():
             _attach_ffn(m, layout, spec.id)
+    if getattr(policy, "uncond_reuse", False):  # FasterCache, TaylorSeer's uncond_interval
+        m.add_wrapper_with_key(WrappersMP.CALC_COND_BATCH, WRAPPER_KEY, calc_cond_batch_wrapper)
     m.add_wrapper_with_key(WrappersMP.OUTER_SAMPLE, WRAPPER_KEY, _outer_sample_wrapper)
     # APPLY_MODEL (BaseModel.apply_model, every family) rather than DIFFUSION_MODEL, which some forwards of
     # ComfyUI 0.3.75 (SD3's MMDiT, Mochi) do not run their wrappers for
@@ -254,8 +256,6 @@ def _attach_attention(m: Any, policy: ComponentPolicy) -> None:
         return runner.attention(compute)
 
     t_opts["optimized_attention_override"] = override
-    if policy.uncond_reuse:
-        m.add_wrapper_with_key(WrappersMP.CALC_COND_BATCH, WRAPPER_KEY, calc_cond_batch_wrapper)
 
 
 class _FeedForwardProxy(torch.nn.Module):

@@ -1,8 +1,9 @@
-"""FasterCache's unconditional-branch reuse in ComfyUI: a keyed CALC_COND_BATCH wrapper.
+"""The unconditional-branch reuse in ComfyUI (FasterCache, TaylorSeer's uncond_interval): a keyed CALC_COND_BATCH
+wrapper.
 
 On a step the policy skips, the sampler's cond list is passed on with the uncond entry left out (ComfyUI then
 runs only the conditional chunks, whether it would have batched cond and uncond or run them apart) and the
-uncond result is rebuilt from the conditional one (``ComponentCacheRunner.reuse_uncond``, shared with the
+uncond result is rebuilt from the conditional one (``StreamRunner.reuse_uncond``, shared with the
 diffusers host). ``calc_cond_batch`` returns denoised predictions; the spectra are taken of
 ``(x - denoised) / sigma``, which is the model's own output for flow-matching (velocity) and epsilon models, so
 the stored differences mean the same thing at every sigma.
@@ -33,7 +34,7 @@ def calc_cond_batch_wrapper(executor: Any, model: Any, conds: list, x_in: torch.
         if not runner.cfg_active and not runner.uncond_idle_logged:
             runner.uncond_idle_logged = True
             log.info("[dit-cache] %s: CFG is 1 (no unconditional branch is computed), so the unconditional-branch "
-                     "reuse does nothing in this run; attention reuse still applies", runner.policy.name)
+                     "reuse does nothing in this run; the rest of the method still applies", runner.policy.name)
         return executor(model, conds, x_in, timestep, model_options)
     runner.cfg_active = True
     sig = timestep.reshape(-1, *([1] * (x_in.ndim - 1))).to(x_in.dtype)
