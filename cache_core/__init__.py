@@ -14,12 +14,13 @@ import sys
 
 from .block_runner import BlockCacheRunner, CallInfo
 from .config import CacheWindow
+from .distributed import set_decision_group
 from .layout import BlockLayout, Segment, layout_for_class_names
 from .registry import MethodSpec, methods, policy_for, register
 from .stats import CallRecord, RunStats
 
 __all__ = ["BlockCacheRunner", "BlockLayout", "CacheWindow", "CallInfo", "CallRecord", "MethodSpec", "RunStats",
-           "Segment", "layout_for_class_names", "methods", "policy_for", "register"]
+           "Segment", "layout_for_class_names", "methods", "policy_for", "register", "set_decision_group"]
 
 for _spec in methods().values():
     _module = sys.modules[_spec.config.__module__]

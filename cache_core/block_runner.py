@@ -19,6 +19,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
+from . import distributed
 from .config import SigmaWindow
 from .layout import BlockLayout
 from .policy import Policy, Probe, RunInfo, StreamCall
@@ -129,11 +130,18 @@ class BlockCacheRunner(StreamRunner):
         if computed and forecaster is not None:
             seen = call.new_outputs if forecaster.target == "output" else call.new_residuals
             seen_chunks = {k: v.chunk(n) for k, v in seen.items()}
+        seen_residuals = stack_chunks if stack_chunks is not None else observed_chunks
+        observed_sums = self._observe_in_group(call, seen_residuals) if computed else None
         for j, st in enumerate(call.states):
-            if stack_chunks is not None:
-                self.policy.observe_stack_residual(st.policy_state, stack_chunks[j])
-            if observed_chunks is not None:
-                self.policy.observe_block_residual(st.policy_state, observed_chunks[j])
+            if observed_sums is not None:
+                if seen_residuals is not None:
+                    self.policy.observe_from_sums(st.policy_state, seen_residuals[j],
+                                                  distributed.slot_sums(observed_sums, st.label))
+            else:
+                if stack_chunks is not None:
+                    self.policy.observe_stack_residual(st.policy_state, stack_chunks[j])
+                if observed_chunks is not None:
+                    self.policy.observe_block_residual(st.policy_state, observed_chunks[j])
             if computed and forecaster is not None:
                 t = forecaster.coordinate(st.calls, call.info.sigma)
                 for key, chunks in seen_chunks.items():
@@ -213,30 +221,76 @@ class BlockCacheRunner(StreamRunner):
         return out
 
     # ----------------------------------------------------------------------------------------- internals
+    def _observe_in_group(self, call: _Call, chunks: Sequence[torch.Tensor] | None) -> torch.Tensor | None:
+        """With a group and a policy that measures what it observes: the reduced table of every stream's
+        observation sums (one collective on every rank of a computed call, whether or not this rank has a
+        residual), else None."""
+        width = self.policy.observe_width
+        if self.group is None or not width:
+            return None
+        rows = [(st.label, False, self.policy.observe_sums(st.policy_state, chunks[j]) if chunks is not None else None)
+                for j, st in enumerate(call.states)]
+        return distributed.unpack(self.group.all_reduce(distributed.pack(rows, width)), width)
+
+    def _gate_reason(self, st: _StreamState, in_window: bool) -> str | None:
+        """Why the gate makes this stream compute, or None where the policy's rule decides."""
+        gate = self.policy.gate
+        if not (st.residuals or st.forecast_ready):
+            return "no_cache"
+        if not in_window:
+            return "window"
+        if st.calls < gate.warmup_steps:
+            return "warmup"
+        if 0 <= gate.max_consecutive_skips <= st.consecutive_skips:
+            return "max_skips"
+        if 0 <= gate.max_cached_steps <= st.skips:
+            return "max_cached"
+        return None
+
     def _decide(self, call: _Call) -> None:
         n = len(call.states)
         chunks = call.probe_residual.chunk(n) if call.probe_residual is not None else [None] * n
-        gate = self.policy.gate
         in_window = self.window.contains(call.info.sigma)
-        votes: list[tuple[bool, str, float | None]] = []
-        for j, st in enumerate(call.states):
+        for st in call.states:
             self.policy.begin_stream_call(st.policy_state,
                                           StreamCall(st.calls, call.info.sigma, st.label, call.info.frames))
+        if self.group is not None:
+            self._decide_in_group(call, chunks, in_window)
+            return
+        votes: list[tuple[bool, str, float | None]] = []
+        for j, st in enumerate(call.states):
             metric = self.policy.metric(st.policy_state, chunks[j])
-            if not (st.residuals or st.forecast_ready):
-                vote = (False, "no_cache")
-            elif not in_window:
-                vote = (False, "window")
-            elif st.calls < gate.warmup_steps:
-                vote = (False, "warmup")
-            elif 0 <= gate.max_consecutive_skips <= st.consecutive_skips:
-                vote = (False, "max_skips")
-            elif 0 <= gate.max_cached_steps <= st.skips:
-                vote = (False, "max_cached")
-            else:
-                vote = (self.policy.wants_skip(st.policy_state, metric), "metric")
+            reason = self._gate_reason(st, in_window)
+            vote = (False, reason) if reason else (self.policy.wants_skip(st.policy_state, metric), "metric")
             votes.append((*vote, metric))
         call.skip = all(v[0] for v in votes)
+        self._record_votes(call, votes)
+
+    def _decide_in_group(self, call: _Call, chunks: Sequence[torch.Tensor | None], in_window: bool) -> None:
+        """The decision of every rank of the group (cache_core/distributed.py): the metric from the group's sums,
+        and where streams are split over ranks, the call skips only if every stream of every rank may."""
+        policy, group = self.policy, self.group
+        width = policy.metric_width
+        reasons = [self._gate_reason(st, in_window) for st in call.states]
+        rows = [(st.label, reason is not None, policy.metric_sums(st.policy_state, chunks[j]) if width else None)
+                for j, (st, reason) in enumerate(zip(call.states, reasons))]
+        table = distributed.unpack(group.all_reduce(distributed.pack(rows, width)), width)
+        votes: list[tuple[bool, str, float | None]] = []
+        for j, (st, reason) in enumerate(zip(call.states, reasons)):
+            if width:
+                metric = policy.metric_from_sums(st.policy_state, distributed.slot_sums(table, st.label))
+            else:
+                metric = policy.metric(st.policy_state, chunks[j])
+            vote = (False, reason) if reason else (policy.wants_skip(st.policy_state, metric), "metric")
+            votes.append((*vote, metric))
+        skip = all(v[0] for v in votes) and not distributed.forced_anywhere(table)
+        if not distributed.forced_anywhere(table) and distributed.split_streams(table, group.size):
+            refusals = torch.tensor([float(sum(not v[0] for v in votes))])
+            skip = bool(group.all_reduce(refusals)[0] == 0)
+        call.skip = skip
+        self._record_votes(call, votes)
+
+    def _record_votes(self, call: _Call, votes: list[tuple[bool, str, float | None]]) -> None:
         for st, (wanted, reason, metric) in zip(call.states, votes):
             if wanted and not call.skip:
                 reason = "batch"  # this stream could skip, another stream in the same batch could not

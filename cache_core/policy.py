@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 
+from . import distributed
 from .config import CacheWindow, Gate, GatedConfig, config_settings  # noqa: F401 - Gate, GatedConfig: part of this interface
 from .forecast import Forecaster
 
@@ -116,6 +117,30 @@ class Policy:
     def commit(self, state: Any, probe_residual: torch.Tensor | None, computed: bool) -> None:
         pass
 
+    # Several ranks (cache_core/distributed.py): with a decision group the runner asks a policy whose metric reads
+    # data (``metric_width`` > 0) for its metric's local sums instead of :meth:`metric`, reduces them over the
+    # group and hands the sums back; likewise for what it observes on computed calls (``observe_width``).
+    metric_width = 0  # values metric_sums returns
+    observe_width = 0  # values observe_sums returns
+
+    def metric_sums(self, state: Any, probe_residual: torch.Tensor | None) -> torch.Tensor | None:
+        """The local sums (and element counts) the metric is made of, ``metric_width`` float64 values; None where
+        there is nothing to compare (the metric is None)."""
+        return None
+
+    def metric_from_sums(self, state: Any, sums: torch.Tensor | None) -> float | None:
+        """The metric from the group's sums (None where some rank had nothing to compare); same side effects on
+        ``state`` as :meth:`metric`."""
+        return None
+
+    def observe_sums(self, state: Any, residual: torch.Tensor) -> torch.Tensor | None:
+        """What :meth:`observe_stack_residual` / :meth:`observe_block_residual` measure, as ``observe_width`` local
+        sums; None where it measures nothing this call."""
+        return None
+
+    def observe_from_sums(self, state: Any, residual: torch.Tensor, sums: torch.Tensor | None) -> None:
+        """The observation, from the group's sums (None where some rank measured nothing)."""
+
     def settings(self) -> dict[str, Any]:
         """What a run record shows: the config's fields (:func:`~cache_core.config.config_settings`)."""
         return config_settings(self.config) if self.config is not None else {}
@@ -177,3 +202,37 @@ class Policy:
         if state is None or not hasattr(state, "__dict__"):
             return 0
         return sum(size(v, 0) for v in vars(state).values())
+
+
+class _RefState:
+    def __init__(self) -> None:
+        self.ref: torch.Tensor | None = None  # the probe of the stream's last computed call
+
+
+class ResidualChangePolicy(Policy):
+    """Decides on ``mean|probe - ref| / mean|ref|``, the relative L1 change of the probe since the stream's last
+    computed call (First Block Cache, DBCache); each method keeps its own comparison with the threshold."""
+
+    metric_width = 4
+
+    def new_state(self) -> _RefState:
+        return _RefState()
+
+    @staticmethod
+    def comparable(state: _RefState, probe: torch.Tensor | None) -> bool:
+        return state.ref is not None and probe is not None and state.ref.shape == probe.shape
+
+    def metric(self, state: _RefState, probe_residual: torch.Tensor | None) -> float | None:
+        if not self.comparable(state, probe_residual):
+            return None
+        return ((probe_residual - state.ref).abs().mean() / state.ref.abs().mean()).item()
+
+    def metric_sums(self, state: _RefState, probe_residual: torch.Tensor | None) -> torch.Tensor | None:
+        return distributed.relative_l1_sums(probe_residual, state.ref) if self.comparable(state, probe_residual) else None
+
+    def metric_from_sums(self, state: _RefState, sums: torch.Tensor | None) -> float | None:
+        return None if sums is None else distributed.ratio(distributed.mean_at(sums, 0), distributed.mean_at(sums, 2))
+
+    def commit(self, state: _RefState, probe_residual: torch.Tensor | None, computed: bool) -> None:
+        if computed:
+            state.ref = probe_residual

@@ -16,6 +16,7 @@ from typing import Any, Callable, Hashable, Sequence
 import torch
 
 from .config import CacheWindow, SigmaWindow
+from .distributed import DecisionGroup
 from .layout import BlockLayout
 from .policy import RunInfo
 from .stats import RunStats
@@ -82,6 +83,7 @@ class StreamRunner:
         self.uncond_dropped = False  # set per call by reuse_uncond: this call's unconditional branch was left out
         self.uncond_idle_logged = False  # the host said once that the uncond reuse cannot act (CFG 1, separate calls)
         self.uncond_state = policy.new_uncond_state() if getattr(policy, "uncond_reuse", False) else None
+        self.group: DecisionGroup | None = None  # ranks taking one decision per call (cache_core/distributed.py)
 
     def new_stream(self, label: str) -> StreamState:
         return StreamState(label)
@@ -144,6 +146,13 @@ class StreamRunner:
     def check_signatures(self, states: Sequence[StreamState], inputs: Streams) -> None:
         """Reset every stream whose per-sample inputs (shapes, dtypes, devices) differ from its last call's."""
         n = len(states)
+        hidden = inputs.get(self.layout.hidden)
+        if isinstance(hidden, torch.Tensor) and hidden.ndim and hidden.shape[0] % n:
+            raise ValueError(
+                f"[dit-cache] {self.policy.name}: the blocks see a batch of {hidden.shape[0]} for {n} CFG streams; "
+                f"something splits the batch inside the model (a CFG-parallel wrapper around the diffusion model, "
+                f"e.g. raylight's cfg_degree). dit-cache supports CFG parallelism that hands each rank its own "
+                f"conditioning before the model call; see docs/multi-gpu.md")
         sig = tuple((k, (v.shape[0] // n,) + tuple(v.shape[1:]), v.dtype, v.device)
                     for k, v in sorted(inputs.items()) if isinstance(v, torch.Tensor))
         for st in states:
@@ -167,3 +176,5 @@ class StreamRunner:
         details = getattr(self.policy, "run_details", None)
         if details is not None:
             self.stats.details.update(details(streams))
+        if self.group is not None:  # what keeping the ranks' decisions equal cost this run
+            self.stats.details["decision_group"] = self.group.cost()

@@ -28,6 +28,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 import torch
 
+from ..cache_core import distributed
 from ..cache_core.component_runner import ComponentPolicy
 from ..cache_core.config import CacheWindow, SigmaWindow
 from ..cache_core.layout import DIFFUSERS_LAYOUTS, BlockLayout, Segment, layout_for_module
@@ -211,6 +212,7 @@ class DiffusersCache:
                               model=type(self.transformer).__name__)
         self._runner = make_runner(self.policy, self.layout, self.block_counts, self.stats,
                                    lambda name, window: self.windows[name])
+        self._runner.group = distributed.resolve()  # set_decision_group / DITCACHE_DECISION_GROUP / xDiT's
 
     def _install(self) -> None:
         t = self.transformer

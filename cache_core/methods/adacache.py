@@ -38,6 +38,7 @@ from typing import Any
 
 import torch
 
+from .. import distributed
 from ..config import HIDDEN, GatedConfig, check_int, check_range
 from ..policy import Policy, Probe, RunInfo, StreamCall
 from ..registry import MethodSpec, register
@@ -126,9 +127,9 @@ class AdaCacheConfig(GatedConfig):
         return self.entries[-1][1]
 
 
-def motion_score(residual: torch.Tensor, frames: int | None, stride: int) -> float | None:
-    """Normalised L1 difference of frames ``stride`` apart in one stream's hidden residual, in [0, 1]; None for an
-    image, too few frames or tokens that do not split into ``frames`` equal parts."""
+def motion_sums(residual: torch.Tensor, frames: int | None, stride: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """(sum|f[i+s] - f[i]|, sum|f[i+s]| + sum|f[i]|) over the frames ``stride`` apart of one stream's hidden
+    residual; None for an image, too few frames or tokens that do not split into ``frames`` equal parts."""
     if not frames or frames <= stride or residual.ndim < 2:
         return None
     # (batch, frames, height, width, dim) hidden states (Cosmos), or (batch, frames x tokens per frame, dim)
@@ -137,8 +138,17 @@ def motion_score(residual: torch.Tensor, frames: int | None, stride: int) -> flo
         return None
     x = residual.reshape(residual.shape[0], frames, -1).float()
     later, earlier = x[:, stride:], x[:, :-stride]
-    scale = (later.abs().sum() + earlier.abs().sum()).item()
-    return (later - earlier).abs().sum().item() / scale if scale > 0 else 0.0
+    return (later - earlier).abs().sum(), later.abs().sum() + earlier.abs().sum()
+
+
+def motion_score(residual: torch.Tensor, frames: int | None, stride: int) -> float | None:
+    """Normalised L1 difference of frames ``stride`` apart in one stream's hidden residual, in [0, 1]; None for an
+    image, too few frames or tokens that do not split into ``frames`` equal parts."""
+    sums = motion_sums(residual, frames, stride)
+    if sums is None:
+        return None
+    scale = sums[1].item()
+    return sums[0].item() / scale if scale > 0 else 0.0
 
 
 @dataclass
@@ -189,14 +199,13 @@ class AdaCachePolicy(Policy):
     def wants_skip(self, state: _AdaState, metric: float | None) -> bool:
         return state.last_call is not None and state.call.call_index - state.last_call < state.rate
 
-    def motion_factor(self, state: _AdaState, residual: torch.Tensor, k: int) -> float:
-        """MoReg's factor for this decision: regulariser plus motion gradient, or 1 (image, off, outside the
-        window)."""
+    def motion_factor(self, state: _AdaState, m: float | None, k: int) -> float:
+        """MoReg's factor for this decision from the motion score ``m`` (None: an image, or MoReg off):
+        regulariser plus motion gradient, or 1 (image, off, outside the window)."""
         cfg = self.config
         # without the run's schedule (diffusers pipelines) the whole run is inside the window
         position = schedule_position(state.run, state.call, fallback_steps=0) if state.run.sigmas else None
         in_window = position is None or cfg.motion_start_percent <= position <= cfg.motion_end_percent
-        m = motion_score(residual, state.call.frames, cfg.motion_stride) if cfg.motion_regularization else None
         if m is None or not in_window:
             state.prev_g = None
             return 1.0
@@ -205,24 +214,64 @@ class AdaCachePolicy(Policy):
         state.prev_g = g
         return g + abs(gradient)
 
-    def observe_block_residual(self, state: _AdaState, residual: torch.Tensor) -> None:
-        now, r = state.call.call_index, residual.detach()
+    def _comparable(self, state: _AdaState, r: torch.Tensor) -> bool:
         prev, last = state.prev, state.last_call
+        return not (prev is None or last is None or prev.shape != r.shape or state.call.call_index <= last)
+
+    def _rate_from(self, state: _AdaState, r: torch.Tensor, ref: float, change: float, m: float | None) -> None:
+        """Move the reference to ``r`` (this call) and choose the next rate from the change since the last one."""
+        now, last = state.call.call_index, state.last_call
         state.prev, state.last_call = r, now
-        if prev is None or last is None or prev.shape != r.shape or now <= last:
-            state.rate, state.regularised, state.prev_g = 1, None, None  # nothing to compare with: compute next
-            return
         k = now - last
-        ref = prev.float().abs().mean().item()
-        change = (r.float() - prev.float()).abs().mean().item()
         c = change / ref / k if ref > 0 else (0.0 if change == 0 else math.inf)
-        factor = self.motion_factor(state, r, k)
+        factor = self.motion_factor(state, m, k)
         regularised = c * factor
         if not math.isfinite(regularised):  # a residual that appeared from zero, or NaN: compute next call
             state.rate, state.regularised = 1, None
             return
         state.rate, state.regularised = self.config.rate_for(regularised), regularised
         state.decisions.append(_Decision(now, state.rate, c, factor))
+
+    def _restart(self, state: _AdaState, r: torch.Tensor) -> None:
+        """Nothing to compare with: keep ``r`` as the reference and compute the next call."""
+        state.prev, state.last_call = r, state.call.call_index
+        state.rate, state.regularised, state.prev_g = 1, None, None
+
+    def _motion(self, r: torch.Tensor, frames: int | None) -> float | None:
+        cfg = self.config
+        return motion_score(r, frames, cfg.motion_stride) if cfg.motion_regularization else None
+
+    def observe_block_residual(self, state: _AdaState, residual: torch.Tensor) -> None:
+        r = residual.detach()
+        if not self._comparable(state, r):
+            self._restart(state, r)
+            return
+        prev = state.prev
+        ref = prev.float().abs().mean().item()
+        change = (r.float() - prev.float()).abs().mean().item()
+        self._rate_from(state, r, ref, change, self._motion(r, state.call.frames))
+
+    # several ranks: (sum|r_prev|, n, sum|r - r_prev|, n, the motion score's difference and scale sums, 1 where
+    # the motion score applies); each rank's motion sums cover the frame pairs inside its own shard
+    observe_width = 7
+
+    def observe_sums(self, state: _AdaState, residual: torch.Tensor) -> torch.Tensor | None:
+        r = residual.detach()
+        if not self._comparable(state, r):
+            return None
+        sums = distributed.abs_sums(state.prev, r.float() - state.prev.float())
+        motion = motion_sums(r, state.call.frames, self.config.motion_stride) \
+            if self.config.motion_regularization else None
+        extra = [0.0, 0.0, 0.0] if motion is None else [float(motion[0]), float(motion[1]), 1.0]
+        return torch.cat([sums, torch.tensor(extra, dtype=torch.float64)])
+
+    def observe_from_sums(self, state: _AdaState, residual: torch.Tensor, sums: torch.Tensor | None) -> None:
+        r = residual.detach()
+        if sums is None:
+            self._restart(state, r)
+            return
+        m = None if sums[6] == 0 else (float(sums[4] / sums[5]) if sums[5] > 0 else 0.0)
+        self._rate_from(state, r, distributed.mean_at(sums, 0), distributed.mean_at(sums, 2), m)
 
     def run_details(self, streams: list[tuple[str, Any]]) -> dict[str, Any]:
         """Per stream: the rate each decision chose, their mean, each decision's distance and motion factor."""

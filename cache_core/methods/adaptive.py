@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .. import distributed
 from ..config import GatedConfig, check_int, check_range
 from ..policy import Policy, Probe, RunInfo, StreamCall
 from ..registry import MethodSpec, register
@@ -76,29 +77,73 @@ class AdaptiveCachePolicy(Policy):
         sig = state.run.sigmas
         state.last_step = bool(sig and len(sig) >= 2 and info.sigma is not None and info.sigma <= sig[-2])
 
-    def metric(self, state: _AdaptiveState, probe: torch.Tensor | None) -> float | None:
+    # several ranks: the metric reduces (sum|x - x_prev|, n); the observation (sum|y|, n, sum|x - x_c|, n,
+    # sum|y - y_c|, n), the pairs against the last computed call zero where there is none yet
+    metric_width = 2
+    observe_width = 6
+
+    def _input_change(self, state: _AdaptiveState, probe: torch.Tensor | None) -> torch.Tensor | None:
+        """This call's input minus the previous call's (subsampled), where the metric can be computed."""
         state.pending = None
         state.x = None if probe is None else self._sub(probe)
         x, prev = state.x, state.prev_x
         if x is None or prev is None or prev.shape != x.shape or state.k is None or not state.y_norm:
             return None
-        state.pending = state.acc + state.k * _mean_abs(x - prev) / state.y_norm
+        return x - prev
+
+    def _accumulate(self, state: _AdaptiveState, change: float) -> float:
+        state.pending = state.acc + state.k * change / state.y_norm
         return state.pending
+
+    def metric(self, state: _AdaptiveState, probe: torch.Tensor | None) -> float | None:
+        dx = self._input_change(state, probe)
+        return None if dx is None else self._accumulate(state, _mean_abs(dx))
+
+    def metric_sums(self, state: _AdaptiveState, probe: torch.Tensor | None) -> torch.Tensor | None:
+        dx = self._input_change(state, probe)
+        return None if dx is None else distributed.abs_sums(dx)
+
+    def metric_from_sums(self, state: _AdaptiveState, sums: torch.Tensor | None) -> float | None:
+        return None if sums is None else self._accumulate(state, distributed.mean_at(sums, 0))
 
     def wants_skip(self, state: _AdaptiveState, metric: float | None) -> bool:
         return (metric is not None and math.isfinite(metric) and metric < self.config.threshold
                 and not state.last_step)
 
+    @staticmethod
+    def _has_previous(state: _AdaptiveState, x: torch.Tensor, y: torch.Tensor) -> bool:
+        return state.cx is not None and state.cx.shape == x.shape and state.cy.shape == y.shape
+
+    def _observed(self, state: _AdaptiveState, x: torch.Tensor, y: torch.Tensor, dx: float | None, dy: float,
+                  y_norm: float) -> None:
+        if dx is not None and dx > 0:
+            state.k = dy / dx
+        state.cx, state.cy = x, y
+        state.y_norm = y_norm
+
     def observe_stack_residual(self, state: _AdaptiveState, residual: torch.Tensor) -> None:
         y, x = self._sub(residual), state.x
         if x is None:
             return
-        if state.cx is not None and state.cx.shape == x.shape and state.cy.shape == y.shape:
-            dx = _mean_abs(x - state.cx)
-            if dx > 0:
-                state.k = _mean_abs(y - state.cy) / dx
-        state.cx, state.cy = x, y
-        state.y_norm = _mean_abs(y)
+        previous = self._has_previous(state, x, y)
+        dx = _mean_abs(x - state.cx) if previous else None
+        dy = _mean_abs(y - state.cy) if previous and dx > 0 else 0.0
+        self._observed(state, x, y, dx, dy, _mean_abs(y))
+
+    def observe_sums(self, state: _AdaptiveState, residual: torch.Tensor) -> torch.Tensor | None:
+        y, x = self._sub(residual), state.x
+        if x is None:
+            return None
+        if self._has_previous(state, x, y):
+            return distributed.abs_sums(y, x - state.cx, y - state.cy)
+        return torch.cat([distributed.abs_sums(y), torch.zeros(4, dtype=torch.float64)])
+
+    def observe_from_sums(self, state: _AdaptiveState, residual: torch.Tensor, sums: torch.Tensor | None) -> None:
+        x = state.x
+        if sums is None or x is None:
+            return
+        dx = distributed.mean_at(sums, 2) if sums[3] > 0 else None
+        self._observed(state, x, self._sub(residual), dx, distributed.mean_at(sums, 4), distributed.mean_at(sums, 0))
 
     def commit(self, state: _AdaptiveState, probe: torch.Tensor | None, computed: bool) -> None:
         state.acc = 0.0 if computed or state.pending is None else state.pending

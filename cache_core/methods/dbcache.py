@@ -16,11 +16,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-import torch
-
 from ..config import SETTING, GatedConfig, check_int, check_range
 from ..forecasters import FORECASTERS, make_forecaster
-from ..policy import Policy, Probe, RunInfo
+from ..policy import Probe, ResidualChangePolicy
 from ..registry import MethodSpec, register
 from ..text import shown
 
@@ -59,12 +57,7 @@ class DBCacheConfig(GatedConfig):
             )
 
 
-class _DBState:
-    def __init__(self) -> None:
-        self.ref: torch.Tensor | None = None
-
-
-class DBCachePolicy(Policy):
+class DBCachePolicy(ResidualChangePolicy):
     name = "DBCache"
     probe = Probe.BLOCKS
 
@@ -76,20 +69,8 @@ class DBCachePolicy(Policy):
         self.forecaster = (make_forecaster(config.calibrator, config.taylorseer_order)
                            if config.taylorseer_order > 0 else None)
 
-    def new_run_state(self, run: RunInfo) -> _DBState:
-        return _DBState()
-
-    def metric(self, state: _DBState, probe_residual: torch.Tensor | None) -> float | None:
-        if state.ref is None or probe_residual is None or state.ref.shape != probe_residual.shape:
-            return None
-        return ((state.ref - probe_residual).abs().mean() / state.ref.abs().mean()).item()
-
-    def wants_skip(self, state: _DBState, metric: float | None) -> bool:
+    def wants_skip(self, state: object, metric: float | None) -> bool:
         return metric is not None and math.isfinite(metric) and metric < self.threshold
-
-    def commit(self, state: _DBState, probe_residual: torch.Tensor | None, computed: bool) -> None:
-        if computed:
-            state.ref = probe_residual
 
 
 register(MethodSpec(key="dbcache", label="DBCache", config=DBCacheConfig, policy=DBCachePolicy,

@@ -14,10 +14,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-import torch
-
 from ..config import GatedConfig, check_range
-from ..policy import Policy, Probe
+from ..policy import Probe, ResidualChangePolicy
 from ..registry import MethodSpec, register
 from ..unet_runner import UNetPlan
 
@@ -34,12 +32,7 @@ class FirstBlockCacheConfig(GatedConfig):
         super().__post_init__()
 
 
-class _FBCState:
-    def __init__(self) -> None:
-        self.ref: torch.Tensor | None = None
-
-
-class FirstBlockCachePolicy(Policy):
+class FirstBlockCachePolicy(ResidualChangePolicy):
     name = "FirstBlockCache"
     probe = Probe.BLOCKS
     probe_blocks = 1
@@ -50,21 +43,8 @@ class FirstBlockCachePolicy(Policy):
         to the last output block's (both at full resolution, ``model_channels`` wide)."""
         return UNetPlan(head=1 + self.probe_blocks, tail=0, reuse="residual")
 
-    def new_state(self) -> _FBCState:
-        return _FBCState()
-
-    def metric(self, state: _FBCState, probe_residual: torch.Tensor | None) -> float | None:
-        if state.ref is None or probe_residual is None or state.ref.shape != probe_residual.shape:
-            return None
-        return ((probe_residual - state.ref).abs().mean() / state.ref.abs().mean()).item()
-
-    def wants_skip(self, state: _FBCState, metric: float | None) -> bool:
+    def wants_skip(self, state: object, metric: float | None) -> bool:
         return metric is not None and math.isfinite(metric) and metric <= self.threshold
-
-    def commit(self, state: _FBCState, probe_residual: torch.Tensor | None, computed: bool) -> None:
-        if computed:
-            state.ref = probe_residual
-
 
 
 register(MethodSpec(

@@ -25,6 +25,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import torch
 
+from .. import distributed
 from ..config import HIDDEN, CacheWindow, Gate, check_int, check_range
 from ..policy import Policy, Probe, RunInfo, StreamCall, schedule_step
 from ..registry import MethodSpec, register
@@ -243,17 +244,35 @@ class MagCacheCalibratePolicy(Policy):
     def begin_stream_call(self, state: _CalibState, info: StreamCall) -> None:
         state.sigma = info.sigma
 
-    def observe_stack_residual(self, state: _CalibState, residual: torch.Tensor) -> None:
+    @staticmethod
+    def _token_ratios(state: _CalibState, residual: torch.Tensor) -> torch.Tensor | None:
+        """Per token ``||r_t|| / ||r_{t-1}||`` (diffusers MagCacheBlockHook._perform_calibration_step), None for
+        the stream's first call or a changed shape."""
         if state.prev is None or state.prev.shape != residual.shape:
-            ratio = 1.0
-        else:
-            # diffusers MagCacheBlockHook._perform_calibration_step: mean over tokens of the norm ratio
-            cur = torch.linalg.norm(residual.float(), dim=-1)
-            prev = torch.linalg.norm(state.prev.float(), dim=-1)
-            ratio = (cur / (prev + 1e-8)).mean().item()
+            return None
+        cur = torch.linalg.norm(residual.float(), dim=-1)
+        prev = torch.linalg.norm(state.prev.float(), dim=-1)
+        return cur / (prev + 1e-8)
+
+    def _record(self, state: _CalibState, residual: torch.Tensor, ratio: float) -> None:
         state.ratios.append(ratio)
         state.sigmas.append(state.sigma)
         state.prev = residual.detach()
+
+    def observe_stack_residual(self, state: _CalibState, residual: torch.Tensor) -> None:
+        ratios = self._token_ratios(state, residual)
+        self._record(state, residual, 1.0 if ratios is None else ratios.mean().item())
+
+    # several ranks: the mean over every rank's tokens, (sum of the token ratios, tokens) reduced
+    observe_width = 2
+
+    def observe_sums(self, state: _CalibState, residual: torch.Tensor) -> torch.Tensor | None:
+        ratios = self._token_ratios(state, residual)
+        return None if ratios is None else torch.stack([ratios.double().sum(),
+                                                        torch.tensor(float(ratios.numel()), dtype=torch.float64)])
+
+    def observe_from_sums(self, state: _CalibState, residual: torch.Tensor, sums: torch.Tensor | None) -> None:
+        self._record(state, residual, 1.0 if sums is None else distributed.mean_at(sums, 0))
 
     def finish_run(self, streams: list[tuple[str, Any]], completed: bool) -> None:
         self.last = [StreamCalibration(label, list(st.ratios), list(st.sigmas), st.run.sigmas)

@@ -106,7 +106,12 @@ class SeaCachePolicy(Policy):
         state.step = float(info.call_index) if step is None else step
         state.sigma = info.sigma
 
-    def metric(self, state: _SeaState, latent: torch.Tensor | None) -> float | None:
+    # several ranks: the group averages the ranks' distances ((distance, 1) summed). Parallel setups hand every
+    # rank the whole input latent (they shard tokens inside the model), so the average is the distance itself
+    metric_width = 2
+
+    def _distance(self, state: _SeaState, latent: torch.Tensor | None) -> float | None:
+        """This call's indicator distance to the previous call's (sets the indicator), None where there is none."""
         state.pending = None
         state.indicator = None
         if latent is not None and state.sigma is not None and math.isfinite(state.sigma):
@@ -118,10 +123,22 @@ class SeaCachePolicy(Policy):
         if prev is None or prev.shape != state.indicator.shape or prev.device != state.indicator.device:
             return None
         distance = relative_l1(state.indicator, prev)
-        if not math.isfinite(distance):
-            return None
-        state.pending = state.acc + distance
+        return distance if math.isfinite(distance) else None
+
+    def _accumulate(self, state: _SeaState, distance: float | None) -> float | None:
+        if distance is not None:
+            state.pending = state.acc + distance
         return state.pending
+
+    def metric(self, state: _SeaState, latent: torch.Tensor | None) -> float | None:
+        return self._accumulate(state, self._distance(state, latent))
+
+    def metric_sums(self, state: _SeaState, latent: torch.Tensor | None) -> torch.Tensor | None:
+        distance = self._distance(state, latent)
+        return None if distance is None else torch.tensor([distance, 1.0], dtype=torch.float64)
+
+    def metric_from_sums(self, state: _SeaState, sums: torch.Tensor | None) -> float | None:
+        return self._accumulate(state, None if sums is None else float(sums[0] / sums[1]))
 
     def forced(self, state: _SeaState) -> bool:
         """The step always computes: a retention step or one of the last ``cache_end_steps``."""

@@ -19,6 +19,7 @@ from typing import Sequence
 
 import torch
 
+from .. import distributed
 from ..config import HIDDEN, SETTING, GatedConfig, check_range
 from ..policy import Policy, Probe, RunInfo, StreamCall
 from ..registry import MethodSpec, register
@@ -103,14 +104,30 @@ class TeaCachePolicy(Policy):
         # the last step always computes: the call at (or after) the schedule's last start sigma
         state.last_step = bool(sig and len(sig) >= 2 and info.sigma is not None and info.sigma <= sig[-2])
 
+    metric_width = 4
+
     def metric(self, state: _TeaState, probe: torch.Tensor | None) -> float | None:
         state.pending = None
         if probe is None or state.prev is None or state.prev.shape != probe.shape:
             return None
         prev = state.prev
         delta = ((probe.float() - prev).abs().mean() / prev.abs().mean().clamp_min(1e-12)).item()
+        return self._accumulate(state, delta)
+
+    def _accumulate(self, state: _TeaState, delta: float) -> float:
         state.pending = state.acc + self.config.rescale(delta)
         return state.pending
+
+    def metric_sums(self, state: _TeaState, probe: torch.Tensor | None) -> torch.Tensor | None:
+        if probe is None or state.prev is None or state.prev.shape != probe.shape:
+            return None
+        return distributed.relative_l1_sums(probe, state.prev)
+
+    def metric_from_sums(self, state: _TeaState, sums: torch.Tensor | None) -> float | None:
+        state.pending = None
+        if sums is None:
+            return None
+        return self._accumulate(state, distributed.mean_at(sums, 0) / max(distributed.mean_at(sums, 2), 1e-12))
 
     def wants_skip(self, state: _TeaState, metric: float | None) -> bool:
         return (metric is not None and math.isfinite(metric) and metric < self.config.threshold

@@ -2,6 +2,7 @@
 SPEC_KEY = "dit_cache"  # transformer_options entry holding the CacheSpec of a patched model
 RUN_KEY = "dit_cache_run"  # transformer_options entry holding the current run's runner
 WRAPPER_KEY = "dit_cache"  # the key of our wrappers (ModelPatcher.add_wrapper_with_key)
+GROUP_KEY = "dit_cache_decision_group"  # transformer_options entry: the model's decision group (patch.py)
 
 import contextvars
 from typing import Any

@@ -24,6 +24,7 @@ import comfy.model_patcher
 import torch
 from comfy.patcher_extension import WrappersMP
 
+from ...cache_core import distributed
 from ...cache_core.component_runner import FFN, FFN_SLOT, ComponentPolicy
 from ...cache_core.config import CacheWindow, SigmaWindow
 from ...cache_core.layout import COMFY_LAYOUTS, BlockLayout, Segment, layout_for_module
@@ -36,7 +37,7 @@ from ...cache_core.streams import CallInfo, StreamRunner, latent_frames
 from ...cache_core.unet_runner import UNET_LAYOUT, unet_plan
 from . import stats_server, unet
 from .keys import ACTIVE as _ACTIVE
-from .keys import RUN_KEY, SPEC_KEY, WRAPPER_KEY
+from .keys import GROUP_KEY, RUN_KEY, SPEC_KEY, WRAPPER_KEY
 from .uncond import calc_cond_batch_wrapper
 
 log = logging.getLogger("dit_cache")
@@ -129,6 +130,15 @@ def apply_cache(model: Any, policy: Policy | ComponentPolicy, node_label: str, n
     # APPLY_MODEL (BaseModel.apply_model, every family) rather than DIFFUSION_MODEL, which some forwards of
     # ComfyUI 0.3.75 (SD3's MMDiT, Mochi) do not run their wrappers for
     m.add_wrapper_with_key(WrappersMP.APPLY_MODEL, WRAPPER_KEY, _model_call_wrapper)
+    return m
+
+
+def set_decision_group(model: Any, group: Any = distributed.WORLD) -> Any:
+    """A clone of ``model`` whose runs reduce their caching decisions over ``group`` ("world", a
+    ``torch.distributed`` process group, or "off"; see cache_core/distributed.py and docs/multi-gpu.md). Set it on
+    the model every rank samples, before or after the cache node."""
+    m = model.clone()
+    m.model_options.setdefault("transformer_options", {})[GROUP_KEY] = group
     return m
 
 
@@ -320,6 +330,10 @@ def _outer_sample_wrapper(executor: Any, *args: Any, **kwargs: Any) -> Any:
     model_sampling = guider.model_patcher.get_model_object("model_sampling")
     runner = make_runner(spec.policy, spec.layout, spec.block_counts, stats,
                          lambda name, window: _sigma_window(window, model_sampling), run_info, spec.runner)
+    runner.group = distributed.resolve(t_opts.get(GROUP_KEY))
+    if runner.group is not None:
+        log.info("[dit-cache] %s: decisions reduced over %d ranks (this is rank %d)", spec.node_label,
+                 runner.group.size, runner.group.rank)
     t_opts[RUN_KEY] = runner
     t0 = time.perf_counter()
     ok = False
