@@ -1,13 +1,19 @@
-# The development commands: `make test` (the full suite, what CI runs) and `make test-core` (the core's unit
-# tests in seconds, without ComfyUI, a browser or sudo). `make test`, `make demo` and `make bench` build the
-# host on first use (.venv + ComfyUI 0.3.75 under .host/, see scripts/setup_host.sh) and are fast to re-run.
+# The development commands: `make test` (what CI runs: the full suite on ComfyUI 0.3.75, then the compatibility
+# subset on ComfyUI 0.8.0) and `make test-core` (the core's unit tests in seconds, without ComfyUI, a browser or
+# sudo). `make test`, `make demo` and `make bench` build the host on first use (.venv + ComfyUI 0.3.75 under
+# .host/, see scripts/setup_host.sh) and are fast to re-run; `make test` also builds the second host
+# (ComfyUI 0.8.0 under .host080/ from ../shared/hosts/, see scripts/setup_host_080.sh).
 PY := .venv/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: host browser core-venv demo test test-core bench clean-host
+.PHONY: host host080 browser core-venv demo test test-080 test-core bench clean-host
 
 host:
 	@bash scripts/setup_host.sh
+
+# ComfyUI 0.8.0 from the shared source tarball into .host080/ComfyUI, on .venv plus the .host080/site overlay
+host080: host
+	@bash scripts/setup_host_080.sh
 
 # Debian chromium + playwright-core (in .host/node) for the panel's browser test; instant when installed
 browser:
@@ -16,8 +22,13 @@ browser:
 demo: host
 	$(PY) bench/demo.py
 
-test: host browser
-	$(PY) -m pytest $(PYTEST_ARGS)
+# both hosts run even when the first fails; non-zero when either failed
+test: host browser host080
+	@rc=0; $(PY) -m pytest $(PYTEST_ARGS) || rc=$$?; bash scripts/test_host_080.sh $(PYTEST_ARGS) || rc=$$?; exit $$rc
+
+# the compatibility subset on ComfyUI 0.8.0 alone (server, browser, a covering subset of the support matrix)
+test-080: host browser host080
+	bash scripts/test_host_080.sh $(PYTEST_ARGS)
 
 # .venv with just what the core's tests import (torch, safetensors, numpy, pytest); the host's .venv serves too
 core-venv:
@@ -32,4 +43,4 @@ bench: host
 	$(PY) bench/sweep.py
 
 clean-host:
-	rm -rf .venv .host
+	rm -rf .venv .host .host080

@@ -17,7 +17,7 @@ from typing import Iterator
 
 import pytest
 
-from comfy_server import PACK, TEST_NODES, Server, comfy_server
+from comfy_server import COMFY_DIR, PACK, TEST_NODES, Server, comfy_server
 
 pytestmark = pytest.mark.server
 
@@ -28,6 +28,7 @@ FBC_INPUTS = ("model", "threshold", "start_percent", "end_percent", "max_consecu
 SKIP_LINE = re.compile(r"\[dit-cache\] FirstBlockCache: skipped (\d+)/(\d+) model calls")
 # ComfyUI's summary after loading custom nodes: "   0.1 seconds (IMPORT FAILED): /path/to/pack"
 IMPORT_LINE = re.compile(r"^\s*[\d.]+ seconds( \(IMPORT FAILED\))?: (.+?)\s*$", re.MULTILINE)
+WEB_ROOT_LINE = re.compile(r"\[Prompt Server\] web root: (.+?)\s*$", re.MULTILINE)
 
 
 @pytest.fixture(scope="module")
@@ -93,6 +94,19 @@ def test_object_info_lists_nodes_and_pack_imports_cleanly(server: Server):
     for line in log.splitlines():
         if "IMPORT FAILED" in line or "Cannot import" in line or "comfy_entrypoint" in line:
             assert "dit-cache" not in line and "dit_cache" not in line, line
+
+
+def test_server_is_the_host_tree_with_its_pinned_frontend(server: Server):
+    """The server runs the host tree under test (.host/ComfyUI, or DITCACHE_COMFYUI: 0.8.0) and serves the
+    frontend package version that tree's requirements pin (0.8.0's comes from the .host080/site overlay)."""
+    version = re.search(r'__version__ = "(.+?)"', (COMFY_DIR / "comfyui_version.py").read_text()).group(1)
+    system = server.get("/system_stats")["system"]
+    assert system["comfyui_version"] == version
+    required = system["required_frontend_version"]
+    assert f"ComfyUI frontend version: {required}" in server.log(), server.log_tail()
+    web_root = WEB_ROOT_LINE.search(server.log()).group(1)
+    site = os.path.dirname(os.path.dirname(web_root))  # <site>/comfyui_frontend_package/static
+    assert os.path.isdir(os.path.join(site, f"comfyui_frontend_package-{required}.dist-info")), web_root
 
 
 # The first call of a run always computes (there is no reference residual yet), so X < Y holds whenever the

@@ -9,7 +9,11 @@ from pathlib import Path
 from types import ModuleType
 
 REPO = Path(__file__).resolve().parents[2]
+# the host ComfyUI tree: .host/ComfyUI (0.3.75), or the one DITCACHE_COMFYUI names (scripts/test_host_080.sh:
+# .host080/ComfyUI, ComfyUI 0.8.0)
 COMFY_DIR = Path(os.environ.get("DITCACHE_COMFYUI", REPO / ".host" / "ComfyUI"))
+# DITCACHE_COMPAT=1: a compatibility run on a second host; tests/comfy/test_matrix.py runs a covering subset
+COMPAT = os.environ.get("DITCACHE_COMPAT") == "1"
 
 
 def setup_comfy(cpu: bool = True) -> None:

@@ -19,9 +19,12 @@ import torch
 # host's class declares the field without a default (e.g. ComfyUI 0.8 made Flux's txt_ids_dims required;
 # Flux.1 uses [] = text ids all zero).
 # HunyuanVideoParams (0.3.75) requires byt5 / meanflow / use_cond_type_embedding / vision_in_dim: a plain
-# HunyuanVideo 1.0 has none of them.
+# HunyuanVideo 1.0 has none of them. ComfyUI 0.8 adds HunyuanVideoParams.meanflow_sum (read only with meanflow;
+# False averages the two time embeddings, as 0.3.75 always does) and ChromaParams.vec_in_dim (Chroma has no
+# vector input: None, what 0.8's model detection sets).
 KNOWN_FIELD_VALUES: dict[str, Any] = {"txt_ids_dims": [], "byt5": False, "meanflow": False,
-                                      "use_cond_type_embedding": False, "vision_in_dim": None}
+                                      "use_cond_type_embedding": False, "vision_in_dim": None,
+                                      "meanflow_sum": False, "vec_in_dim": None}
 
 
 @dataclass(frozen=True)
