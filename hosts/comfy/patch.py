@@ -363,6 +363,15 @@ def _stream_labels(t_opts: dict, n_chunks: int) -> list[tuple[Any, str]]:
     return streams
 
 
+def host_adds_hints(args: tuple, kwargs: dict) -> bool:
+    """Whether this model call adds hints to the block streams between blocks, outside the block calls: a
+    ControlNet's ``control`` (BaseModel.apply_model(x, t, c_concat, c_crossattn, control, ...); Flux, Chroma, SD3,
+    HunyuanVideo, Qwen-Image add its entries after their blocks) or Wan VACE's ``vace_context`` (VaceWanModel adds
+    its VACE blocks' output after every few blocks)."""
+    control = args[4] if len(args) > 4 else kwargs.get("control")
+    return control is not None or kwargs.get("vace_context") is not None
+
+
 def _model_call_wrapper(executor: Any, *args: Any, **kwargs: Any) -> Any:
     t_opts = kwargs.get("transformer_options")
     if t_opts is None:
@@ -378,7 +387,8 @@ def _model_call_wrapper(executor: Any, *args: Any, **kwargs: Any) -> Any:
     # BaseModel.apply_model(x, t, ...): x is the noisy latent as the sampler holds it (SeaCache's probe; AdaCache
     # reads its frame count)
     latent = args[0] if args and isinstance(args[0], torch.Tensor) else kwargs.get("x")
-    info = CallInfo(_stream_labels(t_opts, n_chunks), sigma, latent=latent, frames=latent_frames(latent))
+    info = CallInfo(_stream_labels(t_opts, n_chunks), sigma, latent=latent, frames=latent_frames(latent),
+                    hints=host_adds_hints(args, kwargs))
     with model_call(runner, info):
         token = _ACTIVE.set((spec.id if spec is not None else "", runner, t_opts))
         try:
