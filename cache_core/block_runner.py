@@ -232,6 +232,10 @@ class BlockCacheRunner(StreamRunner):
         return out
 
     # ----------------------------------------------------------------------------------------- internals
+    # Under torch.compile (ComfyUI's TorchCompileModel compiles the forward that calls the block patches) the
+    # decision and the forecast run eagerly: traced, their per-call Python numbers (call indices, Taylor factors,
+    # counters) would become graph constants and recompile the graph every step.
+    @torch.compiler.disable
     def _decide(self, call: _Call) -> None:
         n = len(call.states)
         chunks = call.probe_residual.chunk(n) if call.probe_residual is not None else [None] * n
@@ -305,6 +309,7 @@ class BlockCacheRunner(StreamRunner):
         parts = [st.residuals[(segment, stream)] for st in call.states]
         return parts[0] if len(parts) == 1 else torch.cat(parts, dim=0)
 
+    @torch.compiler.disable
     def _forecast(self, call: _Call, segment: int, stream: str, seg_input: torch.Tensor) -> torch.Tensor:
         """The forecaster's prediction of the segment's last cached block output, per CFG stream: its predicted
         output, or the segment's input plus its predicted residual."""
