@@ -26,6 +26,7 @@ from comfy.patcher_extension import WrappersMP
 
 from ...cache_core.component_runner import FFN, FFN_SLOT, ComponentPolicy
 from ...cache_core.config import CacheWindow, SigmaWindow
+from ...cache_core.few_steps import few_step_note, schedule_steps
 from ...cache_core.layout import COMFY_LAYOUTS, BlockLayout, Segment, layout_for_module
 from ...cache_core.methods.teacache_signals import signal_fn
 from ...cache_core.model_call import model_call
@@ -317,6 +318,10 @@ def _outer_sample_wrapper(executor: Any, *args: Any, **kwargs: Any) -> Any:
     sigmas = args[3] if len(args) > 3 else kwargs.get("sigmas")  # CFGGuider.outer_sample(noise, latent, sampler, sigmas, ...)
     run_info = RunInfo(tuple(float(x) for x in sigmas.reshape(-1)) if sigmas is not None else None)
     spec.policy.check_run(run_info)  # e.g. a calibration that needs more steps: an error before sampling
+    few = few_step_note(spec.policy.name, run_info.sigmas)
+    if few is not None:
+        log.warning("[dit-cache] %s: %s", spec.node_label, few)
+        stats.details["few_steps"] = schedule_steps(run_info.sigmas)
     model_sampling = guider.model_patcher.get_model_object("model_sampling")
     runner = make_runner(spec.policy, spec.layout, spec.block_counts, stats,
                          lambda name, window: _sigma_window(window, model_sampling), run_info, spec.runner)
