@@ -2,7 +2,8 @@
 
 Every step of such a schedule moves the sample a long way, so a reused step costs more quality than at 20-50
 steps and saves a larger share of very little time; the methods' warm-ups, windows and retention steps also cover
-most of a short run. A run of at most :data:`FEW_STEPS` steps gets one warning naming the step count (hosts log it
+most of a short run. A sampling run (a KSamplerAdvanced part of a split schedule counts on its own: the cache
+only sees its run) of at most :data:`FEW_STEPS` steps gets one warning naming the step count (hosts log it
 and put it in the run record's ``details``); the decisions themselves are left to the method's settings: the
 metric-driven methods skip little or nothing there on their own, the schedule-driven ones (TaylorSeer's
 ``cache_interval``, DeepCache's ``interval``) skip on schedule (see docs/nodes.md, "Few-step models").
@@ -28,5 +29,6 @@ def few_step_note(method: str, sigmas: Sequence[float] | None) -> str | None:
         return None
     why = ("it skips on a fixed schedule: raise its interval or use 20+ steps" if method in SCHEDULED else
            "it skips only where its metric allows, which at this step count is seldom")
-    return (f"{steps} sampling steps (a few-step / distilled schedule): each step changes the result a lot and "
-            f"caching saves little here; {method}: {why}")
+    return (f"{steps} sampling steps in this run (a few-step / distilled schedule, or a short part of a split one "
+            f"such as a Wan 2.2 expert's): each step changes the result a lot and caching saves little here; "
+            f"{method}: {why}")
