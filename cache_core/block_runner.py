@@ -10,6 +10,12 @@ its own references and residuals, so per-sample results never mix. On a skip, bl
 pass their inputs through and the last cached block of each segment adds that segment's cached residual, so
 the output equals ``head_out + (tail_out_prev - head_out_prev)`` however the host joins segments (Flux
 concatenates text and image tokens between its double and single blocks).
+
+Hints (``CallInfo.hints``): where the host adds to the streams between blocks, outside the block calls
+(ControlNet, Wan VACE), a computed call measures each addition (the next block's input minus the block's
+output) and leaves it out of the cached residual. A skipped call passes its inputs through, so the host adds
+that call's own hints as usual, and the cached residual holds the blocks' work only: the output is
+``head_out + hints_now + (tail_out_prev - head_out_prev - hints_prev)``, never the previous call's hints again.
 """
 from __future__ import annotations
 
@@ -62,6 +68,10 @@ class _Call:
     head_in: torch.Tensor | None = None
     probe_residual: torch.Tensor | None = None
     seg_in: dict[int, Streams] = field(default_factory=dict)
+    # hints (CallInfo.hints): per segment, the last cached block's output as it returned (the host may add to it
+    # in place), and per (segment, stream) the sum of what the host added between the segment's cached blocks
+    prev_out: dict[int, Streams] = field(default_factory=dict)
+    between: dict[tuple[int, str], torch.Tensor] = field(default_factory=dict)
     new_residuals: dict[tuple[int, str], torch.Tensor] = field(default_factory=dict)
     new_outputs: dict[tuple[int, str], torch.Tensor] = field(default_factory=dict)  # forecaster target "output"
     stack_residual: torch.Tensor | None = None  # whole-stack hidden residual (probes STACK, INPUT_AND_STACK)
@@ -199,7 +209,11 @@ class BlockCacheRunner(StreamRunner):
             return run(inputs)
         outputs = self.layout.segments[segment].outputs
         first, last = self._seg_bounds[segment]
+        hints = call.info.hints
+        output_target = self.policy.forecaster is not None and self.policy.forecaster.target == "output"
         if call.skip:
+            if p == first and hints and output_target and p < last:
+                call.seg_in[segment] = {k: inputs[k].clone() for k in outputs}  # this call's hints: at `last`
             if p == last and self.policy.forecaster is not None:
                 return {k: self._forecast(call, segment, k, inputs[k]) for k in outputs}
             if p == last:
@@ -207,15 +221,21 @@ class BlockCacheRunner(StreamRunner):
             return {k: inputs[k] for k in outputs}
         if p == first:
             call.seg_in[segment] = {k: inputs[k].clone() for k in outputs}
+        elif hints:
+            self._add_between(call, segment, inputs)
         observed_in = inputs[hidden].clone() if p == self._observed else None  # blocks may update it in place
         out = run(inputs)
+        if hints and p < last:
+            call.prev_out[segment] = {k: out[k].clone() for k in outputs}  # the host may add to it in place
         if observed_in is not None:
             call.observed = self._head_tokens(call, segment, out[hidden] - observed_in)
         if p == last:
             for k in outputs:
-                call.new_residuals[(segment, k)] = out[k] - call.seg_in[segment][k]
-                if self.policy.forecaster is not None and self.policy.forecaster.target == "output":
-                    call.new_outputs[(segment, k)] = out[k].clone()  # later blocks may update it in place
+                between = call.between.get((segment, k))
+                residual = out[k] - call.seg_in[segment][k]
+                call.new_residuals[(segment, k)] = residual if between is None else residual - between
+                if output_target:  # later blocks may update it in place; without this call's hints
+                    call.new_outputs[(segment, k)] = out[k].clone() if between is None else out[k] - between
         if p == self.total_blocks - 1 and self.policy.probe in (Probe.STACK, Probe.INPUT_AND_STACK):
             call.stack_residual = self._stack_residual(call, segment, out[hidden])
         return out
@@ -247,6 +267,10 @@ class BlockCacheRunner(StreamRunner):
             return "max_cached"
         return None
 
+    # Under torch.compile (ComfyUI's TorchCompileModel compiles the forward that calls the block patches) the
+    # decision and the forecast run eagerly: traced, their per-call Python numbers (call indices, Taylor factors,
+    # counters) would become graph constants and recompile the graph every step.
+    @torch.compiler.disable
     def _decide(self, call: _Call) -> None:
         n = len(call.states)
         chunks = call.probe_residual.chunk(n) if call.probe_residual is not None else [None] * n
@@ -323,10 +347,24 @@ class BlockCacheRunner(StreamRunner):
                     tuple(call.head_in.shape))
         return None
 
+    def _add_between(self, call: _Call, segment: int, inputs: Streams) -> None:
+        """Add what the host changed since the previous cached block of ``segment`` returned (its hints)."""
+        prev = call.prev_out.pop(segment, None)
+        if prev is None:
+            return
+        for k, before in prev.items():
+            now = inputs.get(k)
+            if now is None or now.shape != before.shape:
+                continue
+            added = now - before
+            key = (segment, k)
+            call.between[key] = added if key not in call.between else call.between[key] + added
+
     def _cached_residual(self, call: _Call, segment: int, stream: str) -> torch.Tensor:
         parts = [st.residuals[(segment, stream)] for st in call.states]
         return parts[0] if len(parts) == 1 else torch.cat(parts, dim=0)
 
+    @torch.compiler.disable
     def _forecast(self, call: _Call, segment: int, stream: str, seg_input: torch.Tensor) -> torch.Tensor:
         """The forecaster's prediction of the segment's last cached block output, per CFG stream: its predicted
         output, or the segment's input plus its predicted residual."""
@@ -338,4 +376,8 @@ class BlockCacheRunner(StreamRunner):
             t = forecaster.coordinate(st.calls, call.info.sigma)
             predicted = forecaster.predict(st.forecast, key, t, chunks[j].dtype)
             parts.append(predicted if forecaster.target == "output" else chunks[j] + predicted)
-        return parts[0] if n == 1 else torch.cat(parts, dim=0)
+        out = parts[0] if n == 1 else torch.cat(parts, dim=0)
+        seg_in = call.seg_in.get(segment)
+        if forecaster.target == "output" and seg_in is not None and seg_in[stream].shape == seg_input.shape:
+            out = out + (seg_input - seg_in[stream])  # this call's hints, added between the passed-through blocks
+        return out

@@ -40,6 +40,10 @@ class CallInfo:
     # it (probe LATENT); None where the host does not hand it over
     latent: torch.Tensor | None = None
     frames: int | None = None
+    # the host adds to the block streams between blocks, outside the block calls (ComfyUI: ControlNet hints,
+    # Wan VACE hints): the block runner measures those additions on computed calls and keeps them out of its
+    # cached residuals, so a skipped call adds this call's additions once, never the cached call's again
+    hints: bool = False
 
 
 def latent_frames(latent: Any) -> int | None:

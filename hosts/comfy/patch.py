@@ -27,6 +27,7 @@ from comfy.patcher_extension import WrappersMP
 from ...cache_core import distributed
 from ...cache_core.component_runner import FFN, FFN_SLOT, ComponentPolicy
 from ...cache_core.config import CacheWindow, SigmaWindow
+from ...cache_core.few_steps import few_step_note, schedule_steps
 from ...cache_core.layout import COMFY_LAYOUTS, BlockLayout, Segment, layout_for_module
 from ...cache_core.methods.teacache_signals import signal_fn
 from ...cache_core.model_call import model_call
@@ -327,6 +328,10 @@ def _outer_sample_wrapper(executor: Any, *args: Any, **kwargs: Any) -> Any:
     sigmas = args[3] if len(args) > 3 else kwargs.get("sigmas")  # CFGGuider.outer_sample(noise, latent, sampler, sigmas, ...)
     run_info = RunInfo(tuple(float(x) for x in sigmas.reshape(-1)) if sigmas is not None else None)
     spec.policy.check_run(run_info)  # e.g. a calibration that needs more steps: an error before sampling
+    few = few_step_note(spec.policy.name, run_info.sigmas)
+    if few is not None:
+        log.warning("[dit-cache] %s: %s", spec.node_label, few)
+        stats.details["few_steps"] = schedule_steps(run_info.sigmas)
     model_sampling = guider.model_patcher.get_model_object("model_sampling")
     runner = make_runner(spec.policy, spec.layout, spec.block_counts, stats,
                          lambda name, window: _sigma_window(window, model_sampling), run_info, spec.runner)
@@ -377,6 +382,15 @@ def _stream_labels(t_opts: dict, n_chunks: int) -> list[tuple[Any, str]]:
     return streams
 
 
+def host_adds_hints(args: tuple, kwargs: dict) -> bool:
+    """Whether this model call adds hints to the block streams between blocks, outside the block calls: a
+    ControlNet's ``control`` (BaseModel.apply_model(x, t, c_concat, c_crossattn, control, ...); Flux, Chroma, SD3,
+    HunyuanVideo, Qwen-Image add its entries after their blocks) or Wan VACE's ``vace_context`` (VaceWanModel adds
+    its VACE blocks' output after every few blocks)."""
+    control = args[4] if len(args) > 4 else kwargs.get("control")
+    return control is not None or kwargs.get("vace_context") is not None
+
+
 def _model_call_wrapper(executor: Any, *args: Any, **kwargs: Any) -> Any:
     t_opts = kwargs.get("transformer_options")
     if t_opts is None:
@@ -392,7 +406,8 @@ def _model_call_wrapper(executor: Any, *args: Any, **kwargs: Any) -> Any:
     # BaseModel.apply_model(x, t, ...): x is the noisy latent as the sampler holds it (SeaCache's probe; AdaCache
     # reads its frame count)
     latent = args[0] if args and isinstance(args[0], torch.Tensor) else kwargs.get("x")
-    info = CallInfo(_stream_labels(t_opts, n_chunks), sigma, latent=latent, frames=latent_frames(latent))
+    info = CallInfo(_stream_labels(t_opts, n_chunks), sigma, latent=latent, frames=latent_frames(latent),
+                    hints=host_adds_hints(args, kwargs))
     with model_call(runner, info):
         token = _ACTIVE.set((spec.id if spec is not None else "", runner, t_opts))
         try:

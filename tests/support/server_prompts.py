@@ -18,10 +18,12 @@ LOADER = "DitCacheTest.TinyModelLoader"
 NODES = {  # node id: (method name in the run summary, inputs of an aggressive setting on the tiny Flux)
     "DitCache.ApplyDBCache": ("DBCache", {
         "Fn": 1, "Bn": 1, "threshold": 0.3, "warmup_steps": 2, "max_cached_steps": -1,
-        "max_consecutive_cached_steps": -1, "taylorseer_order": 1, "start_percent": 0.0, "end_percent": 1.0}),
+        "max_consecutive_cached_steps": -1, "taylorseer_order": 1, "start_percent": 0.0, "end_percent": 1.0,
+        "calibrator": "taylor"}),
     "DitCache.ApplyTaylorSeer": ("TaylorSeer", {
         "cache_interval": 3, "warmup_steps": 2, "final_full_steps": 1, "max_order": 1, "predict": "block outputs",
-        "factor_dtype": "bfloat16"}),
+        "factor_dtype": "bfloat16", "forecaster": "taylor", "check_blocks": 0, "check_threshold": 0.1,
+        "uncond_interval": 0}),
     "DitCache.ApplyAdaptiveCache": ("AdaptiveCache", {
         "threshold": 0.4, "start_percent": 0.15, "end_percent": 1.0, "max_consecutive_skips": -1,
         "warmup_steps": 0}),
