@@ -119,7 +119,7 @@ METHODS: tuple[SweepMethod, ...] = (
                 prepared=_smoothcache_inputs,
                 note="calibrated on the bench model first (SmoothCache Calibrate, same steps); reuses attention "
                      "cores and feed-forward outputs (no model call is skipped), the schedule rebuilt per alpha"),
-    # the node's default codebook (the authors' 30-step "fast" one) with its thresholds scaled: the bench models'
+    # the node's default codebook (the authors' 30-step "slow" one) with its thresholds scaled: the bench models'
     # residual change per step is smaller than a trained model's, so scales below 1 are where the rates differ
     SweepMethod("adacache", "AdaCache", "DitCache.ApplyAdaCache", "threshold_scale",
                 {"tiny": (0.25, 1.0), "medium": (0.25, 1.0), "trained": (0.25, 0.5, 1.0, 2.0)}),

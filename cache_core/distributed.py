@@ -44,14 +44,22 @@ HEADER = 3  # per slot: ranks holding the stream, ranks the gate forces to compu
 _process_group: Any = None  # set_decision_group
 
 
+_other_slots: dict[str, int] = {}  # labels outside cond/uncond (diffusers' cache_context names), first seen first
+
+
 def stream_slot(label: str) -> int:
-    """The stream's slot in a reduced vector: "cond" 0, "uncond" 1, "cond2" 2, "uncond2" 3, ..."""
+    """The stream's slot in a reduced vector: "cond" 0, "uncond" 1, "cond2" 2, "uncond2" 3, ...; any other label
+    (a diffusers ``cache_context`` name such as "cond_uncond") the next free slot from the top, in the order the
+    labels are first seen (the same on every rank: every rank runs the same pipeline)."""
     base = label.rstrip("0123456789")
-    n = int(label[len(base):] or 1)
-    slot = 2 * (n - 1) + (1 if base == "uncond" else 0)
-    if base not in ("cond", "uncond") or not 0 <= slot < MAX_SLOTS:
-        raise ValueError(f"[dit-cache] decision group: stream {label!r} has no slot (at most {MAX_SLOTS // 2} "
-                         f"positive and {MAX_SLOTS // 2} negative streams per call)")
+    if base in ("cond", "uncond"):
+        n = int(label[len(base):] or 1)
+        slot = 2 * (n - 1) + (1 if base == "uncond" else 0)
+    else:
+        slot = _other_slots.setdefault(label, MAX_SLOTS - 1 - len(_other_slots))
+    if not 0 <= slot < MAX_SLOTS:
+        raise ValueError(f"[dit-cache] decision group: stream {label!r} has no slot (at most {MAX_SLOTS} streams "
+                         f"per call)")
     return slot
 
 

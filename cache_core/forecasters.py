@@ -92,9 +92,12 @@ class History:
         self.out_dtype: torch.dtype | None = None
 
     def add(self, value: torch.Tensor, t: float) -> None:
-        if self.values and (self.values[0].shape != value.shape or math.isclose(self.times[0], t, abs_tol=1e-12)):
-            self.values.clear()  # a new shape starts afresh; a repeated time replaces its value
+        if self.values and self.values[0].shape != value.shape:
+            self.values.clear()  # a new shape starts afresh
             self.times.clear()
+        elif self.values and math.isclose(self.times[0], t, abs_tol=1e-12):
+            self.values.popleft()  # a repeated time replaces its value, the older ones stay
+            self.times.popleft()
         self.values.appendleft(value.to(self.dtype) if self.dtype is not None else value)
         self.times.appendleft(float(t))
         self.out_dtype = value.dtype

@@ -269,9 +269,9 @@ class DiffusersCache:
                 # this call; say so once per run and compute it (never an error in the middle of sampling)
                 if not runner.uncond_idle_logged:
                     runner.uncond_idle_logged = True
-                    log.warning("[dit-cache] FasterCache: the unconditional branch came in a separate call %s; its "
+                    log.warning("[dit-cache] %s: the unconditional branch came in a separate call %s; its "
                                 "reuse needs cond and uncond batched as ('uncond', 'cond') in one call, so it is "
-                                "computed every step in this run (attention extrapolation is unaffected)", names)
+                                "computed every step in this run", runner.policy.name, names)
                 return call(names, sigma, args, kwargs)
             return self._uncond_reuse_call(runner, call, sigma, args, kwargs)
 

@@ -30,7 +30,7 @@ done
 [[ "$(sha256sum "$TARBALL" | cut -d' ' -f1)" == "$TARBALL_SHA256" ]] || die "$TARBALL: sha256 is not $TARBALL_SHA256"
 [[ -x "$VPY" ]] || die "$VPY missing: run scripts/setup_host.sh first (make host080 does)"
 
-want="$(cat "$0" | sha256sum | cut -c1-16) $TARBALL_SHA256"
+want="$(sha256sum < "$ROOT/scripts/setup_host_080.sh" | cut -c1-16) $TARBALL_SHA256"
 if [[ -f "$STAMP" && "$(cat "$STAMP")" == "$want" && -f "$COMFY/main.py" && -e "$COMFY/custom_nodes/dit-cache" ]]; then
   echo "[setup-080] host up to date ($COMFY)"
   exit 0
@@ -54,7 +54,8 @@ echo "requests" >> "$HOST/requirements.txt"
 log "resolving 0.8.0's requirements against .venv"
 "$VPY" -m pip install --disable-pip-version-check -q --dry-run --report "$HOST/report.json" \
   -r "$HOST/requirements.txt" 2>&1 | { grep -v "is ignored: it is neither a file nor a directory" || true; }
-mapfile -t pins < <("$VPY" - "$HOST/report.json" <<'PYEOF'
+# into a file first: a process substitution's exit status is ignored even under set -e
+"$VPY" - "$HOST/report.json" > "$HOST/pins.txt" <<'PYEOF'
 import json, sys
 for item in json.load(open(sys.argv[1]))["install"]:
     meta = item["metadata"]
@@ -62,7 +63,7 @@ for item in json.load(open(sys.argv[1]))["install"]:
         sys.exit(f"0.8.0's requirements would change {meta['name']} in .venv: not supported")
     print(f"{meta['name']}=={meta['version']}")
 PYEOF
-)
+mapfile -t pins < "$HOST/pins.txt"
 rm -rf "$SITE"
 mkdir -p "$SITE"
 if (( ${#pins[@]} )); then

@@ -48,6 +48,7 @@ from ..component_runner import COMPONENT_KINDS, ComponentPolicy, SiteCall
 from ..config import HIDDEN, Gate, check_int, check_range
 from ..forecast import Forecaster, TaylorSeries
 from ..forecasters import FORECASTERS, ForecastSite, make_forecaster
+from .. import distributed
 from ..policy import Policy, Probe, RunInfo, StreamCall
 from ..registry import MethodSpec, register
 from ..text import shown
@@ -95,6 +96,10 @@ class TaylorSeerConfig:
         check_int("uncond_interval", self.uncond_interval, 0, 100)
         if self.forecaster not in FORECASTERS:
             raise ValueError(f"forecaster must be one of {FORECASTERS}, got {shown(self.forecaster)}")
+        if self.check_blocks and self.uncond_interval >= 2:
+            # the negative branch follows the fixed schedule, the checked positive branch its own: together the
+            # batch would compute whenever either does and the check's adaptivity would be lost
+            raise ValueError("check_blocks and uncond_interval cannot be combined: use one of them")
         if self.predict == COMPONENT_OUTPUTS and (self.check_blocks or self.uncond_interval >= 2):
             raise ValueError(f"check_blocks and uncond_interval need predict {BLOCK_OUTPUTS!r}")
         if self.predict not in PREDICT_TARGETS:
@@ -151,6 +156,7 @@ class TaylorSeerPolicy(Policy):
             self.probe, self.probe_blocks = Probe.BLOCKS, config.check_blocks
             self.threshold = config.check_threshold
             self.check = make_forecaster(config.forecaster, config.max_order, torch.float32, target="residual")
+            self.metric_width = 4  # the check's error as sums: one decision on every rank of a decision group
         self.uncond_reuse = config.uncond_interval >= 2
         self.negative = NegativeBranch(
             config.uncond_interval, config.warmup_steps,
@@ -180,14 +186,30 @@ class TaylorSeerPolicy(Policy):
         the check's relative error on a step the schedule would predict (None on the others)."""
         if self.check is None or (self.uncond_reuse and state.label.startswith("uncond")):
             return None if state.last_computed is None else float(state.step - state.last_computed)
+        pair = self._checked_pair(state, probe)
+        if pair is None:
+            return None
+        pred, actual = pair
+        return ((pred - actual).abs().mean() / actual.abs().mean().clamp_min(1e-12)).item()
+
+    def _checked_pair(self, state: _SeerState, probe: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(prediction, actual) of the checked blocks on a step the schedule would predict, else None."""
+        if self.check is None or (self.uncond_reuse and state.label.startswith("uncond")):
+            return None
         if probe is None or not state.check_ready or not self._scheduled_skip(state):
             return None
         t = self.check.coordinate(state.step, state.sigma)
         pred = self.check.predict(state.check, 0, t, torch.float32)
         actual = probe.float()
-        if pred.shape != actual.shape:
-            return None
-        return ((pred - actual).abs().mean() / actual.abs().mean().clamp_min(1e-12)).item()
+        return (pred, actual) if pred.shape == actual.shape else None
+
+    def metric_sums(self, state: _SeerState, probe: torch.Tensor | None) -> torch.Tensor | None:
+        """The check's error as sums (a decision group reduces them: every rank accepts or rejects alike)."""
+        pair = self._checked_pair(state, probe)
+        return None if pair is None else distributed.relative_l1_sums(*pair)
+
+    def metric_from_sums(self, state: _SeerState, sums: torch.Tensor | None) -> float | None:
+        return None if sums is None else distributed.ratio(distributed.mean_at(sums, 0), distributed.mean_at(sums, 2))
 
     def wants_skip(self, state: _SeerState, metric: float | None) -> bool:
         if not self._scheduled_skip(state):

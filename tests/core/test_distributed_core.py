@@ -84,6 +84,9 @@ def test_stream_slots_keep_streams_apart():
     assert [distributed.stream_slot(s) for s in ("cond", "uncond", "cond2", "uncond2")] == [0, 1, 2, 3]
     with pytest.raises(ValueError, match="no slot"):
         distributed.stream_slot("cond9")
+    # diffusers' cache_context names: slots from the top, first seen first, stable afterwards
+    first, second = distributed.stream_slot("cond_uncond_test"), distributed.stream_slot("uncond_stg_test")
+    assert first > second >= 4 and distributed.stream_slot("cond_uncond_test") == first
     width = 2
     # rank 0 holds cond, rank 1 uncond (CFG parallelism): the sum of their vectors keeps each stream's sums
     a = distributed.pack([("cond", False, torch.tensor([1.0, 2.0]))], width)

@@ -129,8 +129,8 @@ def test_sigma_clock_falls_back_to_call_index_and_repeated_time_replaces():
     site.update(torch.tensor(1.0, dtype=torch.float64), 0)
     site.update(torch.tensor(3.0, dtype=torch.float64), 1)
     assert site.predict(2).item() == pytest.approx(5.0)
-    site.update(torch.tensor(4.0, dtype=torch.float64), 1)  # the same time again: replaces, starts afresh
-    assert site.predict(2).item() == pytest.approx(4.0)
+    site.update(torch.tensor(4.0, dtype=torch.float64), 1)  # the same time again: replaces that value only
+    assert site.predict(2).item() == pytest.approx(7.0)  # through (0, 1) and (1, 4)
 
 
 def test_bad_forecaster_inputs_name_the_field():

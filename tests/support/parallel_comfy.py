@@ -31,7 +31,19 @@ SUPPORT = Path(__file__).resolve().parent
 STEPS = 10
 CFG = 2.0  # cond and uncond: two streams per call (one per rank group under CFG parallelism)
 # the methods whose decisions read data, at the support matrix's aggressive setting (tests/support/methods_registry.py)
-CASES = ("fbc", "dbcache", "teacache", "adaptive", "seacache", "adacache", "magcache")
+CASES = ("fbc", "dbcache", "teacache", "adaptive", "seacache", "adacache", "magcache", "taylorseer_checked")
+
+
+def _taylorseer_checked(model: Any, setting: str, family: str) -> Any:
+    """TaylorSeer whose predictions are checked against the first block (its error decides, reduced per group)."""
+    from dit_cache.nodes.taylorseer_node import ApplyTaylorSeer
+
+    return ApplyTaylorSeer.execute(model, cache_interval=4, warmup_steps=2, final_full_steps=0, max_order=1,
+                                   predict="block outputs", factor_dtype="float32", forecaster="taylor",
+                                   check_blocks=1, check_threshold=0.3, uncond_interval=0).result[0]
+
+
+EXTRA_CASES = {"taylorseer_checked": _taylorseer_checked}  # cases that are no support-matrix setting
 
 
 def _gather(t: torch.Tensor, dim: int, group: Any) -> torch.Tensor:
@@ -99,7 +111,8 @@ def run_cases(pack: Any, tiny: Any, model: Any) -> dict[str, Any]:
     run_log = pack.hosts.comfy.run_log
     results: dict[str, Any] = {}
     for case in CASES:
-        cached = methods_registry.METHODS[case].apply(model, "aggressive", "flux")
+        apply = EXTRA_CASES.get(case) or methods_registry.METHODS[case].apply
+        cached = apply(model, "aggressive", "flux")
         run_log.clear()
         latent = ksample(cached, tiny, steps=STEPS, cfg=CFG)
         run = run_log.last()
