@@ -261,6 +261,20 @@ class _SkipLines(logging.Handler):
         if m:
             self.matches.append((int(m[1]), int(m[2])))
 
+    def attach(self) -> None:
+        """Listen on the root logger at INFO; the handlers already there keep printing warnings only."""
+        root = logging.getLogger()
+        self._quiet = [(h, h.level) for h in root.handlers]
+        for h, level in self._quiet:
+            h.setLevel(max(level, logging.WARNING))
+        root.addHandler(self)
+        root.setLevel(logging.INFO)
+
+    def detach(self) -> None:
+        logging.getLogger().removeHandler(self)
+        for h, level in self._quiet:
+            h.setLevel(level)
+
 
 class Memory:
     """Peak memory of one run: CPU RSS high-water mark (reset per run) or CUDA peak allocation."""
@@ -526,13 +540,7 @@ def main() -> None:
     classes = node_classes(PACK)
 
     catcher = _SkipLines()
-    root = logging.getLogger()
-    # INFO reaches the collector; the handlers already there keep printing warnings only
-    quiet = [(h, h.level) for h in root.handlers]
-    for h, level in quiet:
-        h.setLevel(max(level, logging.WARNING))
-    root.addHandler(catcher)
-    root.setLevel(logging.INFO)
+    catcher.attach()
 
     m = tiny_models.build(args.family, args.size)
     cfg = args.cfg
@@ -610,9 +618,7 @@ def main() -> None:
         total = time.perf_counter() - t_start
     finally:
         ctx.close()
-        root.removeHandler(catcher)
-        for h, level in quiet:
-            h.setLevel(level)
+        catcher.detach()
 
     ref = points[0]
     rows = []

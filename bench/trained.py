@@ -249,13 +249,7 @@ def run_trained(args: Any, preset: Any) -> None:
     curves = resolve(preset, "trained", args.methods, overrides)
     classes = node_classes(PACK)
     catcher = _SkipLines()
-    import logging
-    root = logging.getLogger()
-    quiet = [(h, h.level) for h in root.handlers]
-    for h, level in quiet:
-        h.setLevel(max(level, logging.WARNING))
-    root.addHandler(catcher)
-    root.setLevel(logging.INFO)
+    catcher.attach()
     machine = _machine(False)
     what = "every node at its defaults" if preset.node_defaults else "every method's knob values"
     print(f"dit-cache sweep (preset {args.preset}): {what} on the trained models "
@@ -312,9 +306,7 @@ def run_trained(args: Any, preset: Any) -> None:
                                   f"{len(seeds)} seeds")
                 all_rows += rows
     finally:
-        root.removeHandler(catcher)
-        for h, level in quiet:
-            h.setLevel(level)
+        catcher.detach()
     print_best(all_rows, families, cfgs)
     load = f", load average {os.getloadavg()[0]:.1f}" if hasattr(os, "getloadavg") else ""
     print(f"block: uncached rows x block calls / cached (exact); wall: uncached wall / cached wall, same round, "
