@@ -64,6 +64,10 @@ def _magcache_inputs(ctx: Any) -> dict[str, Any]:
     return {"calibration": ctx.calibration("DitCache.MagCacheCalibrate", "magcache")}
 
 
+def _stepschedule_inputs(ctx: Any) -> dict[str, Any]:
+    return {"calibration": ctx.calibration("DitCache.StepScheduleCalibrate", "magcache")}
+
+
 def _smoothcache_inputs(ctx: Any) -> dict[str, Any]:
     return {"calibration": ctx.calibration("DitCache.SmoothCacheCalibrate", "magcache")}
 
@@ -126,6 +130,12 @@ METHODS: tuple[SweepMethod, ...] = (
     SweepMethod("seacache", "SeaCache", "DitCache.ApplySeaCache", "threshold",
                 {"tiny": (0.1, 0.25, 1.0), "medium": (0.1, 0.25, 0.5), "trained": (0.1, 0.25, 0.5, 1.0)},
                 note="diffusers' defaults otherwise (residual order 1, retention 1, end 1, at most 2 in a row)"),
+    # the budget: computed steps per CFG stream of the 20 (tiny/medium: of the sweep's steps)
+    SweepMethod("stepschedule", "Step Schedule (DP, calibrated)", "DitCache.ApplyStepSchedule", "computed_steps",
+                {"tiny": (5, 8), "medium": (5, 8), "trained": (3, 4, 5, 6, 8, 10)},
+                prepared=_stepschedule_inputs,
+                note="calibrated on the bench model first (Step Schedule Calibrate, same steps); the schedule "
+                     "is the DP's for the budget with the node's default on_skipped"),
     SweepMethod("deepcache", "DeepCache (UNets)", "DitCache.ApplyDeepCache", "interval",
                 {"tiny": (2, 3, 5), "medium": (2, 3, 5)}, family="sd15",
                 note="UNet models only: on a DiT bench model the node warns and leaves the model unchanged (points "

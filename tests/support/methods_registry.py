@@ -70,8 +70,10 @@ def _calibration_for(model: Any, family: str, method: str = "MagCache") -> str:
     from dit_cache.hosts.comfy import run_log
     from dit_cache.nodes.magcache_nodes import MagCacheCalibrate
     from dit_cache.nodes.smoothcache_nodes import SmoothCacheCalibrate
+    from dit_cache.nodes.stepschedule_node import StepScheduleCalibrate
 
-    calibrate = {"MagCache": MagCacheCalibrate, "SmoothCache": SmoothCacheCalibrate}[method]
+    calibrate = {"MagCache": MagCacheCalibrate, "SmoothCache": SmoothCacheCalibrate,
+                 "StepSchedule": StepScheduleCalibrate}[method]
     key = (id(model.model), method)
     if key not in _calibrations:
         if not _calibration_dir:
@@ -81,7 +83,8 @@ def _calibration_for(model: Any, family: str, method: str = "MagCache") -> str:
         tiny = tiny_models.TinyModel(family, "tiny", model, tiny_models.FAMILIES[family]["tiny"], 0)
         earlier = run_log.recent()  # the calibration run is not part of the cell's runs
         ksample(calibrate.execute(model, filename_prefix="matrix").result[0], tiny, cfg=tiny.spec.cfg)
-        saved = [r for r in run_log.recent() if r.get("method") == f"{method}Calibrate" and "calibration" in r][-1][
+        saved = [r for r in run_log.recent() if r.get("method") == f"{calibrate.label().replace(' ', '')}"
+                 and "calibration" in r][-1][
             "calibration"]["file"]
         run_log.clear()
         for r in earlier:
@@ -100,6 +103,17 @@ def _magcache(model: Any, setting: str, family: str) -> Any:
     return ApplyMagCache.execute(model, calibration=calibration, threshold=threshold, max_skip_steps=k,
                                  retention_ratio=0.2, start_percent=0.0, end_percent=1.0,
                                  interpolation="schedule").result[0]
+
+
+def _stepschedule(model: Any, setting: str, family: str) -> Any:
+    from dit_cache.nodes.calibration_store import identify
+    from dit_cache.nodes.stepschedule_node import ApplyStepSchedule
+
+    # computed steps per stream of the matrix's run; 0 disables (model unchanged)
+    budget = {"aggressive": 3, "mild": 8, "disabled": 0}[setting]
+    calibration = _calibration_for(model, family, "StepSchedule") if budget and identify(model) else "none"
+    return ApplyStepSchedule.execute(model, calibration=calibration, computed_steps=budget, max_error=0.0,
+                                     on_skipped="adams-bashforth 1", order=1).result[0]
 
 
 def _teacache(model: Any, setting: str, family: str) -> Any:
@@ -243,6 +257,7 @@ METHODS: dict[str, Method] = {
     "pab": Method("PAB", "DitCache.PABConfig", _pab),
     "fastercache": Method("FasterCache", "DitCache.ApplyFasterCache", _fastercache),
     "smoothcache": Method("SmoothCache", "DitCache.ApplySmoothCache", _smoothcache),
+    "stepschedule": Method("Step Schedule", "DitCache.ApplyStepSchedule", _stepschedule),
     "seacache": Method("SeaCache", "DitCache.ApplySeaCache", _seacache),
     "deepcache": Method("DeepCache", "DitCache.ApplyDeepCache", _deepcache, families=frozenset(), unets=True),
     "adacache": Method("AdaCache", "DitCache.ApplyAdaCache", _adacache),
