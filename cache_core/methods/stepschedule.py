@@ -5,7 +5,8 @@ Calibration (:class:`StepScheduleCalibratePolicy`, "Step Schedule Calibrate") co
 CFG stream a bounded reduction of the block stack's residual (``stepschedule_calibration.py``). From it
 :func:`plan` builds the error table for the chosen way of filling skipped steps (reuse or a forecaster of
 ``cache_core/forecasters.py``, the apply nodes' own classes) and picks, per stream, the computed steps that
-minimise the accumulated error (``cache_core/schedule_dp.py``: CacheQuant's DP, arXiv 2503.01323, over pairs of
+minimise the accumulated error, one schedule for every stream of a batch (a call skips only when all its streams
+skip; the DP minimises the streams' mean error) (``cache_core/schedule_dp.py``: CacheQuant's DP, arXiv 2503.01323, over pairs of
 computed steps; O(N T^3)). With ``max_error`` > 0 instead of a budget, the smallest budget whose optimal error is
 at most ``max_error``.
 
@@ -83,27 +84,34 @@ def uniform_steps(steps: int, budget: int) -> list[int]:
 
 def plan(cal: StepCalibration, computed_steps: int, max_error: float, on_skipped: str, order: int
          ) -> dict[str, StreamPlan]:
-    """Per CFG stream of ``cal``: the optimal schedule for the budget (or the smallest meeting ``max_error``)."""
-    out: dict[str, StreamPlan] = {}
+    """The optimal schedule for the budget (or the fewest steps meeting ``max_error``), per CFG stream of
+    ``cal``. A model call skips only when every stream of its batch skips, so the streams share one schedule:
+    the DP runs on the mean of the streams' error tables; each stream's own errors are reported."""
     points = history_points(on_skipped, order)
+    per: dict[str, tuple[Any, Any, list[float]]] = {}
+    tables = []
     for label, feats in cal.features.items():
         t = feats.shape[0]
         sig = cal.call_sigmas.get(label, [])
-        end = cal.sigmas[-1] if cal.sigmas else None
-        ds = step_weights(sig, t, end)
-        times = [s if s is not None else float("nan") for s in sig] if sig and None not in sig else []
+        ds = step_weights(sig, t, cal.sigmas[-1] if cal.sigmas else None)
+        times = list(sig) if sig and None not in sig else []
         weights = forecast_weights(skip_forecaster(on_skipped, order, torch.float64), times)
-        table: ErrorTable = error_table(feats, weights, ds, points)
-        if max_error > 0:
-            found = optimal_schedules(table)
-            n = min((k for k, s in found.items() if s.error <= max_error), default=t)
-            chosen = found[n]
-        else:
-            n = min(max(computed_steps, 1), t)
-            chosen = optimal_schedules(table, n)[n]
+        tables.append(error_table(feats, weights, ds, points).err)
+        per[label] = (feats, weights, ds)
+    t = cal.steps
+    table = ErrorTable(torch.stack(tables).mean(dim=0), points)
+    if max_error > 0:
+        found = optimal_schedules(table)
+        n = min((k for k, s in found.items() if s.error <= max_error), default=t)
+        chosen = found[n]
+    else:
+        n = min(max(computed_steps, 1), t)
+        chosen = optimal_schedules(table, n)[n]
+    uni = uniform_steps(t, len(chosen.steps))
+    out: dict[str, StreamPlan] = {}
+    for label, (feats, weights, ds) in per.items():
         pos = calibrated_positions(cal, label)
-        uni = uniform_steps(t, len(chosen.steps))
-        out[label] = StreamPlan(chosen.steps, [pos[k] for k in chosen.steps],
+        out[label] = StreamPlan(list(chosen.steps), [pos[k] for k in chosen.steps],
                                 schedule_error(chosen.steps, feats, weights, ds, points), chosen.error,
                                 schedule_error(uni, feats, weights, ds, points))
     return out
