@@ -175,6 +175,7 @@ ID_DBCACHE, ID_TAYLORSEER, ID_ADAPTIVE, ID_FASTERCACHE, ID_SMOOTH_CALIBRATE, ID_
 ID_SEACACHE = 27
 ID_DEEPCACHE = 28
 ID_ADACACHE = 29
+ID_STEP_CALIBRATE, ID_STEP_APPLY = 30, 31
 FLUX_KSAMPLER = [0, "fixed", 28, 1.0, "euler", "simple", 1.0]  # seed, control, steps, cfg, sampler, scheduler, denoise
 
 
@@ -292,6 +293,39 @@ def flux_smoothcache() -> Workflow:
             "(0.15, the SmoothCache authors' example); try 0.1 / 0.2 without recalibrating (higher = more reuse, "
             "faster). Extra memory: about 2 GiB at 1024x1024 (the last output of every attention and "
             "feed-forward module). " + PANEL_HINT, (-40, 500), (360, 520))
+    return wf
+
+
+def flux_stepschedule() -> Workflow:
+    wf = Workflow("flux-stepschedule-calibrate-apply")
+    model, vae, guid, neg_t, latent = _flux_inputs(wf)
+    # filename_prefix
+    calib = cache_node(wf, "DitCache.StepScheduleCalibrate", ["stepschedule"], model, (1120, 60),
+                       size=(320, 58), title="1. Step Schedule Calibrate (run once)", nid=ID_STEP_CALIBRATE)
+    # calibration (a placeholder the user replaces), computed_steps, max_error, on_skipped, order
+    apply_ = cache_node(wf, "DitCache.ApplyStepSchedule",
+                        ["(run group 1 once, press R, then pick its file)", 7, 0.0, "adams-bashforth 1", 1],
+                        model, (1120, 760), size=(320, 154), title="2. Apply Step Schedule (pick your calibration file)",
+                        nid=ID_STEP_APPLY)
+    s1 = ksampler(wf, calib, guid, neg_t, latent, list(FLUX_KSAMPLER), (1120, 220),
+                  title="KSampler (calibration pass: full model)")
+    s2 = ksampler(wf, apply_, guid, neg_t, latent, list(FLUX_KSAMPLER), (1120, 960), title="KSampler (cached)")
+    d1, v1 = decode_save(wf, s1, vae, (1480, 60), "flux-stepschedule-calibration")
+    d2, v2 = decode_save(wf, s2, vae, (1480, 760), "flux-stepschedule")
+    wf.mute(apply_, s2, d2, v2)  # nothing to apply before the first run saved a calibration
+    wf.group("1. Calibrate (queue once, then mute this group)", (1100, -10, 820, 630))
+    wf.group("2. Apply (muted until a calibration file exists)", (1100, 690, 820, 670))
+    wf.note("Flux.1-dev with a step schedule optimised on your own model (dit-cache).\n\nFiles to download "
+            f"(ComfyUI/models/...):\n{FLUX_FILES}\n\n1. Queue once. Group 1 runs the full model through "
+            "'Step Schedule Calibrate', which keeps a small reduced copy of the transformer's output at every step "
+            "and saves it to models/magcache/stepschedule_flux_28steps_<fingerprint>_00001.safetensors. Group 2 "
+            "is muted (greyed out) until a file exists.\n2. Press R (reloads the node lists), pick your file in "
+            "'Apply Step Schedule' > calibration, then right-click group 1's title > 'Set Group Nodes to Never' "
+            "and group 2's title > 'Set Group Nodes to Always', and queue again.\n\ncomputed_steps 7: the 7 of "
+            "the 28 steps that keep the accumulated error smallest compute (chosen by dynamic programming over the "
+            "calibration's errors, shown on the node and in the log); the others are forecast from the last two "
+            "computed steps (Adams-Bashforth 1 on the sigmas). Fewer steps = faster; or set max_error (e.g. 0.05) "
+            "to let the node choose the count. " + PANEL_HINT, (-40, 500), (360, 560))
     return wf
 
 
@@ -506,7 +540,7 @@ def sd15_deepcache() -> Workflow:
 
 
 WORKFLOWS = (flux_magcache, *(lambda m=m: wan21(m) for m in WAN21_METHODS), wan22, qwen_image, ltxv_pab,
-             flux_dbcache, flux_taylorseer, flux_smoothcache, sd15_deepcache)
+             flux_dbcache, flux_taylorseer, flux_smoothcache, sd15_deepcache, flux_stepschedule)
 
 
 def main() -> int:
