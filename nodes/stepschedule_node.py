@@ -18,7 +18,7 @@ from .calibrate import CalibrateNode, CalibrationRun
 
 log = logging.getLogger("dit_cache")
 
-DEFAULT_ON_SKIPPED = "adams-bashforth 1"
+DEFAULT_ON_SKIPPED = "taylor"
 
 
 def plan_text(plans: dict[str, StreamPlan], steps: int) -> str:

@@ -304,7 +304,7 @@ def flux_stepschedule() -> Workflow:
                        size=(320, 58), title="1. Step Schedule Calibrate (run once)", nid=ID_STEP_CALIBRATE)
     # calibration (a placeholder the user replaces), computed_steps, max_error, on_skipped, order
     apply_ = cache_node(wf, "DitCache.ApplyStepSchedule",
-                        ["(run group 1 once, press R, then pick its file)", 7, 0.0, "adams-bashforth 1", 1],
+                        ["(run group 1 once, press R, then pick its file)", 7, 0.0, "taylor", 1],
                         model, (1120, 760), size=(320, 154), title="2. Apply Step Schedule (pick your calibration file)",
                         nid=ID_STEP_APPLY)
     s1 = ksampler(wf, calib, guid, neg_t, latent, list(FLUX_KSAMPLER), (1120, 220),
@@ -324,7 +324,7 @@ def flux_stepschedule() -> Workflow:
             "and group 2's title > 'Set Group Nodes to Always', and queue again.\n\ncomputed_steps 7: the 7 of "
             "the 28 steps that keep the accumulated error smallest compute (chosen by dynamic programming over the "
             "calibration's errors, shown on the node and in the log); the others are forecast from the last two "
-            "computed steps (Adams-Bashforth 1 on the sigmas). Fewer steps = faster; or set max_error (e.g. 0.05) "
+            "computed steps (linear Taylor extrapolation). Fewer steps = faster; or set max_error (e.g. 0.05) "
             "to let the node choose the count. " + PANEL_HINT, (-40, 500), (360, 560))
     return wf
 
