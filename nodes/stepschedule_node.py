@@ -87,18 +87,23 @@ class ApplyStepSchedule(CacheNode):
         if on_skipped not in ON_SKIPPED:
             raise ValueError(f"{cls.label()}: on_skipped must be one of {ON_SKIPPED}")
         plans = plan(cal, computed_steps, max_error, on_skipped, order)
-        cls._text = plan_text(plans, cal.steps)
+        text = plan_text(plans, cal.steps)
         log.info("[dit-cache] %s: using %s (%s, %d steps, %s)\n%s", cls.label(), plain(cal.name, 120),
-                 plain(cal.family), cal.steps, on_skipped, cls._text)
+                 plain(cal.family), cal.steps, on_skipped, text)
         return StepScheduleConfig(positions={k: p.positions for k, p in plans.items()}, on_skipped=on_skipped,
                                   order=order, calibrated_steps=cal.steps,
-                                  chosen={k: p.steps for k, p in plans.items()})
-
-    _text = ""
+                                  chosen={k: p.steps for k, p in plans.items()}, note=text)
 
     @classmethod
-    def attach(cls, model: Any, policy: Any, ui: dict | None = None) -> io.NodeOutput:
-        return super().attach(model, policy, ui=ui or ({"text": [cls._text]} if cls._text else None))
+    def execute(cls, model: Any, **inputs: Any) -> io.NodeOutput:
+        """CacheNode's flow, with the chosen steps shown on the node."""
+        if cls.off_reason(**inputs) is not None:
+            return super().execute(model, **inputs)  # logs why, model unchanged
+        cls.reject_bad_inputs(inputs)
+        config = cls.make_config(model, **inputs)
+        if config is None:  # make_config has said why
+            return io.NodeOutput(model)
+        return cls.attach(model, cls.make_policy(model, config), ui={"text": [config.note]})
 
 
 class StepScheduleCalibrate(CalibrateNode):

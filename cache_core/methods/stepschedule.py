@@ -129,6 +129,7 @@ class StepScheduleConfig:
     order: int = 1
     calibrated_steps: int = field(default=20, metadata=HIDDEN)
     chosen: Mapping[str, Sequence[int]] = field(default_factory=dict)
+    note: str = field(default="", metadata=HIDDEN, compare=False)  # the plan in words (the node's text)
 
     def __post_init__(self) -> None:
         if self.on_skipped not in ON_SKIPPED:
