@@ -42,7 +42,9 @@ function fmtBytes(n) {
   return `${(n / 1024 ** i).toFixed(i ? 1 : 0)} ${u[i]}`;
 }
 const fmtS = (s) => (s == null ? "-" : s < 10 ? `${s.toFixed(2)} s` : `${s.toFixed(1)} s`);
-const fmtVal = (v) => (typeof v === "number" && !Number.isInteger(v) ? +v.toFixed(4) : v);
+// numbers to 4 decimals; objects (Step Schedule's chosen steps per stream, MagCache's curves) as JSON
+const fmtVal = (v) => (typeof v === "number" && !Number.isInteger(v) ? +v.toFixed(4)
+  : v !== null && typeof v === "object" ? JSON.stringify(v) : v);
 
 function el(tag, attrs = {}, ...children) {
   const e = document.createElement(tag);
