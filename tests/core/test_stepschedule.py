@@ -13,7 +13,7 @@ from dit_cache.cache_core.methods import stepschedule_calibration as cal_io
 from dit_cache.cache_core.methods.stepschedule import (StepScheduleConfig, StepSchedulePolicy, plan, uniform_steps)
 from dit_cache.cache_core.policy import RunInfo, StreamCall
 from dit_cache.cache_core.schedule_dp import (ErrorTable, brute_force, error_table, forecast_weights,
-                                              optimal_schedules, schedule_error)
+                                              optimal_schedules)
 
 
 def random_table(t: int, seed: int, points: int) -> ErrorTable:
