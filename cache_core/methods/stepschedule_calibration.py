@@ -43,11 +43,12 @@ def _projection(hidden: int) -> torch.Tensor:
 
 def reduce_feature(residual: torch.Tensor) -> torch.Tensor:
     """The bounded, linear reduction of one stream's residual (see the module docstring): float32, CPU, 1-D."""
-    x = residual.detach().float()
+    x = residual.detach()
     x = x.reshape(-1, x.shape[-1]) if x.ndim >= 2 else x.reshape(-1, 1)
-    if x.shape[0] > MAX_TOKENS:
+    if x.shape[0] > MAX_TOKENS:  # tokens picked before the float copy: never a float32 copy of the whole residual
         idx = torch.linspace(0, x.shape[0] - 1, MAX_TOKENS, device=x.device).round().long()
         x = x.index_select(0, idx)
+    x = x.float()
     if x.shape[1] > PROJ_DIM:
         x = x @ _projection(x.shape[1]).to(x.device)
     return x.reshape(-1).cpu()
