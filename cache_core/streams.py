@@ -152,11 +152,17 @@ class StreamRunner:
         raise NotImplementedError
 
     def reuse_uncond(self, sigma: float | None, full: Callable[[], tuple[torch.Tensor, torch.Tensor]],
-                     cond_only: Callable[[], torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, bool]:
+                     cond_only: Callable[[], torch.Tensor],
+                     uncond_only: Callable[[], torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor, bool]:
         """One CFG step of a policy with ``uncond_reuse``: ``full()`` computes both branches and returns their
         outputs (cond, uncond); ``cond_only()`` computes the conditional branch alone. Returns (cond, uncond,
         rebuilt): on the steps the policy picks, the uncond output is rebuilt from the cond one. Every host uses
-        this; only how a host leaves the uncond branch out of its batch differs."""
+        this; only how a host leaves the uncond branch out of its batch differs.
+
+        Weights that change at a step (``CallInfo.weights``, e.g. a hook keyframe) are seen only when the step's
+        model calls begin, after the decision: when the cond-only calls reset a stream for new weights, the stored
+        branch differences (made under the old weights) are dropped and the uncond branch is computed after all,
+        by ``uncond_only()`` where the host gives one (the uncond branch alone), else by ``full()``."""
         policy, state = self.policy, self.uncond_state
 
         def inside(name: str) -> bool:
@@ -166,9 +172,9 @@ class StreamRunner:
         if begin is not None:
             begin(state, sigma, self.run)
 
-        def both() -> tuple[torch.Tensor, torch.Tensor, bool]:
+        def computed(compute: Callable[[], tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor, bool]:
             resets = self.weight_resets
-            cond, uncond = full()
+            cond, uncond = compute()
             if self.weight_resets != resets and begin is not None:  # its state was replaced during the calls
                 begin(self.uncond_state, sigma, self.run)
             policy.uncond_observe(self.uncond_state, cond, uncond)
@@ -176,7 +182,7 @@ class StreamRunner:
             return cond, uncond, False
 
         if not policy.uncond_skips(state, inside("uncond")):
-            return both()
+            return computed(full)
         self.uncond_dropped = True
         resets = self.weight_resets
         try:
@@ -184,11 +190,10 @@ class StreamRunner:
         finally:
             self.uncond_dropped = False
         if self.weight_resets != resets:
-            # the weights changed at this step (a hook keyframe): the branch differences stored under the old
-            # weights were dropped, so the unconditional branch is computed after all (both branches, once)
-            log.info("[dit-cache] %s: weights changed, the unconditional branch is computed this step",
-                     policy.name)
-            return both()
+            log.info("[dit-cache] %s: weights changed, the unconditional branch is computed this step", policy.name)
+            if uncond_only is None:
+                return computed(full)
+            return computed(lambda: (cond, uncond_only()))
         uncond = policy.uncond_rebuild(state, cond, inside)
         self.stats.count("uncond", 1, 1)
         return cond, uncond, True

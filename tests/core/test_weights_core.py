@@ -1,0 +1,88 @@
+"""Weights that change within a run (``CallInfo.weights``; ComfyUI's hook LoRAs at a keyframe): a stream whose
+weights key differs from its previous call's starts afresh, so nothing computed under other weights is reused.
+Toy blocks; the real host's test is tests/comfy/test_hooks_comfy.py."""
+from __future__ import annotations
+
+from typing import Hashable
+
+import torch
+
+from dit_cache.cache_core import BlockCacheRunner, CallInfo, FirstBlockCacheConfig, FirstBlockCachePolicy, RunStats
+from dit_cache.cache_core.methods.taylorseer import TaylorSeerConfig, TaylorSeerPolicy
+
+from toy_blocks import ONE
+
+W = [1.0, 2.0, 3.0, 5.0]  # block i > 0 adds W[i] * scale (its weights), block 0 adds the call's head value
+
+
+def call(runner: BlockCacheRunner, head: float, scale: float, weights: Hashable | None,
+         streams=(("c", "cond"),)) -> tuple[torch.Tensor, list[int]]:
+    img = torch.zeros(len(streams), 4, 2)
+    runner.begin_call(CallInfo(list(streams), weights=weights))
+    ran: list[int] = []
+    for i in range(4):
+        def run(st, i=i):
+            ran.append(i)
+            return {"img": st["img"] + (head if i == 0 else W[i] * scale)}
+        img = runner.block(0, i, {"img": img}, run)["img"]
+    runner.end_call(0.0)
+    return img, ran
+
+
+def make(policy) -> BlockCacheRunner:
+    return BlockCacheRunner(ONE, [4], policy, RunStats(policy.name, policy.settings(), "toy"))
+
+
+def fbc() -> BlockCacheRunner:
+    return make(FirstBlockCachePolicy(FirstBlockCacheConfig(threshold=0.5)))
+
+
+def test_a_weights_change_computes_and_later_calls_reuse_the_new_weights_work():
+    runner = fbc()
+    call(runner, 1.0, 1.0, ("lora", 0.0))
+    out, ran = call(runner, 1.0, 1.0, ("lora", 0.0))
+    assert ran == [0]  # same weights: skipped
+    out, ran = call(runner, 1.0, 2.0, ("lora", 1.0))
+    assert ran == [0, 1, 2, 3]  # new weights: computed, although block 0 did not change
+    assert torch.allclose(out, torch.full_like(out, 1.0 + 2 * 10.0))
+    out, ran = call(runner, 1.0, 2.0, ("lora", 1.0))
+    assert ran == [0] and torch.allclose(out, torch.full_like(out, 1.0 + 2 * 10.0))
+    records = runner.stats.records
+    assert [r.reason for r in records][:3] == ["no_cache", "metric", "weights"]
+    assert [r.weights for r in records] == [0, 0, 1, 1]
+    assert runner.stats.details["weight_resets"] == 1
+
+
+def test_without_a_key_the_old_weights_work_is_reused():
+    """What the key prevents: the same calls without weights keys skip the change and keep the old residual."""
+    runner = fbc()
+    call(runner, 1.0, 1.0, None)
+    out, ran = call(runner, 1.0, 2.0, None)
+    assert ran == [0] and torch.allclose(out, torch.full_like(out, 1.0 + 10.0))
+    assert all(r.weights is None for r in runner.stats.records)
+    assert "weight_resets" not in runner.stats.details
+
+
+def test_streams_reset_apart():
+    """Cond and uncond with different hooks run as separate calls: only the stream whose weights changed resets."""
+    runner = fbc()
+    for _ in range(2):
+        call(runner, 1.0, 1.0, ("lora", 0.0), streams=(("c", "cond"),))
+        call(runner, 1.0, 1.0, None, streams=(("u", "uncond"),))
+    _, ran_cond = call(runner, 1.0, 2.0, ("lora", 1.0), streams=(("c", "cond"),))
+    _, ran_uncond = call(runner, 1.0, 1.0, None, streams=(("u", "uncond"),))
+    assert ran_cond == [0, 1, 2, 3] and ran_uncond == [0]
+    assert runner.stats.details["weight_resets"] == 1
+
+
+def test_forecaster_history_is_dropped():
+    """TaylorSeer: after a weights change the forecaster starts again from the new weights' computed calls."""
+    policy = TaylorSeerPolicy(TaylorSeerConfig(cache_interval=2, warmup_steps=1, max_order=0, factor_dtype="float32"))
+    runner = make(policy)
+    call(runner, 1.0, 1.0, "a")
+    out, ran = call(runner, 1.0, 1.0, "a")
+    assert ran == [] and torch.allclose(out, torch.full_like(out, 11.0))
+    out, ran = call(runner, 1.0, 2.0, "b")
+    assert ran == [0, 1, 2, 3] and torch.allclose(out, torch.full_like(out, 21.0))
+    out, ran = call(runner, 1.0, 2.0, "b")
+    assert ran == [] and torch.allclose(out, torch.full_like(out, 21.0))
