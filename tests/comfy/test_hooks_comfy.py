@@ -5,7 +5,7 @@ Before each step ComfyUI moves every hook to that step's keyframe, and before ea
 the call's hook group; the host gives each call a weights key from those hooks (``patch.hook_weights``) and a
 stream whose key changes starts afresh (``StreamRunner.begin_call``). "Without the reset" is the same run with
 the host's key off (``patch.hook_weights`` -> None): the cache then reuses work done under the old weights
-(figures in docs/nodes.md, troubleshooting)."""
+(figures in docs/support-matrix.md, "Hook LoRAs and keyframes")."""
 from __future__ import annotations
 
 import logging

@@ -86,3 +86,49 @@ def test_forecaster_history_is_dropped():
     assert ran == [0, 1, 2, 3] and torch.allclose(out, torch.full_like(out, 21.0))
     out, ran = call(runner, 1.0, 2.0, "b")
     assert ran == [] and torch.allclose(out, torch.full_like(out, 21.0))
+
+
+def test_unconditional_branch_reuse_computes_uncond_when_the_weights_change():
+    """TaylorSeer's uncond_interval decides before the step's model calls: when the cond-only call meets new weights,
+    the stored branch differences (old weights) are dropped and the uncond branch is computed alone after all."""
+    from dit_cache.cache_core.policy import RunInfo
+
+    policy = TaylorSeerPolicy(TaylorSeerConfig(cache_interval=2, warmup_steps=1, uncond_interval=2,
+                                               forecaster="adams-bashforth 1"))
+    run = RunInfo(sigmas=tuple(1.0 - i / 10 for i in range(11)))
+    runner = BlockCacheRunner(ONE, [4], policy, RunStats(policy.name, policy.settings(), "toy"), run=run)
+    paths: list[str] = []
+    new_diffs: list[torch.Tensor] = []  # branch differences computed under the new weights
+    for s in range(10):
+        sigma, weights = run.sigmas[s], ("lora", 0.0 if s < 4 else 1.0)
+        cond = torch.full((2,), 2.0 * sigma + (s >= 4))
+        uncond = cond + (0.5 - sigma) * (1 if s < 4 else 3)  # the branch difference changes with the weights
+
+        def model_call(streams, path):
+            paths.append(path)
+            runner.begin_call(CallInfo(streams, sigma=sigma, weights=weights))
+            runner.end_call(0.0)
+
+        def full():
+            model_call([("u", "uncond"), ("c", "cond")], f"{s}:full")
+            return cond, uncond
+
+        def cond_only():
+            model_call([("c", "cond")], f"{s}:cond")
+            return cond
+
+        def uncond_only():
+            model_call([("u", "uncond")], f"{s}:uncond")
+            return uncond
+
+        got_cond, got_uncond, rebuilt = runner.reuse_uncond(sigma, full, cond_only, uncond_only)
+        if not rebuilt:
+            torch.testing.assert_close(got_uncond, uncond)
+            if s >= 4:
+                new_diffs.append(uncond - cond)
+        elif s >= 4:  # from the new weights' differences only: one is reused, two extrapolate the line exactly
+            assert new_diffs
+            torch.testing.assert_close(got_uncond, cond + new_diffs[-1] if len(new_diffs) == 1 else uncond)
+    # steps 0-3 as without weights (warm-up, computed at 0 and 2); at 4 the cond-only call met the new weights
+    assert paths[:6] == ["0:full", "1:cond", "2:full", "3:cond", "4:cond", "4:uncond"]
+    assert runner.stats.details["weight_resets"] == 2  # cond at step 4, then uncond
