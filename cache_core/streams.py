@@ -191,6 +191,8 @@ class StreamRunner:
             self.uncond_dropped = False
         if self.weight_resets != resets:
             log.info("[dit-cache] %s: weights changed, the unconditional branch is computed this step", policy.name)
+            if begin is not None:  # the state the reset made
+                begin(self.uncond_state, sigma, self.run)
             if uncond_only is None:
                 return computed(full)
             return computed(lambda: (cond, uncond_only()))
