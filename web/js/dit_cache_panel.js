@@ -92,7 +92,8 @@ function timeline(records) {
       });
       const tip = svg("title");
       tip.textContent = `${name} call ${r.call_index}: ${r.skipped ? "skipped" : "computed"} (${r.reason})` +
-        (r.sigma != null ? `, sigma ${r.sigma.toFixed(3)}` : "") + (r.metric != null ? `, metric ${r.metric.toFixed(4)}` : "");
+        (r.sigma != null ? `, sigma ${r.sigma.toFixed(3)}` : "") + (r.metric != null ? `, metric ${r.metric.toFixed(4)}` : "") +
+        (r.weights != null ? `, weights ${r.weights}` : "");
       rect.append(tip);
       s.append(rect);
     }
