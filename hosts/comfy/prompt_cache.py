@@ -321,7 +321,6 @@ class DiskStore:
 
         from safetensors.torch import save_file
 
-        os.makedirs(self.folder, exist_ok=True)
         tensors = {f"part.{i}": p.contiguous() for i, p in enumerate(entry.parts)}
         tensors.update({f"latent.{k}": v.contiguous() for k, v in entry.latents.items()})
         meta = {"dit_cache_prompt_cache": json.dumps({"key": repr(entry.key), "seed": entry.seed,
@@ -329,6 +328,7 @@ class DiskStore:
         path = self._path(entry)
         tmp = path + ".tmp"
         try:
+            os.makedirs(self.folder, exist_ok=True)
             save_file(tensors, tmp, metadata=meta)
             os.replace(tmp, path)
         except Exception as e:
