@@ -177,3 +177,29 @@ def test_composes_with_a_per_step_cache_and_logs_one_line_per_run(m, caplog):
 
 def test_max_skip_zero_leaves_the_model_unchanged(m):
     assert apply(m.patcher, max_skip=0.0) is m.patcher
+
+
+@pytest.mark.parametrize("family", ["wan21", "sd15"])
+def test_resume_is_exact_on_other_model_samplings(family):
+    """Wan 2.1 (5-D latents, flow sampling; trained) and SD1.5 (a UNet, EPS sampling; tiny random weights): a
+    repeated prompt and seed resumes from the stored state exactly (the host maps it through the model's own
+    noise_scaling)."""
+    import comfy.sample
+
+    import tiny_models
+
+    m = trained_models.load(family) if family == "wan21" else tiny_models.build(family)
+    cond, neg = (m.conditioning(0), m.empty()) if family == "wan21" else (m.conditioning(1), m.conditioning(2))
+    noise = m.noise(1, 0) if family == "wan21" else m.noise(1)
+
+    def go(model):
+        return comfy.sample.sample(model, noise, 10, 4.0, "euler", "simple", cond, neg, torch.zeros_like(noise),
+                                   seed=0, disable_pbar=True)
+
+    ref = go(m.patcher)
+    model = apply(m.patcher)
+    go(model)
+    out = go(model)
+    rec = [x for x in run_log.recent() if "prompt_cache" in x["details"]][-1]["details"]["prompt_cache"]
+    log.info("Prompt Cache %s repeat: %s, PSNR %.1f dB", family, rec, psnr(out, ref))
+    assert rec["outcome"] == "hit" and rec["k"] == 5 and psnr(out, ref) > 60
