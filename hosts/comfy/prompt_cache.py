@@ -147,7 +147,7 @@ def conditioning_parts(guider: Any) -> tuple[str, list[torch.Tensor]]:
     conds = getattr(guider, "original_conds", None)
     if not conds:
         raise Uncacheable("no conditioning")
-    cfg = getattr(guider, "cfg", 1.0)
+    cfg = getattr(guider, "cfg", None)  # a guider without one (DualCFGGuider...): every branch counts
     h = hashlib.sha256(repr(("cfg", float(cfg) if isinstance(cfg, (int, float)) else repr(cfg))).encode())
     parts: list[torch.Tensor] = []
     for branch in sorted(conds):
@@ -268,9 +268,13 @@ def _sampler_sample_wrapper(executor: Any, model_wrap: Any, sigmas: torch.Tensor
         if torch.all(beta.abs() > 1e-6):
             if spec.store is not None:
                 spec.store.touch(hit.entry)
-            out = executor(model_wrap, sigmas[k:], extra_args, callback, torch.zeros_like(noise), x / beta,
-                           None, disable_pbar)
-            _record(spec, model_name, steps, "hit", True, t0, sim=hit.similarity, k=k)
+            ok = False
+            try:
+                out = executor(model_wrap, sigmas[k:], extra_args, callback, torch.zeros_like(noise), x / beta,
+                               None, disable_pbar)
+                ok = True
+            finally:
+                _record(spec, model_name, steps, "hit", ok, t0, sim=hit.similarity, k=k)
             return out
     best = cache.best_similarity(key, parts, seed)
     kept = set(kept_steps(cache.config, steps))
