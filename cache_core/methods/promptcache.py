@@ -35,8 +35,9 @@ from __future__ import annotations
 
 import collections
 import math
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Hashable, Sequence
+from typing import Any
 
 import torch
 
@@ -122,7 +123,7 @@ def kept_steps(config: PromptCacheConfig, steps: int) -> list[int]:
     distinct, each in 1..steps-1)."""
     out = []
     for level in range(1, config.levels + 1):
-        k = int(round(config.max_skip * level / config.levels * steps))
+        k = round(config.max_skip * level / config.levels * steps)
         k = min(max(k, 1), steps - 1)
         if k not in out:
             out.append(k)

@@ -29,11 +29,16 @@ import time
 import uuid
 from typing import Any
 
-import comfy.model_patcher
 import torch
 from comfy.patcher_extension import WrappersMP
 
-from ...cache_core.methods.promptcache import NAME, Entry, PromptCache, PromptCacheConfig, kept_steps
+from ...cache_core.methods.promptcache import (
+    NAME,
+    Entry,
+    PromptCache,
+    PromptCacheConfig,
+    kept_steps,
+)
 from ...cache_core.stats import RunStats
 from . import stats_server
 
@@ -175,7 +180,7 @@ _caches: dict[tuple[PromptCacheConfig, str | None], PromptCache] = {}
 _stores: dict[str, DiskStore] = {}
 
 
-def shared_cache(config: PromptCacheConfig, folder: str | None = None) -> tuple[PromptCache, "DiskStore | None"]:
+def shared_cache(config: PromptCacheConfig, folder: str | None = None) -> tuple[PromptCache, DiskStore | None]:
     """The process's cache for ``config`` (and disk folder): one per setting, so a node that runs again (a new
     model, a changed input) keeps the entries; the exact key keeps models apart."""
     store = None
@@ -222,7 +227,8 @@ def _record(spec: PromptCacheSpec, model_name: str, steps: int, outcome: str, ok
     run = stats_server.publish(run)
     sim_s = "-" if sim is None else f"{sim:.4f}"
     what = {"hit": f"hit at step {k}/{steps}, similarity {sim_s}, {k} steps saved",
-            "miss": f"miss (best similarity {sim_s}), {steps} steps run" + (", stored" if stored else ""),
+            "miss": f"miss (best similarity {sim_s}), {steps} steps run" + (", stored" if stored else "")
+                    + (f", {reason}" if reason else ""),
             "bypass": f"not cached ({reason}), {steps} steps run"}[outcome]
     log.info("[dit-cache] %s: %s; %d entries, %.1f MiB%s", spec.node_label, what, len(cache),
              cache.bytes / 2**20, "" if ok else " (run interrupted)")
@@ -291,15 +297,22 @@ def _sampler_sample_wrapper(executor: Any, model_wrap: Any, sigmas: torch.Tensor
         out = executor(model_wrap, sigmas, extra_args, keep, noise, latent_image, denoise_mask, disable_pbar)
         ok = True
     finally:
-        stored = False
+        stored, save_error = False, None
         if ok and states and set(states) == kept:
             entry = Entry(key, parts, states, seed)
-            if spec.store is not None:
-                spec.store.save(entry)  # raises on failure: the prompt fails rather than report a lost entry
-            stored = cache.add(entry)
-            if spec.store is not None and not stored:
-                spec.store.remove(entry)
-        _record(spec, model_name, steps, "miss", ok, t0, sim=best, stored=stored)
+            try:
+                if spec.store is not None:
+                    spec.store.save(entry)
+                stored = cache.add(entry)
+                if spec.store is not None and not stored:
+                    spec.store.remove(entry)
+            except (RuntimeError, OSError) as e:  # DiskStore.save's error (path and cause)
+                save_error = e
+        _record(spec, model_name, steps, "miss", ok, t0, sim=best, stored=stored,
+                reason=None if save_error is None else f"not stored: {save_error}")
+    if save_error is not None:
+        # the prompt fails rather than report an entry that was lost (the run's record says "not stored")
+        raise save_error
     return out
 
 
@@ -376,7 +389,8 @@ class DiskStore:
                 with safe_open(path, framework="pt") as st:
                     meta = json.loads(st.metadata()["dit_cache_prompt_cache"])
                     parts = [st.get_tensor(f"part.{i}") for i in range(meta["parts"])]
-                    latents = {int(n.split(".")[1]): st.get_tensor(n) for n in st.keys() if n.startswith("latent.")}
+                    names = [n for n in st.keys() if n.startswith("latent.")]  # noqa: SIM118 (safe_open, not a dict)
+                    latents = {int(n.split(".")[1]): st.get_tensor(n) for n in names}
                 key = ast.literal_eval(meta["key"])
             except Exception:
                 log.warning("[dit-cache] %s: skipped the unreadable cache file %s", NAME, path, exc_info=True)

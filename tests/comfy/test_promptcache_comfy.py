@@ -6,14 +6,12 @@ import logging
 
 import pytest
 import torch
-
 import trained_models
-from metrics import psnr
-
 from dit_cache.hosts.comfy import prompt_cache, run_log
 from dit_cache.nodes import promptcache_node
 from dit_cache.nodes.fbc_node import ApplyFirstBlockCache
 from dit_cache.nodes.promptcache_node import ApplyPromptCache
+from metrics import psnr
 
 log = logging.getLogger("dit_cache.tests")
 
@@ -33,7 +31,8 @@ def fresh():
 
 
 def apply(model, **kw):
-    inputs = dict(threshold=0.95, max_skip=0.5, levels=5, max_entries=16, max_mb=64.0, same_seed=False, disk=False)
+    inputs = {"threshold": 0.95, "max_skip": 0.5, "levels": 5, "max_entries": 16, "max_mb": 64.0, "same_seed": False,
+              "disk": False}
     inputs.update(kw)
     return ApplyPromptCache.execute(model, **inputs).result[0]
 
@@ -156,8 +155,9 @@ def test_disk_store_survives_a_new_process_cache_and_a_failed_save_fails(m, tmp_
     monkeypatch.setattr(promptcache_node, "disk_folder", lambda: str(blocked))
     with pytest.raises(RuntimeError, match="could not save"):
         run(m, apply(m.patcher, disk=True), m.conditioning("ring"))
-    last = [x for x in run_log.recent() if "prompt_cache" in x["details"]][-1]
-    assert last["completed"] and not last["details"]["prompt_cache"]["stored"]
+    last = [x for x in run_log.recent() if "prompt_cache" in x["details"]][-1]["details"]["prompt_cache"]
+    assert last["outcome"] == "miss" and not last["stored"] and "could not save" in last["reason"]
+    assert not prompt_cache.shared_cache(prompt_cache.PromptCacheConfig(disk=True), str(blocked))[0].entries
 
 
 def test_composes_with_a_per_step_cache_and_logs_one_line_per_run(m, caplog):
@@ -185,7 +185,6 @@ def test_resume_is_exact_on_other_model_samplings(family):
     repeated prompt and seed resumes from the stored state exactly (the host maps it through the model's own
     noise_scaling)."""
     import comfy.sample
-
     import tiny_models
 
     m = trained_models.load(family) if family == "wan21" else tiny_models.build(family)

@@ -3,9 +3,15 @@ from __future__ import annotations
 
 import pytest
 import torch
-
-from dit_cache.cache_core.methods.promptcache import (Entry, PromptCache, PromptCacheConfig, k_for, kept_steps,
-                                                      part_similarity, similarity)
+from dit_cache.cache_core.methods.promptcache import (
+    Entry,
+    PromptCache,
+    PromptCacheConfig,
+    k_for,
+    kept_steps,
+    part_similarity,
+    similarity,
+)
 
 
 def _seq(seed: int, tokens: int = 8, dim: int = 32) -> torch.Tensor:
