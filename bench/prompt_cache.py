@@ -28,8 +28,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from common import PACK, psnr, run_log, torch  # noqa: I001 (common puts tests/support on the path)
+
 import trained_models
-from common import PACK, psnr, run_log, torch
 
 prompt_cache = PACK.hosts.comfy.prompt_cache
 ApplyPromptCache = PACK.nodes.promptcache_node.ApplyPromptCache
