@@ -51,6 +51,9 @@ WRAPPER_KEY = "dit_cache_prompt_cache"
 TEXT_PARTS = ("cross_attn", "pooled_output")
 IGNORED = ("uuid",)
 _SAMPLES = 64  # elements sampled per weight tensor for the model fingerprint
+# tensors up to this size are also summed in full: a model's big weight matrices are not (a 12B model would be
+# read once in full), a fine-tune or merge changes their values everywhere, so the strided sample sees it
+_SUMMED = 1 << 20
 
 
 class PromptCacheSpec:
@@ -78,7 +81,8 @@ def _feed(h: Any, value: Any, depth: int = 0) -> None:
             flat = value.detach().reshape(-1)
             step = max(1, flat.numel() // _SAMPLES)
             h.update(flat[::step][:_SAMPLES].float().cpu().numpy().tobytes())
-            h.update(repr(float(flat.float().sum())).encode())
+            if flat.numel() <= _SUMMED:  # small tensors (embeddings, LoRA factors, scalars) count in full
+                h.update(repr(float(flat.float().sum())).encode())
     elif value is None or isinstance(value, (bool, int, float, str, bytes)):
         h.update(repr(value).encode())
     elif isinstance(value, (list, tuple)):
