@@ -235,7 +235,7 @@ function runCard(run, live = false) {
     el("div", { class: "dit-cache-settings", style: "opacity:.8;font-size:11px;margin:2px 0 4px" }, settings),
     el("div", { class: "dit-cache-counts", style: "font-size:12px" },
       el("b", {}, `${computed}`), " computed · ", el("b", {}, `${skipped}`), " skipped",
-      ` of ${calls} model calls`),
+      ` of ${calls} ${run.details?.prompt_cache ? "steps" : "model calls"}`), // Prompt Cache: counted in steps
   );
   // attention-level methods (PAB, FasterCache): what was reused inside the calls that ran
   for (const [part, [reused, total]] of Object.entries(run.reuse || {})) {
