@@ -16,6 +16,9 @@ Hints (``CallInfo.hints``): where the host adds to the streams between blocks, o
 output) and leaves it out of the cached residual. A skipped call passes its inputs through, so the host adds
 that call's own hints as usual, and the cached residual holds the blocks' work only: the output is
 ``head_out + hints_now + (tail_out_prev - head_out_prev - hints_prev)``, never the previous call's hints again.
+
+Weights (``CallInfo.weights``): a stream whose weights changed since its last call was reset when the call began
+(``StreamRunner.begin_call``); it has nothing cached, so it computes, with the reason "weights" in its record.
 """
 from __future__ import annotations
 
@@ -256,7 +259,7 @@ class BlockCacheRunner(StreamRunner):
         """Why the gate makes this stream compute, or None where the policy's rule decides."""
         gate = self.policy.gate
         if not (st.residuals or st.forecast_ready):
-            return "no_cache"
+            return st.reset_reason or "no_cache"  # "weights": its weights changed, everything cached was dropped
         if not in_window:
             return "window"
         if st.calls < gate.warmup_steps:
@@ -321,6 +324,7 @@ class BlockCacheRunner(StreamRunner):
             call.records.append(CallRecord(
                 stream=st.label, call_index=st.calls, sigma=call.info.sigma, skipped=call.skip,
                 metric=metric, threshold=self.policy.threshold, reason=reason,
+                weights=self.weights_id(call.info.weights),
             ))
 
     def _head_tokens(self, call: _Call, segment: int, t: torch.Tensor) -> torch.Tensor | None:

@@ -168,7 +168,8 @@ class ComponentCacheRunner(StreamRunner):
             records.append(CallRecord(
                 stream=st.label, call_index=st.calls, sigma=call.info.sigma, skipped=False,
                 metric=(reused / total) if total else 0.0, threshold=self.policy.threshold,
-                reason="attention" if reused else "computed",
+                reason=("weights" if st.reset_reason and st.calls == 0 else "attention" if reused else "computed"),
+                weights=self.weights_id(call.info.weights),
             ))
             st.calls += 1
             self.stats.count(self.policy.part, reused, total)

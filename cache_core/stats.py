@@ -16,8 +16,11 @@ class CallRecord:
     skipped: bool
     metric: float | None  # the method's decision metric (None where it was not computed)
     threshold: float
-    reason: str  # why: "metric", "warmup", "window", "max_skips", "max_cached", "no_cache", "batch"
+    reason: str  # why: "metric", "warmup", "window", "max_skips", "max_cached", "no_cache", "weights", "batch"
     wall_s: float = 0.0  # wall time of the whole model call this stream took part in
+    # the weights this call ran with, numbered per run in first-seen order (StreamRunner.weights_id); None: the
+    # model's own weights (no hooks)
+    weights: int | None = None
 
 
 @dataclass

@@ -5,7 +5,9 @@ method's policy names), calls :meth:`StreamRunner.begin_call` before each model 
 that make up the batch, in batch order), routes every transformer block through :meth:`block`, and ends the call
 with :meth:`StreamRunner.end_call` (or :meth:`StreamRunner.abort_call` when the model raised); the per-call
 wrapper that does this is :func:`~cache_core.model_call.model_call`. Each stream keeps its own state between
-calls; a stream whose inputs change shape, dtype or device starts afresh.
+calls; a stream whose inputs change shape, dtype or device starts afresh, and so does a stream whose weights
+change (``CallInfo.weights``: e.g. ComfyUI's hook LoRAs at a keyframe): nothing cached under other weights is
+reused, and the first call after the change computes.
 """
 from __future__ import annotations
 
@@ -44,6 +46,10 @@ class CallInfo:
     # Wan VACE hints): the block runner measures those additions on computed calls and keeps them out of its
     # cached residuals, so a skipped call adds this call's additions once, never the cached call's again
     hints: bool = False
+    # an identity of the weights this call runs with, where they can change within a run (ComfyUI: the hook group
+    # the patcher applied for this call and its hooks' current strengths); None: the model's own weights. A stream
+    # whose key differs from its previous call's starts afresh (StreamRunner.begin_call)
+    weights: Hashable | None = None
 
 
 def latent_frames(latent: Any) -> int | None:
@@ -59,11 +65,13 @@ class StreamState:
 
     def __init__(self, label: str) -> None:
         self.label = label
+        self.weights: Hashable | None = None  # CallInfo.weights of the stream's last call (kept across resets)
         self.reset()
 
     def reset(self) -> None:
         self.signature: tuple | None = None
         self.calls = 0
+        self.reset_reason: str | None = None  # why the stream last started afresh mid-run ("weights"), if it did
 
 
 class StreamRunner:
@@ -88,6 +96,8 @@ class StreamRunner:
         self.uncond_idle_logged = False  # the host said once that the uncond reuse cannot act (CFG 1, separate calls)
         self.uncond_state = policy.new_uncond_state() if getattr(policy, "uncond_reuse", False) else None
         self.group: DecisionGroup | None = None  # ranks taking one decision per call (cache_core/distributed.py)
+        self.weights_ids: dict[Hashable, int] = {}  # each distinct CallInfo.weights of the run -> its number
+        self.weight_resets = 0  # streams reset for new weights so far in the run
 
     def new_stream(self, label: str) -> StreamState:
         return StreamState(label)
@@ -103,9 +113,32 @@ class StreamRunner:
             st = self._streams.get(key)
             if st is None:
                 st = self._streams[key] = self.new_stream(label)
+            elif st.weights != info.weights:
+                self._weights_reset(st, info.weights)
+            st.weights = info.weights
             states.append(st)
             self.cfg_active = self.cfg_active or label.startswith("uncond")
         self._call = self.new_call(info, states)
+
+    def weights_id(self, weights: Hashable | None) -> int | None:
+        """The number of ``weights`` in this run (0, 1, ... in first-seen order; None for the model's own weights):
+        what a run record shows per call, so that every skipped call can be matched to the weights it ran with."""
+        if weights is None:
+            return None
+        return self.weights_ids.setdefault(weights, len(self.weights_ids))
+
+    def _weights_reset(self, st: StreamState, weights: Hashable | None) -> None:
+        """A stream's weights changed since its last call: drop everything it remembers (cached residuals, metric
+        history, forecaster history), so that this call computes and nothing computed under other weights is
+        reused; the unconditional-branch reuse forgets its stored branch differences too."""
+        log.info("[dit-cache] %s: %s stream weights changed (weights %s -> %s, e.g. a hook keyframe), cache reset",
+                 self.policy.name, st.label, self.weights_id(st.weights), self.weights_id(weights))
+        st.reset()
+        st.reset_reason = "weights"
+        self.weight_resets += 1
+        self.stats.details["weight_resets"] = self.weight_resets
+        if self.uncond_state is not None:
+            self.uncond_state = self.policy.new_uncond_state()
 
     def abort_call(self) -> None:
         """Forget the call in progress (the model raised or was interrupted): nothing is committed."""
@@ -119,11 +152,17 @@ class StreamRunner:
         raise NotImplementedError
 
     def reuse_uncond(self, sigma: float | None, full: Callable[[], tuple[torch.Tensor, torch.Tensor]],
-                     cond_only: Callable[[], torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, bool]:
+                     cond_only: Callable[[], torch.Tensor],
+                     uncond_only: Callable[[], torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor, bool]:
         """One CFG step of a policy with ``uncond_reuse``: ``full()`` computes both branches and returns their
         outputs (cond, uncond); ``cond_only()`` computes the conditional branch alone. Returns (cond, uncond,
         rebuilt): on the steps the policy picks, the uncond output is rebuilt from the cond one. Every host uses
-        this; only how a host leaves the uncond branch out of its batch differs."""
+        this; only how a host leaves the uncond branch out of its batch differs.
+
+        Weights that change at a step (``CallInfo.weights``, e.g. a hook keyframe) are seen only when the step's
+        model calls begin, after the decision: when the cond-only calls reset a stream for new weights, the stored
+        branch differences (made under the old weights) are dropped and the uncond branch is computed after all,
+        by ``uncond_only()`` where the host gives one (the uncond branch alone), else by ``full()``."""
         policy, state = self.policy, self.uncond_state
 
         def inside(name: str) -> bool:
@@ -132,16 +171,31 @@ class StreamRunner:
         begin = getattr(policy, "uncond_begin", None)
         if begin is not None:
             begin(state, sigma, self.run)
-        if not policy.uncond_skips(state, inside("uncond")):
-            cond, uncond = full()
-            policy.uncond_observe(state, cond, uncond)
+
+        def computed(compute: Callable[[], tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor, bool]:
+            resets = self.weight_resets
+            cond, uncond = compute()
+            if self.weight_resets != resets and begin is not None:  # its state was replaced during the calls
+                begin(self.uncond_state, sigma, self.run)
+            policy.uncond_observe(self.uncond_state, cond, uncond)
             self.stats.count("uncond", 0, 1)
             return cond, uncond, False
+
+        if not policy.uncond_skips(state, inside("uncond")):
+            return computed(full)
         self.uncond_dropped = True
+        resets = self.weight_resets
         try:
             cond = cond_only()
         finally:
             self.uncond_dropped = False
+        if self.weight_resets != resets:
+            log.info("[dit-cache] %s: weights changed, the unconditional branch is computed this step", policy.name)
+            if begin is not None:  # the state the reset made
+                begin(self.uncond_state, sigma, self.run)
+            if uncond_only is None:
+                return computed(full)
+            return computed(lambda: (cond, uncond_only()))
         uncond = policy.uncond_rebuild(state, cond, inside)
         self.stats.count("uncond", 1, 1)
         return cond, uncond, True

@@ -175,7 +175,8 @@ ID_DBCACHE, ID_TAYLORSEER, ID_ADAPTIVE, ID_FASTERCACHE, ID_SMOOTH_CALIBRATE, ID_
 ID_SEACACHE = 27
 ID_DEEPCACHE = 28
 ID_ADACACHE = 29
-ID_STEP_CALIBRATE, ID_STEP_APPLY = 30, 31
+ID_PROMPTCACHE = 30
+ID_STEP_CALIBRATE, ID_STEP_APPLY = 31, 32
 FLUX_KSAMPLER = [0, "fixed", 28, 1.0, "euler", "simple", 1.0]  # seed, control, steps, cfg, sampler, scheduler, denoise
 
 
@@ -539,8 +540,22 @@ def sd15_deepcache() -> Workflow:
     return wf
 
 
+def flux_promptcache() -> Workflow:
+    # threshold, max_skip, levels, max_entries, max_mb, same_seed, disk (the node defaults)
+    return _flux_single(
+        "flux-promptcache", "DitCache.ApplyPromptCache", [0.95, 0.5, 5, 64, 1024.0, False, False], ID_PROMPTCACHE,
+        (320, 250), "Prompt Cache (Nirvana)",
+        "Reuse across prompts (Nirvana, NSDI 2024): every finished generation leaves its latents at 5 steps "
+        "(up to half the schedule) in a cache; queue again with the prompt edited slightly, or another seed, and "
+        "the run starts from the most similar cached generation, skipping up to half the steps (more similar: "
+        "more steps skipped). A hit reuses the cached generation's noise (seed) unless same_seed is on. A "
+        "changed model, LoRA, size, batch, sampler, steps or negative prompt never hits. disk keeps the entries "
+        "in models/dit_cache_prompt_cache across restarts. Same prompt and seed: ComfyUI itself reuses the "
+        "result without sampling.")
+
+
 WORKFLOWS = (flux_magcache, *(lambda m=m: wan21(m) for m in WAN21_METHODS), wan22, qwen_image, ltxv_pab,
-             flux_dbcache, flux_taylorseer, flux_smoothcache, sd15_deepcache, flux_stepschedule)
+             flux_dbcache, flux_taylorseer, flux_smoothcache, sd15_deepcache, flux_promptcache, flux_stepschedule)
 
 
 def main() -> int:

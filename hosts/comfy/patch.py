@@ -18,7 +18,7 @@ import inspect
 import logging
 import time
 import uuid
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Hashable, Iterator
 
 import comfy.model_patcher
 import torch
@@ -391,6 +391,24 @@ def host_adds_hints(args: tuple, kwargs: dict) -> bool:
     return control is not None or kwargs.get("vace_context") is not None
 
 
+def hook_weights(model: Any) -> Hashable | None:
+    """The weights key of this model call (``CallInfo.weights``): ComfyUI's hooks the patcher applied for it.
+
+    Before each model call ``calc_cond_batch`` applies the call's hook group (``ModelPatcher.apply_hooks``, which
+    sets ``current_hooks``; cond and uncond with different hooks run as separate calls), and before each step
+    ``prepare_hook_patches_current_keyframe`` moves every hook to its keyframe of that step. The key is each
+    applied hook's identity (``hook_ref``, shared by its clones) with its current strengths, so a keyframe that
+    changes a hook LoRA's strength, or another hook group, gives another key. None without hooks (``model`` is the
+    BaseModel whose ``apply_model`` runs; ``current_patcher`` is the ModelPatcher sampling it)."""
+    patcher = getattr(model, "current_patcher", None)
+    group = getattr(patcher, "current_hooks", None)
+    hooks = getattr(group, "hooks", None)
+    if not hooks:
+        return None
+    return tuple((id(h.hook_ref), type(h).__name__, float(h.strength), float(getattr(h, "strength_model", 1.0)))
+                 for h in hooks)
+
+
 def _model_call_wrapper(executor: Any, *args: Any, **kwargs: Any) -> Any:
     t_opts = kwargs.get("transformer_options")
     if t_opts is None:
@@ -407,7 +425,7 @@ def _model_call_wrapper(executor: Any, *args: Any, **kwargs: Any) -> Any:
     # reads its frame count)
     latent = args[0] if args and isinstance(args[0], torch.Tensor) else kwargs.get("x")
     info = CallInfo(_stream_labels(t_opts, n_chunks), sigma, latent=latent, frames=latent_frames(latent),
-                    hints=host_adds_hints(args, kwargs))
+                    hints=host_adds_hints(args, kwargs), weights=hook_weights(getattr(executor, "class_obj", None)))
     with model_call(runner, info):
         token = _ACTIVE.set((spec.id if spec is not None else "", runner, t_opts))
         try:

@@ -6,7 +6,8 @@ runs only the conditional chunks, whether it would have batched cond and uncond 
 uncond result is rebuilt from the conditional one (``StreamRunner.reuse_uncond``, shared with the
 diffusers host). ``calc_cond_batch`` returns denoised predictions; the spectra are taken of
 ``(x - denoised) / sigma``, which is the model's own output for flow-matching (velocity) and epsilon models, so
-the stored differences mean the same thing at every sigma.
+the stored differences mean the same thing at every sigma. When a step's cond-only calls meet new weights (a hook
+keyframe, ``CallInfo.weights``), the uncond entry is computed alone after all and joined to the cond result.
 """
 from __future__ import annotations
 
@@ -50,7 +51,16 @@ def calc_cond_batch_wrapper(executor: Any, model: Any, conds: list, x_in: torch.
         result.append(out)
         return _eps(x_in, out[0], sig)
 
-    _, eps_uncond, rebuilt = runner.reuse_uncond(float(timestep.reshape(-1)[0]), full, cond_only)
+    def uncond_only() -> torch.Tensor:
+        # after cond_only, when that step's weights changed (a hook keyframe): the uncond branch alone, joined to
+        # the cond result
+        out = executor(model, [None, *conds[1:]], x_in, timestep, model_options)
+        joined = list(result[-1])
+        joined[1:] = out[1:]
+        result.append(joined)
+        return _eps(x_in, out[1], sig)
+
+    _, eps_uncond, rebuilt = runner.reuse_uncond(float(timestep.reshape(-1)[0]), full, cond_only, uncond_only)
     out = result[-1]
     if rebuilt:
         out[1] = x_in - eps_uncond * sig

@@ -94,7 +94,8 @@ function timeline(records) {
       });
       const tip = svg("title");
       tip.textContent = `${name} call ${r.call_index}: ${r.skipped ? "skipped" : "computed"} (${r.reason})` +
-        (r.sigma != null ? `, sigma ${r.sigma.toFixed(3)}` : "") + (r.metric != null ? `, metric ${r.metric.toFixed(4)}` : "");
+        (r.sigma != null ? `, sigma ${r.sigma.toFixed(3)}` : "") + (r.metric != null ? `, metric ${r.metric.toFixed(4)}` : "") +
+        (r.weights != null ? `, weights ${r.weights}` : "");
       rect.append(tip);
       s.append(rect);
     }
@@ -236,7 +237,7 @@ function runCard(run, live = false) {
     el("div", { class: "dit-cache-settings", style: "opacity:.8;font-size:11px;margin:2px 0 4px" }, settings),
     el("div", { class: "dit-cache-counts", style: "font-size:12px" },
       el("b", {}, `${computed}`), " computed · ", el("b", {}, `${skipped}`), " skipped",
-      ` of ${calls} model calls`),
+      ` of ${calls} ${run.details?.prompt_cache ? "steps" : "model calls"}`), // Prompt Cache: counted in steps
   );
   // attention-level methods (PAB, FasterCache): what was reused inside the calls that ran
   for (const [part, [reused, total]] of Object.entries(run.reuse || {})) {
