@@ -116,12 +116,14 @@ def file_format(path: str | os.PathLike) -> str | None:
         return None
 
 
-def model_meta(family: str, model_class: str, block_hash: str, weights_hint: str, steps: int, sampler: str,
-               scheduler: str, date: str, version: str, source: str) -> dict[str, str]:
-    """The metadata every calibration file carries about its model and run."""
-    return {"family": family, "model_class": model_class, "block_hash": block_hash, "weights_hint": weights_hint,
-            "steps": str(steps), "sampler": sampler, "scheduler": scheduler, "date": date or utc_now(),
-            "pack_version": version or pack_version(), "source": source}
+def model_meta(cal: Any) -> dict[str, str]:
+    """The metadata every calibration file carries about its model and run, from a calibration object with
+    ``family``, ``model_class``, ``block_hash``, ``weights_hint``, ``steps``, ``sampler``, ``scheduler``, ``date``,
+    ``pack_version`` and ``source`` (every format's dataclass has them)."""
+    return {"family": cal.family, "model_class": cal.model_class, "block_hash": cal.block_hash,
+            "weights_hint": cal.weights_hint, "steps": str(cal.steps), "sampler": cal.sampler,
+            "scheduler": cal.scheduler, "date": cal.date or utc_now(),
+            "pack_version": cal.pack_version or pack_version(), "source": cal.source}
 
 
 def meta_steps(meta: dict[str, str], where: str) -> int:

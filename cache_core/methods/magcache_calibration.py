@@ -68,8 +68,7 @@ def save(path: str | os.PathLike, cal: Calibration) -> Path:
     tensors = {f"ratios.{k}": torch.tensor(v, dtype=torch.float32) for k, v in cal.ratios.items()}
     if cal.sigmas:
         tensors["sigmas"] = torch.tensor(cal.sigmas, dtype=torch.float32)
-    meta = {"format": FORMAT, **model_meta(cal.family, cal.model_class, cal.block_hash, cal.weights_hint, cal.steps,
-                                           cal.sampler, cal.scheduler, cal.date, cal.pack_version, cal.source),
+    meta = {"format": FORMAT, **model_meta(cal),
             "streams": ",".join(cal.ratios)}
     return write_file(path, tensors, meta)
 

@@ -60,9 +60,7 @@ def _mean(values: list[float]) -> float:
 def save(path: str | os.PathLike, cal: SmoothCalibration) -> Path:
     tensors = {f"errors.{k}": torch.tensor(rows, dtype=torch.float32) for k, rows in cal.errors.items()}
     tensors.update({f"schedule.{k}": torch.tensor(v, dtype=torch.uint8) for k, v in cal.schedule.items()})
-    meta = {"format": FORMAT, "alpha": repr(float(cal.alpha)),
-            **model_meta(cal.family, cal.model_class, cal.block_hash, cal.weights_hint, cal.steps, cal.sampler,
-                         cal.scheduler, cal.date, cal.pack_version, cal.source)}
+    meta = {"format": FORMAT, "alpha": repr(float(cal.alpha)), **model_meta(cal)}
     return write_file(path, tensors, meta)
 
 

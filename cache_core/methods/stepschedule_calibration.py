@@ -95,8 +95,7 @@ def save(path: str | os.PathLike, cal: StepCalibration) -> Path:
         tensors[f"call_sigmas.{k}"] = torch.tensor([math.nan if s is None else s for s in v], dtype=torch.float32)
     if cal.sigmas:
         tensors["sigmas"] = torch.tensor(cal.sigmas, dtype=torch.float32)
-    meta = {"format": FORMAT, **model_meta(cal.family, cal.model_class, cal.block_hash, cal.weights_hint, cal.steps,
-                                           cal.sampler, cal.scheduler, cal.date, cal.pack_version, cal.source),
+    meta = {"format": FORMAT, **model_meta(cal),
             "streams": ",".join(cal.features)}
     return write_file(path, tensors, meta)
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import torch
 
-from dit_cache.cache_core import BlockCacheRunner, CallInfo, FirstBlockCacheConfig, FirstBlockCachePolicy, RunStats
+from dit_cache.cache_core import BlockCacheRunner, FirstBlockCacheConfig, FirstBlockCachePolicy
 from dit_cache.cache_core.methods.taylorseer import TaylorSeerConfig, TaylorSeerPolicy
 
-from toy_blocks import ONE
+from toy_blocks import call_one, make
 
 W = [1.0, 2.0, 3.0, 5.0]  # block i adds W[i] (block 0 adds the call's head value instead)
 
@@ -15,25 +15,11 @@ W = [1.0, 2.0, 3.0, 5.0]  # block i adds W[i] (block 0 adds the call's head valu
 def call(runner: BlockCacheRunner, head: float, hints: list[float], flag: bool = True) -> tuple[torch.Tensor, list]:
     """One call of the 1-segment toy: block 0 adds ``head``, block i > 0 adds W[i]; after block i the host adds
     ``hints[i]`` in place to the stream, outside the block call (as ComfyUI's Flux / SD3 / VACE forwards do)."""
-    img = torch.zeros(1, 4, 2)
-    runner.begin_call(CallInfo([("c", "cond")], hints=flag))
-    ran = []
-    for i in range(4):
-        def run(st, i=i):
-            ran.append(i)
-            return {"img": st["img"] + (head if i == 0 else W[i])}
-        img = runner.block(0, i, {"img": img}, run)["img"]
-        img += hints[i]  # in place, like `x += add`
-    runner.end_call(0.0)
-    return img, ran
-
-
-def make(policy) -> BlockCacheRunner:
-    return BlockCacheRunner(ONE, [4], policy, RunStats(policy.name, policy.settings(), "toy"))
+    return call_one(runner, 0.0, [head, *W[1:]], after=hints, hints=flag)
 
 
 def fbc() -> BlockCacheRunner:
-    return make(FirstBlockCachePolicy(FirstBlockCacheConfig(threshold=0.5)))
+    return make(FirstBlockCachePolicy(FirstBlockCacheConfig(threshold=0.5)))[0]
 
 
 def test_skipped_call_adds_this_calls_hints_once():
@@ -70,7 +56,7 @@ def test_output_forecaster_adds_this_calls_hints():
     forecast call adds its own hints between the passed-through blocks (order 0: the last output reused)."""
     policy = TaylorSeerPolicy(TaylorSeerConfig(cache_interval=2, warmup_steps=1, max_order=0,
                                                factor_dtype="float32"))
-    runner = make(policy)
+    runner, _ = make(policy)
     out, ran = call(runner, 1.0, [0.1, 0.2, 0.3, 0.4])
     assert ran == [0, 1, 2, 3]
     hints = [10.0, 20.0, 30.0, 40.0]

@@ -7,34 +7,21 @@ from typing import Hashable
 
 import torch
 
-from dit_cache.cache_core import BlockCacheRunner, CallInfo, FirstBlockCacheConfig, FirstBlockCachePolicy, RunStats
+from dit_cache.cache_core import BlockCacheRunner, CallInfo, FirstBlockCacheConfig, FirstBlockCachePolicy
 from dit_cache.cache_core.methods.taylorseer import TaylorSeerConfig, TaylorSeerPolicy
 
-from toy_blocks import ONE
+from toy_blocks import call_one, make
 
 W = [1.0, 2.0, 3.0, 5.0]  # block i > 0 adds W[i] * scale (its weights), block 0 adds the call's head value
 
 
 def call(runner: BlockCacheRunner, head: float, scale: float, weights: Hashable | None,
          streams=(("c", "cond"),)) -> tuple[torch.Tensor, list[int]]:
-    img = torch.zeros(len(streams), 4, 2)
-    runner.begin_call(CallInfo(list(streams), weights=weights))
-    ran: list[int] = []
-    for i in range(4):
-        def run(st, i=i):
-            ran.append(i)
-            return {"img": st["img"] + (head if i == 0 else W[i] * scale)}
-        img = runner.block(0, i, {"img": img}, run)["img"]
-    runner.end_call(0.0)
-    return img, ran
-
-
-def make(policy) -> BlockCacheRunner:
-    return BlockCacheRunner(ONE, [4], policy, RunStats(policy.name, policy.settings(), "toy"))
+    return call_one(runner, [0.0] * len(streams), [head, *(w * scale for w in W[1:])], streams, weights=weights)
 
 
 def fbc() -> BlockCacheRunner:
-    return make(FirstBlockCachePolicy(FirstBlockCacheConfig(threshold=0.5)))
+    return make(FirstBlockCachePolicy(FirstBlockCacheConfig(threshold=0.5)))[0]
 
 
 def test_a_weights_change_computes_and_later_calls_reuse_the_new_weights_work():
@@ -78,7 +65,7 @@ def test_streams_reset_apart():
 def test_forecaster_history_is_dropped():
     """TaylorSeer: after a weights change the forecaster starts again from the new weights' computed calls."""
     policy = TaylorSeerPolicy(TaylorSeerConfig(cache_interval=2, warmup_steps=1, max_order=0, factor_dtype="float32"))
-    runner = make(policy)
+    runner, _ = make(policy)
     call(runner, 1.0, 1.0, "a")
     out, ran = call(runner, 1.0, 1.0, "a")
     assert ran == [] and torch.allclose(out, torch.full_like(out, 11.0))
@@ -96,7 +83,7 @@ def test_unconditional_branch_reuse_computes_uncond_when_the_weights_change():
     policy = TaylorSeerPolicy(TaylorSeerConfig(cache_interval=2, warmup_steps=1, uncond_interval=2,
                                                forecaster="adams-bashforth 1"))
     run = RunInfo(sigmas=tuple(1.0 - i / 10 for i in range(11)))
-    runner = BlockCacheRunner(ONE, [4], policy, RunStats(policy.name, policy.settings(), "toy"), run=run)
+    runner, _ = make(policy, run=run)
     paths: list[str] = []
     new_diffs: list[torch.Tensor] = []  # branch differences computed under the new weights
     for s in range(10):
