@@ -43,30 +43,38 @@ TESTED = [r for r in ROWS if r.tiny]
 ALL_CELLS = [(m, r) for m in METHODS for r in TESTED]
 
 
-def covering_cells(uses: dict[str, int] | None = None) -> list[tuple[str, Row]]:
+def covering_cells(uses: dict[str, int] | None = None, taken: set | None = None) -> list[tuple[str, Row]]:
     """One cell per family, each taking the applicable method used least so far (rows with the fewest
     applicable methods first), then one for any method still unused: every family and every method at least
-    once. The compatibility subset a second host runs (comfy_env.COMPAT). ``uses`` (method key -> cells so far,
-    updated): a further covering prefers the methods the earlier ones used least."""
+    once. The compatibility subset a second host runs (comfy_env.COMPAT). ``uses`` (method key -> cells so far)
+    and ``taken`` ((method key, row key) cells so far), both updated: a further covering gives each family a
+    method it has not had yet where it can, then the method used least."""
     uses = dict.fromkeys(METHODS, 0) if uses is None else uses
+    taken = set() if taken is None else taken
+    before = dict(uses)
     cells = []
+
+    def take(key: str, row: Row) -> None:
+        uses[key] += 1
+        taken.add((key, row.key))
+        cells.append((key, row))
+
     for row in sorted(TESTED, key=lambda r: sum(m.applies_to(r.key) for m in METHODS.values())):
         fits = [k for k, m in METHODS.items() if m.applies_to(row.key)] or list(METHODS)
-        key = min(fits, key=lambda k: uses[k])
-        uses[key] += 1
-        cells.append((key, row))
-    for key in (k for k, n in uses.items() if n == 0):
-        cells.append((key, next(r for r in TESTED if METHODS[key].applies_to(r.key))))
+        take(min(fits, key=lambda k: ((k, row.key) in taken, uses[k])), row)
+    for key in [k for k in METHODS if uses[k] == before[k]]:
+        take(key, min((r for r in TESTED if METHODS[key].applies_to(r.key)), key=lambda r: (key, r.key) in taken))
     return sorted(cells, key=ALL_CELLS.index)
 
 
 CELLS = covering_cells() if comfy_env.COMPAT else ALL_CELLS
 _stack_uses: dict[str, int] = dict.fromkeys(METHODS, 0)
-# three successive coverings: each family gets a different method per column where it has enough of them
+_stack_taken: set[tuple[str, str]] = set()
+# three successive coverings: each family gets a different method in each where it has enough of them
 STACK_CELLS = [] if comfy_env.COMPAT else [
     (column, kind, m, r) for column, kind in (("quantized", "fp8_scaled"), ("quantized", "int8_custom_ops"),
                                                ("torch_compile", "eager"))
-    for m, r in covering_cells(_stack_uses)]
+    for m, r in covering_cells(_stack_uses, _stack_taken)]
 RESULTS: dict[str, dict[str, dict]] = {}
 assert not set(matrix_families.STACK_COLUMNS) & set(METHODS)
 
