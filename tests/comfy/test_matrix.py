@@ -6,6 +6,13 @@ the mild one; bit-identical when disabled; the input model unchanged afterwards 
 A family a method cannot apply to must be refused with a warning and the model returned unchanged.
 The results go to tests/out/matrix.json and the matrix in docs/support-matrix.md must equal the table
 rendered from them.
+
+Two columns check the rest of the stack on covering subsets (every family and every method at least once; the
+0.3.75 host only: 0.8.0 replaced scaled_fp8_ops by mixed-precision ops): "quantized / custom-op weights" (the
+tiny model with fp8-scaled ComfyUI operations, and with int8 custom operations as GGUF loaders pass them: skips at
+the aggressive setting, mild within the method's PSNR bar of the uncached quantized run) and "torch.compile"
+(ComfyUI's TorchCompileModel wrapper, dynamo's eager backend, applied after the cache node: the same decisions
+as the uncompiled cached run, output within float tolerance).
 """
 from __future__ import annotations
 
@@ -16,6 +23,8 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch._dynamo
+from torch._dynamo.utils import counters
 
 import comfy_env
 import matrix_families
@@ -34,35 +43,51 @@ TESTED = [r for r in ROWS if r.tiny]
 ALL_CELLS = [(m, r) for m in METHODS for r in TESTED]
 
 
-def covering_cells() -> list[tuple[str, Row]]:
+def covering_cells(uses: dict[str, int] | None = None, taken: set | None = None) -> list[tuple[str, Row]]:
     """One cell per family, each taking the applicable method used least so far (rows with the fewest
     applicable methods first), then one for any method still unused: every family and every method at least
-    once. The compatibility subset a second host runs (comfy_env.COMPAT)."""
-    uses = dict.fromkeys(METHODS, 0)
+    once. The compatibility subset a second host runs (comfy_env.COMPAT). ``uses`` (method key -> cells so far)
+    and ``taken`` ((method key, row key) cells so far), both updated: a further covering gives each family a
+    method it has not had yet where it can, then the method used least."""
+    uses = dict.fromkeys(METHODS, 0) if uses is None else uses
+    taken = set() if taken is None else taken
+    before = dict(uses)
     cells = []
+
+    def take(key: str, row: Row) -> None:
+        uses[key] += 1
+        taken.add((key, row.key))
+        cells.append((key, row))
+
     for row in sorted(TESTED, key=lambda r: sum(m.applies_to(r.key) for m in METHODS.values())):
         fits = [k for k, m in METHODS.items() if m.applies_to(row.key)] or list(METHODS)
-        key = min(fits, key=lambda k: uses[k])
-        uses[key] += 1
-        cells.append((key, row))
-    for key in (k for k, n in uses.items() if n == 0):
-        cells.append((key, next(r for r in TESTED if METHODS[key].applies_to(r.key))))
+        take(min(fits, key=lambda k: ((k, row.key) in taken, uses[k])), row)
+    for key in [k for k in METHODS if uses[k] == before[k]]:
+        take(key, min((r for r in TESTED if METHODS[key].applies_to(r.key)), key=lambda r: (key, r.key) in taken))
     return sorted(cells, key=ALL_CELLS.index)
 
 
 CELLS = covering_cells() if comfy_env.COMPAT else ALL_CELLS
+_stack_uses: dict[str, int] = dict.fromkeys(METHODS, 0)
+_stack_taken: set[tuple[str, str]] = set()
+# three successive coverings: each family gets a different method in each where it has enough of them
+STACK_CELLS = [] if comfy_env.COMPAT else [
+    (column, kind, m, r) for column, kind in (("quantized", "fp8_scaled"), ("quantized", "int8_custom_ops"),
+                                               ("torch_compile", "eager"))
+    for m, r in covering_cells(_stack_uses, _stack_taken)]
 RESULTS: dict[str, dict[str, dict]] = {}
+assert not set(matrix_families.STACK_COLUMNS) & set(METHODS)
 
-_models: dict[tuple[str, int], tiny_models.TinyModel] = {}
+_models: dict[tuple[str, int, str], tiny_models.TinyModel] = {}
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def _tiny(family: str, seed: int = 0) -> tiny_models.TinyModel:
-    if (family, seed) not in _models:
-        _models[(family, seed)] = tiny_models.build(family, seed=seed)
-    return _models[(family, seed)]
+def _tiny(family: str, seed: int = 0, weights: str = "float") -> tiny_models.TinyModel:
+    if (family, seed, weights) not in _models:
+        _models[(family, seed, weights)] = tiny_models.build(family, seed=seed, weights=weights)
+    return _models[(family, seed, weights)]
 
 
 def _two_model_sample(high, low, tiny: tiny_models.TinyModel, cfg: float, steps: int = 20) -> torch.Tensor:
@@ -79,19 +104,30 @@ def _two_model_sample(high, low, tiny: tiny_models.TinyModel, cfg: float, steps:
                                force_full_denoise=True, seed=0, disable_pbar=True)
 
 
-def _run_cell(method: Method, row: Row, setting: str | None) -> tuple[torch.Tensor, list[dict]]:
-    """Sample the row's model(s) with ``method`` at ``setting`` (None: uncached); the runs it logged."""
+def _compiled(model):
+    """What ComfyUI's TorchCompileModel node does to a model, with dynamo's eager backend (the same graphs,
+    guards and recompiles as inductor, without its code generation: tests/comfy/test_torch_compile_comfy.py)."""
+    from comfy_api.torch_helpers import set_torch_compile_wrapper
+
+    m = model.clone()
+    set_torch_compile_wrapper(model=m, backend="eager")
+    return m
+
+
+def _run_cell(method: Method, row: Row, setting: str | None, weights: str = "float",
+              compiled: bool = False) -> tuple[torch.Tensor, list[dict]]:
+    """Sample the row's model(s) with ``method`` at ``setting`` (None: uncached); the runs it logged.
+    ``weights``: the tiny models' weight kind (tests/support/quant_weights.py); ``compiled``: TorchCompileModel
+    after the cache node."""
     run_log.clear()
-    tiny = _tiny(row.tiny)
+    tiny = _tiny(row.tiny, weights=weights)
     cfg = tiny.spec.cfg
-    if row.two_models:
-        high, low = tiny.patcher, _tiny(row.tiny, seed=1).patcher
-        if setting is not None:
-            high, low = method.apply(high, setting, row.tiny), method.apply(low, setting, row.tiny)
-        out = _two_model_sample(high, low, tiny, cfg)
-    else:
-        model = tiny.patcher if setting is None else method.apply(tiny.patcher, setting, row.tiny)
-        out = ksample(model, tiny, cfg=cfg)
+    models = [tiny.patcher] + ([_tiny(row.tiny, seed=1, weights=weights).patcher] if row.two_models else [])
+    if setting is not None:
+        models = [method.apply(m, setting, row.tiny) for m in models]
+    if compiled:
+        models = [_compiled(m) for m in models]
+    out = _two_model_sample(*models, tiny, cfg) if row.two_models else ksample(models[0], tiny, cfg=cfg)
     return out, run_log.recent()
 
 
@@ -146,6 +182,48 @@ def test_method_on_family(method_key: str, row: Row, caplog) -> None:
 
     result.update(status="pass", aggressive_skipped=skipped, calls=calls, mild_skipped=mild_skipped,
                   mild_psnr=None if math.isinf(quality) else round(quality, 1))
+
+
+@pytest.mark.parametrize("column,kind,method_key,row", STACK_CELLS,
+                         ids=[f"{c}-{k}-{m}-{r.key}" for c, k, m, r in STACK_CELLS])
+def test_stack_column(column: str, kind: str, method_key: str, row: Row) -> None:
+    """A cell of the quantized-weights or the torch.compile column (module docstring)."""
+    method = METHODS[method_key]
+    result: dict = {"status": "fail", "method": method_key}
+    RESULTS.setdefault(column, {}).setdefault(row.key, {})[kind] = result
+    expected_runs = 2 if row.two_models else 1
+    if column == "quantized":
+        ref, _ = _run_cell(method, row, None, weights=kind)
+        out, runs = _run_cell(method, row, "aggressive", weights=kind)
+        assert len(runs) == expected_runs and all(r["completed"] for r in runs), runs
+        skipped = [_skipped_work(r) for r in runs]
+        assert all(s > 0 for s in skipped), f"{method.name} on {row.name} ({kind}): no skip at aggressive {runs}"
+        assert torch.isfinite(out).all()
+        out, runs = _run_cell(method, row, "mild", weights=kind)
+        quality = psnr(out, ref)
+        assert torch.isfinite(out).all()
+        assert quality >= method.mild_min_psnr, f"{method.name} on {row.name} ({kind}): PSNR {quality:.1f} dB"
+        result.update(status="pass", aggressive_skipped=skipped, mild_skipped=[_skipped_work(r) for r in runs],
+                      mild_psnr=None if math.isinf(quality) else round(quality, 1))
+        return
+    ref, ref_runs = _run_cell(method, row, "aggressive")
+    torch._dynamo.reset()  # shared pack code: each cell starts below dynamo's recompile limit
+    counters.clear()
+    try:
+        out, runs = _run_cell(method, row, "aggressive", compiled=True)
+        graphs = counters["stats"]["unique_graphs"]
+    finally:
+        torch._dynamo.reset()
+        counters.clear()
+    assert len(runs) == expected_runs and all(r["completed"] for r in runs), runs
+    assert graphs > 0, "nothing was compiled"
+    skipped = [_skipped_work(r) for r in runs]
+    assert all(s > 0 for s in skipped), f"{method.name} on {row.name} compiled: no skip {runs}"
+    decisions = [[r["skipped"] for r in run["records"]] for run in runs]
+    assert decisions == [[r["skipped"] for r in run["records"]] for run in ref_runs], "decisions differ"
+    assert torch.allclose(out, ref, atol=1e-5, rtol=1e-5), (out - ref).abs().max()
+    result.update(status="pass", aggressive_skipped=skipped, graphs=graphs,
+                  max_abs_diff=float((out - ref).abs().max()))
 
 
 DIT_ONLY = [k for k, m in METHODS.items() if not m.applies_to("sd15")]
@@ -221,7 +299,8 @@ def rendered(results: dict) -> str:
 
 
 def _complete() -> bool:
-    return all(r.key in RESULTS.get(m, {}) for m, r in ALL_CELLS)
+    return all(r.key in RESULTS.get(m, {}) for m, r in ALL_CELLS) and all(
+        k in RESULTS.get(c, {}).get(r.key, {}) for c, k, _, r in STACK_CELLS)
 
 
 def test_results_file_is_written() -> None:

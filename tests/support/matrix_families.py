@@ -68,16 +68,46 @@ def _cell(result: dict | None) -> str:
     return "FAILS"
 
 
+# the stack columns: results[column][row_key][kind] = {"method": key, "status": ...}; kind -> label in the cell
+STACK_COLUMNS: dict[str, tuple[str, dict[str, str]]] = {
+    "quantized": ("Quantized / custom-op weights", {"fp8_scaled": "fp8 scaled", "int8_custom_ops": "int8 custom ops"}),
+    "torch_compile": ("torch.compile (after the cache node)", {"eager": ""}),
+}
+
+
+def _stack_cell(cells: dict | None, kinds: dict[str, str], methods: dict[str, str]) -> str:
+    """"tested: <method> (<kind>), ..." or "FAILS: ..." for the failed ones; "not run" without results."""
+    if not cells:
+        return "not run"
+    parts, failed = [], []
+    for kind, label in kinds.items():
+        if kind in cells:
+            r = cells[kind]
+            text = methods.get(r["method"], r["method"]) + (f" ({label})" if label else "")
+            (parts if r["status"] == "pass" else failed).append(text)
+    out = []
+    if parts:
+        out.append("tested: " + ", ".join(parts))
+    if failed:
+        out.append("FAILS: " + ", ".join(failed))
+    return "; ".join(out)
+
+
 def render(results: dict, methods: dict[str, str], layouts: dict[str, tuple[str, str]]) -> str:
     """The generated block. ``results[method_key][row_key]``: the matrix test's result of that cell;
+    ``results[column][row_key][kind]``: a cell of a STACK_COLUMNS column;
     ``methods``: method key -> column title; ``layouts``: layout family -> (how patched, blocks)."""
     head = ["Family", "ComfyUI model", "Patched via", "Blocks (streams cached; decisions read img)"] + list(methods.values())
+    head += [title for title, _ in STACK_COLUMNS.values()]
     lines = [START, "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in ROWS:
         patched, blocks = layouts.get(row.layout or "", ("-", "-"))
         cells = [row.name, f"`{row.comfy_class}`", patched, blocks]
         for key in methods:
             cells.append(_cell(results.get(key, {}).get(row.key)) if row.tiny else f"not tested: {row.reason}")
+        for column, (_, kinds) in STACK_COLUMNS.items():
+            cells.append(_stack_cell(results.get(column, {}).get(row.key), kinds, methods) if row.tiny
+                         else f"not tested: {row.reason}")
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", END]
     return "\n".join(lines)

@@ -341,8 +341,13 @@ def smooth_time_embedding(module: torch.nn.Module, names: tuple[str, ...]) -> No
         w[:, fast] = 0.0
 
 
-def build(family: str, size: str = "tiny", seed: int = 0, dtype: torch.dtype = torch.float32) -> TinyModel:
-    """A deterministic model of ``family`` at ``size``; the same arguments give the same weights."""
+def build(family: str, size: str = "tiny", seed: int = 0, dtype: torch.dtype = torch.float32,
+          weights: str = "float") -> TinyModel:
+    """A deterministic model of ``family`` at ``size``; the same arguments give the same weights.
+
+    ``weights``: "float", or a quantized kind of tests/support/quant_weights.py ("fp8_scaled": ComfyUI's scaled
+    fp8 operations; "int8_custom_ops": custom operations as GGUF loaders pass them), holding the float model's
+    weights converted to that format and dequantized in each Linear's forward."""
     import comfy.model_management
     import comfy.model_patcher
     import comfy.supported_models
@@ -365,6 +370,17 @@ def build(family: str, size: str = "tiny", seed: int = 0, dtype: torch.dtype = t
         with torch.no_grad():
             buffers[name].copy_(0.02 * torch.randn(buffers[name].shape, generator=g))
     model.diffusion_model.to(dtype)
+    if weights != "float":
+        import quant_weights
+
+        quant_config = config_cls(unet_config)
+        quant_weights.configure(quant_config, weights)
+        quant = quant_config.get_model({}, device=device)
+        missing, unexpected = quant.diffusion_model.load_state_dict(
+            quant_weights.converted_state_dict(model.diffusion_model, quant.diffusion_model), strict=False)
+        if missing or unexpected or not quant_weights.quantized_layers(quant.diffusion_model):
+            raise RuntimeError(f"{family} {weights}: missing {missing}, unexpected {unexpected}")
+        model = quant
     patcher = comfy.model_patcher.ModelPatcher(model, load_device=comfy.model_management.get_torch_device(),
                                                offload_device=comfy.model_management.unet_offload_device())
     return TinyModel(family, size, patcher, spec, seed)
