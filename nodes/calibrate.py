@@ -103,7 +103,8 @@ class CalibrateNode(CacheNode):
     def calibrate_schema(cls, node_id: str, display_name: str, description: str, prefix: str, prefix_tooltip: str,
                          inputs: tuple = ()) -> io.Schema:
         """A Calibrate node's schema: the model, ``filename_prefix`` (default ``prefix``), then ``inputs``; the
-        hidden unique id and prompt (the sampler fed), never cached (each queued run calibrates)."""
+        hidden unique id and prompt (the sampler fed), never cached (each queued run calibrates: see
+        :meth:`fingerprint_inputs`)."""
         return cls.schema(
             node_id=node_id, display_name=display_name, description=description,
             inputs=[
@@ -115,6 +116,13 @@ class CalibrateNode(CacheNode):
             hidden=(io.Hidden.unique_id, io.Hidden.prompt),
             not_idempotent=True,
         )
+
+    @classmethod
+    def fingerprint_inputs(cls, **inputs: Any) -> float:
+        """NaN (never equal to itself): ComfyUI's execution cache never reuses a Calibrate node's output, so a
+        calibrate workflow queued again with the same inputs samples and saves again (the sampler it feeds
+        re-runs); without it, the second queue returned the first run's outputs and calibrated nothing."""
+        return float("nan")
 
     @classmethod
     def measuring_policy(cls, run: CalibrationRun, **inputs: Any) -> Any:

@@ -71,3 +71,22 @@ def test_calibrate_save_dropdown_apply(server: Server):
             p.unlink(missing_ok=True)
             if not any(p.parent.iterdir()):
                 p.parent.rmdir()  # the folder the server created for it
+
+
+def test_calibrate_queued_twice_calibrates_twice(server: Server):
+    """ComfyUI's execution cache never reuses a Calibrate node's output: the same calibrate prompt queued again
+    samples and saves again (it returned the first run's outputs and saved nothing before)."""
+    prefix = f"twice{uuid.uuid4().hex[:6]}"
+    graph = _graph({"class_type": "DitCache.MagCacheCalibrate", "inputs": {"model": ["1", 0],
+                                                                          "filename_prefix": prefix}})
+    created: list[Path] = []
+    try:
+        for _ in range(2):
+            _, log = _run(server, graph)
+            saved = SAVED.findall(log)
+            assert len(saved) == 1, log[-3000:]
+            created.append(Path(saved[0].strip()))
+            assert created[-1].is_file()
+    finally:
+        for p in created:
+            p.unlink(missing_ok=True)
