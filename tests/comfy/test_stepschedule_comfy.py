@@ -1,14 +1,17 @@
 """Step Schedule on the small trained models through ComfyUI's KSampler path: calibrate once (another seed), then
 apply a budget; exactly the budget's calls compute per CFG stream, the chosen steps are in the run record, and
-the DP schedule beats a uniform schedule of as many steps (same forecaster) on the final latent's PSNR."""
+the DP schedule beats a uniform schedule of as many steps (same forecaster) and the adaptive methods (TeaCache,
+MagCache, Adaptive Cache) at the steps they computed, on the final latent's PSNR."""
 from __future__ import annotations
 
 import logging
+import sys
 
 import pytest
 import torch
 
 import trained_models
+from comfy_env import REPO
 from metrics import psnr
 from sampling import ksample
 
@@ -16,8 +19,13 @@ from dit_cache.cache_core.methods import stepschedule_calibration as cal_io
 from dit_cache.cache_core.methods.stepschedule import StepScheduleConfig, StepSchedulePolicy, uniform_steps
 from dit_cache.hosts.comfy import run_log
 from dit_cache.nodes import calibration_store
-from dit_cache.nodes.magcache_nodes import ApplyMagCache
+from dit_cache.nodes.adaptive_node import ApplyAdaptiveCache
+from dit_cache.nodes.magcache_nodes import ApplyMagCache, MagCacheCalibrate
 from dit_cache.nodes.stepschedule_node import ApplyStepSchedule, StepScheduleCalibrate
+from dit_cache.nodes.teacache_node import ApplyTeaCache
+
+sys.path.insert(0, str(REPO / "bench"))
+from sweep import node_inputs  # noqa: E402
 
 log = logging.getLogger("dit_cache.tests")
 
@@ -110,3 +118,46 @@ def test_other_step_counts_and_max_error(store):
     with pytest.raises(ValueError, match="not one of the listed"):
         ApplyStepSchedule.execute(m.patcher, calibration="nope.safetensors", computed_steps=4, max_error=0.0,
                                   on_skipped="reuse", order=1)
+
+
+def calibrate_magcache(m, cfg: float) -> str:
+    sample(m, MagCacheCalibrate.execute(m.patcher, filename_prefix="t").result[0], cfg, CALIBRATION_SEED)
+    rec = [r for r in run_log.recent() if r.get("method") == "MagCacheCalibrate" and "calibration" in r][-1]
+    return rec["calibration"]["file"]
+
+
+# Adaptive methods at their fastest passing settings on these models (docs/benchmarks.md, trained table):
+# TeaCache 0.6 on Flux (published coefficients), 0.25 on Qwen-Image (raw); MagCache 0.4; Adaptive Cache 0.4.
+ADAPTIVE = {
+    "teacache": lambda family, name: (ApplyTeaCache, {"rel_l1_threshold": 0.6 if family == "flux" else 0.25}),
+    "magcache": lambda family, name: (ApplyMagCache, {"calibration": name, "threshold": 0.4}),
+    "adaptive": lambda family, name: (ApplyAdaptiveCache, {"threshold": 0.4}),
+}
+
+
+@pytest.mark.parametrize("cfg", [1.0, 3.5])
+@pytest.mark.parametrize("family", ["flux", "qwen_image"])
+def test_dp_beats_adaptive_methods_at_equal_computed_steps(store, family, cfg):
+    """Per seed, each adaptive method's run computes n steps per stream (the fewest of its streams); the DP
+    schedule given the same n computes exactly n and its mean final-latent PSNR over the seeds is higher."""
+    m = trained_models.load(family)
+    refs = {s: sample(m, m.patcher, cfg, s) for s in SEEDS}
+    sched, mag = calibrate(m, cfg), calibrate_magcache(m, cfg)
+    table = []
+    for key, make in ADAPTIVE.items():
+        cls, given = make(family, mag)
+        adaptive_model = cls.execute(m.patcher, **node_inputs(cls, given)).result[0]
+        ada, dp, budgets = [], [], []
+        for s in SEEDS:
+            ada.append(psnr(sample(m, adaptive_model, cfg, s), refs[s]))
+            n = min(len(c) for c in computed_per_stream(run_log.last()).values())
+            assert n < STEPS, f"{key} skipped nothing on seed {s}"
+            model = ApplyStepSchedule.execute(m.patcher, calibration=sched, computed_steps=n, max_error=0.0,
+                                              on_skipped="adams-bashforth 1", order=1).result[0]
+            dp.append(psnr(sample(m, model, cfg, s), refs[s]))
+            assert all(len(c) == n for c in computed_per_stream(run_log.last()).values())
+            budgets.append(n)
+        mean_ada, mean_dp = sum(ada) / len(ada), sum(dp) / len(dp)
+        table.append(f"{key} {given}: computed {budgets}/{STEPS}, PSNR {mean_ada:.1f} dB, DP {mean_dp:.1f} dB")
+        assert mean_dp > mean_ada, table[-1]
+    log.info("Step Schedule vs adaptive, %s cfg %g: %s", family, cfg, "; ".join(table))
