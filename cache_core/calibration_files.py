@@ -126,6 +126,16 @@ def model_meta(cal: Any) -> dict[str, str]:
             "pack_version": cal.pack_version or pack_version(), "source": cal.source}
 
 
+def model_fields(meta: dict[str, str], path: Path) -> dict[str, str]:
+    """The calibration object's fields that :func:`model_meta` wrote (all but ``steps``, which
+    :func:`meta_steps` reads and checks), read back from a file's metadata, and ``name`` (the file's)."""
+    return {"family": meta["family"], "model_class": meta.get("model_class", ""),
+            "block_hash": meta.get("block_hash", ""), "weights_hint": meta.get("weights_hint", ""),
+            "sampler": meta.get("sampler", "unknown"), "scheduler": meta.get("scheduler", "unknown"),
+            "date": meta.get("date", ""), "pack_version": meta.get("pack_version", ""),
+            "source": meta.get("source", ""), "name": path.name}
+
+
 def meta_steps(meta: dict[str, str], where: str) -> int:
     try:
         return int(meta.get("steps", ""))

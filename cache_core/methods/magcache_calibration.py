@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from ..calibration_files import (CalibrationError, block_shape_hash, check_model, file_format, meta_steps,  # noqa: F401
+                                 model_fields,
                                  model_meta, pack_version, read_file, register_format, utc_now, write_file)
 from ..text import plain, shown
 
@@ -86,13 +87,7 @@ def load(path: str | os.PathLike) -> Calibration:
         raise CalibrationError(f"{where}: ratio curves of lengths {[len(v) for v in ratios.values()]} "
                                f"do not match steps={steps}")
     sigmas = tensors["sigmas"].float().tolist() if "sigmas" in tensors else []
-    return Calibration(
-        ratios=ratios, family=meta["family"], steps=steps, model_class=meta.get("model_class", ""),
-        block_hash=meta.get("block_hash", ""), weights_hint=meta.get("weights_hint", ""),
-        sampler=meta.get("sampler", "unknown"), scheduler=meta.get("scheduler", "unknown"), sigmas=sigmas,
-        date=meta.get("date", ""), pack_version=meta.get("pack_version", ""), source=meta.get("source", ""),
-        name=path.name,
-    )
+    return Calibration(ratios=ratios, steps=steps, sigmas=sigmas, **model_fields(meta, path))
 
 
 # ------------------------------------------------------------------------------------------------ presets

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import torch
 
-from ..calibration_files import CalibrationError, meta_steps, model_meta, read_file, register_format, write_file
+from ..calibration_files import (CalibrationError, meta_steps, model_fields, model_meta, read_file, register_format,
+                                 write_file)
 from ..config import check_range
 from ..text import plain, shown
 from .smoothcache import CALIBRATION_FORMAT as FORMAT
@@ -76,12 +77,7 @@ def load(path: str | os.PathLike) -> SmoothCalibration:
                 if k.startswith("schedule.") and t.ndim == 1}
     try:
         alpha = float(meta.get("alpha", ""))
-        cal = SmoothCalibration(errors=errors, alpha=alpha, family=meta["family"], schedule=schedule,
-                                model_class=meta.get("model_class", ""), block_hash=meta.get("block_hash", ""),
-                                weights_hint=meta.get("weights_hint", ""), sampler=meta.get("sampler", "unknown"),
-                                scheduler=meta.get("scheduler", "unknown"), date=meta.get("date", ""),
-                                pack_version=meta.get("pack_version", ""), source=meta.get("source", ""),
-                                name=path.name)
+        cal = SmoothCalibration(errors=errors, alpha=alpha, schedule=schedule, **model_fields(meta, path))
     except ValueError as e:
         raise CalibrationError(f"{where}: {e}") from e
     if cal.steps != steps or any(len(v) != steps for v in schedule.values()) or set(schedule) - set(errors):

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from ..calibration_files import (CalibrationError, check_model, meta_steps, model_meta,  # noqa: F401
+from ..calibration_files import (CalibrationError, check_model, meta_steps, model_fields, model_meta,  # noqa: F401
                                  read_file, register_format, write_file)
 from ..text import plain, shown
 
@@ -108,12 +108,8 @@ def load(path: str | os.PathLike) -> StepCalibration:
     call_sigmas = {k[len("call_sigmas."):]: [None if math.isnan(x) else x for x in t.float().tolist()]
                    for k, t in tensors.items() if k.startswith("call_sigmas.")}
     cal = StepCalibration(
-        features=features, call_sigmas=call_sigmas, family=meta["family"], steps=meta_steps(meta, where),
-        model_class=meta.get("model_class", ""), block_hash=meta.get("block_hash", ""),
-        weights_hint=meta.get("weights_hint", ""), sampler=meta.get("sampler", "unknown"),
-        scheduler=meta.get("scheduler", "unknown"),
-        sigmas=tensors["sigmas"].float().tolist() if "sigmas" in tensors else [], date=meta.get("date", ""),
-        pack_version=meta.get("pack_version", ""), source=meta.get("source", ""), name=path.name)
+        features=features, call_sigmas=call_sigmas, steps=meta_steps(meta, where),
+        sigmas=tensors["sigmas"].float().tolist() if "sigmas" in tensors else [], **model_fields(meta, path))
     _check(where, cal)
     return cal
 
