@@ -487,11 +487,19 @@ def replot(csv_path: Path) -> Path:
     with open(csv_path, encoding="utf-8") as f:
         title = f.readline().lstrip("# ").split("; peak_mem_mb")[0]
         rows = list(csv.DictReader(f))
+    png = csv_path.with_suffix(".png")
     for r in rows:
         r["reference"] = r["reference"] == "True"
         r["value"] = float(r["value"]) if r["value"] else ""
+    if rows and "block_speedup" in rows[0]:  # a trained-model CSV (bench/trained.py)
+        from trained import plot as plot_trained
+        for r in rows:
+            r["cfg"] = float(r["cfg"])
+            r["block_speedup"], r["psnr_mean"] = float(r["block_speedup"]), float(r["psnr_mean"])
+        plot_trained(rows, png, title)
+        return png
+    for r in rows:
         r["speedup"], r["psnr_db"] = float(r["speedup"]), float(r["psnr_db"])
-    png = csv_path.with_suffix(".png")
     plot(rows, png, title)
     return png
 
