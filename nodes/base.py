@@ -35,10 +35,12 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 from typing import Any
 
 from comfy_api.latest import io
 
+from ..cache_core import feedback
 from ..cache_core.registry import policy_for
 from ..cache_core.text import described, plain, shown
 from ..hosts.comfy.patch import apply_cache
@@ -53,6 +55,18 @@ _labels: dict[Any, str] = {}  # define_schema function -> display name (ComfyUI 
 
 MAX_TEXT = 100  # characters of a text input (a file name prefix: the file name adds about 40 and must fit 255)
 LISTED = 12  # a choice error lists the choices when there are at most this many
+# the one entry of an empty calibration dropdown; choosing it is refused (validation and run) naming that node
+NONE_YET = "(none yet: run '{}' first)"
+_NONE_YET = re.compile(r"\(none yet: run '(.{1,80})' first\)")
+
+
+def none_yet_problem(name: str, value: Any) -> str | None:
+    """The refusal of an empty calibration dropdown's placeholder entry (None for any other value)."""
+    found = _NONE_YET.fullmatch(value) if isinstance(value, str) else None
+    if found is None:
+        return None
+    return (f"{name}: none are listed yet; run {shown(found.group(1))} once on this model first (it saves the "
+            f"file this input lists, in models/magcache), then pick it here")
 
 
 def _number_problem(name: str, spec: Any, value: Any, whole: bool, ranges: bool) -> str | None:
@@ -112,6 +126,16 @@ class CacheNode(io.ComfyNode):
                          inputs=inputs, outputs=[io.Model.Output(tooltip=output)], hidden=list(hidden), **options)
 
     @classmethod
+    def calibration_input(cls, options: list[str], calibrate: type[CacheNode], tooltip: str) -> io.Combo.Input:
+        """The "calibration" dropdown: ``options`` (the listed files) or, none yet, one entry naming the
+        ``calibrate`` node to run first (refused when chosen: :func:`none_yet_problem`); the tooltip says so."""
+        label = calibrate.label()
+        options = list(options) or [NONE_YET.format(label)]
+        return io.Combo.Input("calibration", options=options, default=options[0],
+                              tooltip=f"{tooltip} None listed yet? Run '{label}' once on this model first: the file "
+                                      f"it saves appears here.")
+
+    @classmethod
     def label(cls) -> str:
         """The node's display name (from its schema): log lines, run records and the statistics panel use it."""
         key = cls.define_schema.__func__  # the same function for ComfyUI's per-run class clones
@@ -132,9 +156,9 @@ class CacheNode(io.ComfyNode):
         """The model's identity (layout, class, block hash, weights hint), or None after a warning saying that
         it is not a supported DiT and what follows (``unsupported``)."""
         ident = calibration_store.identify(model)
-        if ident is None:
-            log.warning("[dit-cache] %s: %s is not a supported DiT model; %s", cls.label(),
-                        type(model.get_model_object("diffusion_model")).__name__, unsupported)
+        if ident is None:  # logged and shown on the page (cache_core/feedback.py)
+            feedback.warn(f"{type(model.get_model_object('diffusion_model')).__name__} is not a supported DiT "
+                          f"model; {unsupported}", cls.label(), cls.node_id())
         return ident
 
     # ------------------------------------------------------------------ input checks
@@ -159,7 +183,7 @@ class CacheNode(io.ComfyNode):
             elif isinstance(spec, io.Int.Input):
                 problem = _number_problem(name, spec, value, whole=True, ranges=not at_run)
             elif isinstance(spec, io.Combo.Input):
-                problem = _choice_problem(name, spec, value, listed_only=not at_run)
+                problem = none_yet_problem(name, value) or _choice_problem(name, spec, value, listed_only=not at_run)
             elif isinstance(spec, io.String.Input):
                 problem = _text_problem(name, value)
             else:
@@ -224,9 +248,18 @@ class CacheNode(io.ComfyNode):
             return io.NodeOutput(model)
         if config is None:  # make_config has said why
             return io.NodeOutput(model)
-        return cls.attach(model, cls.make_policy(model, config))
+        return cls.attach(model, cls.make_policy(model, config), settings=cls.record_settings(inputs))
 
     @classmethod
-    def attach(cls, model: Any, policy: Any, ui: dict | None = None) -> io.NodeOutput:
-        """A clone of ``model`` running ``policy``, under this node's display name and graph id."""
-        return io.NodeOutput(apply_cache(model, policy, cls.label(), cls.node_id()), ui=ui)
+    def record_settings(cls, inputs: dict[str, Any]) -> dict[str, Any]:
+        """What the run record (and the page) shows besides the method's settings: the calibration chosen
+        ("preset: <name>" or a file name)."""
+        value = inputs.get("calibration")
+        return {"calibration": value} if isinstance(value, str) else {}
+
+    @classmethod
+    def attach(cls, model: Any, policy: Any, ui: dict | None = None,
+               settings: dict[str, Any] | None = None) -> io.NodeOutput:
+        """A clone of ``model`` running ``policy``, under this node's display name and graph id (``settings``: the
+        node's own, shown first in the run record)."""
+        return io.NodeOutput(apply_cache(model, policy, cls.label(), cls.node_id(), settings), ui=ui)

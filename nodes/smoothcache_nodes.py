@@ -83,7 +83,7 @@ class ApplySmoothCache(CacheNode):
             ),
             inputs=[
                 io.Model.Input("model", tooltip="The diffusion model (Flux, Wan, HunyuanVideo, ...) to speed up."),
-                io.Combo.Input("calibration", options=options, default=options[0] if options else None,
+                cls.calibration_input(options, SmoothCacheCalibrate,
                                tooltip="A file saved by 'SmoothCache Calibrate' (models/magcache). Must match the "
                                        "model's family and block shapes. Other step counts are mapped by "
                                        "nearest step (a warning says so)."),

@@ -42,7 +42,7 @@ class ApplyStepSchedule(CacheNode):
             ),
             inputs=[
                 io.Model.Input("model", tooltip="The diffusion model (Flux, Wan, Qwen-Image, ...) to speed up."),
-                io.Combo.Input("calibration", options=options, default=options[0] if options else None,
+                cls.calibration_input(options, StepScheduleCalibrate,
                                tooltip="A file saved by 'Step Schedule Calibrate' (models/magcache). Must match the "
                                        "model's family and block shapes. Other step counts and samplers are "
                                        "mapped by schedule position."),
@@ -103,7 +103,8 @@ class ApplyStepSchedule(CacheNode):
         config = cls.make_config(model, **inputs)
         if config is None:  # make_config has said why
             return io.NodeOutput(model)
-        return cls.attach(model, cls.make_policy(model, config), ui={"text": [config.note]})
+        return cls.attach(model, cls.make_policy(model, config), ui={"text": [config.note]},
+                          settings=cls.record_settings(inputs))
 
 
 class StepScheduleCalibrate(CalibrateNode):

@@ -5,6 +5,7 @@ import logging
 
 from comfy_api.latest import io
 
+from ..cache_core import feedback
 from ..cache_core.layout import COMFY_LAYOUTS, layout_for_module
 from ..cache_core.methods.teacache import CHOICES, TeaCacheConfig, resolve_coefficients
 from ..cache_core.methods.teacache_signals import signal_fn
@@ -55,8 +56,8 @@ class ApplyTeaCache(CacheNode):
         layout = layout_for_module(model.get_model_object("diffusion_model"), COMFY_LAYOUTS)
         family = layout.family if layout is not None else ""
         if layout is not None and signal_fn(layout.signal) is None:
-            log.warning("[dit-cache] %s: no first-block signal is known for %s models yet; model left unchanged",
-                        cls.label(), family)
+            feedback.warn(f"no first-block signal is known for {family} models yet; model left unchanged",
+                          cls.label(), cls.node_id())
             return None
         name, coeffs = resolve_coefficients(coefficients, family)
         return TeaCacheConfig(threshold=rel_l1_threshold, coefficients=coeffs, coefficients_name=name,

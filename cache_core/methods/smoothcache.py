@@ -24,6 +24,7 @@ from typing import Any, Callable
 
 import torch
 
+from .. import feedback
 from ..component_runner import COMPONENT_KINDS, ComponentPolicy, SiteCall
 from ..config import check_int, check_range
 from ..policy import RunInfo
@@ -153,9 +154,10 @@ class SmoothCachePolicy(ComponentPolicy):
         sched = self._schedules.get(n)
         if sched is None:
             if n != self.config.calibrated_steps:
-                log.warning("[dit-cache] SmoothCache: the run has %d steps, the calibration %d; its errors are "
-                            "mapped by nearest step (calibrate at this step count for an exact schedule)",
-                            n, self.config.calibrated_steps)
+                # the cache node's warning while its run samples (feedback.running)
+                feedback.warn(f"the run has {n} steps, the calibration {self.config.calibrated_steps}; "
+                              f"its errors are mapped by nearest step (calibrate at this step count for an exact "
+                              f"schedule)")
             sched = self._schedules[n] = self.config.schedule_for(n)
         return sched
 

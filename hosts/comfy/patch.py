@@ -24,7 +24,7 @@ import comfy.model_patcher
 import torch
 from comfy.patcher_extension import WrappersMP
 
-from ...cache_core import distributed
+from ...cache_core import distributed, feedback
 from ...cache_core.component_runner import FFN, FFN_SLOT, ComponentPolicy
 from ...cache_core.config import CacheWindow, SigmaWindow
 from ...cache_core.few_steps import few_step_note, schedule_steps
@@ -49,8 +49,10 @@ class CacheSpec:
     """What a cache node attached to a model: the method's policy and the model's block layout."""
 
     def __init__(self, policy: Policy | ComponentPolicy, layout: BlockLayout, block_counts: list[int], model_name: str,
-                 node_label: str, node_id: str | None = None, runner: str | None = None) -> None:
+                 node_label: str, node_id: str | None = None, runner: str | None = None,
+                 settings: dict[str, Any] | None = None) -> None:
         self.policy = policy
+        self.settings = dict(settings or {})  # the node's own settings a run record shows first (its calibration)
         self.runner = runner  # the runner kind the model needs instead of the policy's ("unet"), or None
         self.layout = layout
         self.block_counts = block_counts
@@ -73,7 +75,8 @@ def block_count(model: Any) -> int | None:
     return sum(len(getattr(dm, seg.attr)) for seg in layout.segments)
 
 
-def apply_cache(model: Any, policy: Policy | ComponentPolicy, node_label: str, node_id: str | None = None) -> Any:
+def apply_cache(model: Any, policy: Policy | ComponentPolicy, node_label: str, node_id: str | None = None,
+                settings: dict[str, Any] | None = None) -> Any:
     """A clone of ``model`` whose blocks run through ``policy``; ``model`` itself is left untouched.
 
     An unsupported model logs a warning and is returned unchanged. A model that already carries a dit-cache
@@ -81,16 +84,16 @@ def apply_cache(model: Any, policy: Policy | ComponentPolicy, node_label: str, n
     """
     dm = diffusion_model_of(model)
     if unet.is_unet(dm):
-        layout = _unet_layout(policy, dm, node_label)
+        layout = _unet_layout(policy, dm, node_label, node_id)
     elif getattr(policy, "unet_only", False):
-        log.warning("[dit-cache] %s: %s only applies to UNet models (SD1.5, SD2, SDXL), not to %s; the model is "
-                    "left unchanged", node_label, policy.name, type(dm).__name__)
+        feedback.warn(f"{policy.name} only applies to UNet models (SD1.5, SD2, SDXL), not to {type(dm).__name__}; "
+                      f"the model is left unchanged", node_label, node_id)
         return model
     else:
         layout = layout_for_module(dm, COMFY_LAYOUTS)
         if layout is None:
-            log.warning("[dit-cache] %s: %s is not a supported DiT model; the model is left unchanged",
-                        node_label, type(dm).__name__)
+            feedback.warn(f"{type(dm).__name__} is not a supported DiT model; the model is left unchanged",
+                          node_label, node_id)
     if layout is None:
         return model
     existing = model.model_options.get("transformer_options", {}).get(SPEC_KEY)
@@ -104,7 +107,8 @@ def apply_cache(model: Any, policy: Policy | ComponentPolicy, node_label: str, n
     m = model.clone()
     if node_id is None:  # nodes without the hidden unique_id input: the node ComfyUI is executing
         node_id = stats_server.executing_node_id()
-    spec = CacheSpec(policy, layout, counts, type(dm).__name__, node_label, node_id, "unet" if is_unet else None)
+    spec = CacheSpec(policy, layout, counts, type(dm).__name__, node_label, node_id, "unet" if is_unet else None,
+                     settings)
     m.model_options.setdefault("transformer_options", {})[SPEC_KEY] = spec
     head_signal = _head_signal(policy, layout, dm)  # raises (before sampling) if the family has no signal
     if is_unet:
@@ -143,14 +147,14 @@ def set_decision_group(model: Any, group: Any = distributed.WORLD) -> Any:
     return m
 
 
-def _unet_layout(policy: Policy | ComponentPolicy, dm: Any, node_label: str) -> BlockLayout | None:
+def _unet_layout(policy: Policy | ComponentPolicy, dm: Any, node_label: str,
+                 node_id: str | None = None) -> BlockLayout | None:
     """UNET_LAYOUT when ``policy`` applies to UNets and its plan fits ``dm`` (ValueError before sampling when it
     does not fit); None after a warning when the method does not apply to UNets."""
     plan = unet_plan(policy)
     if plan is None:
-        log.warning("[dit-cache] %s: %s is not a supported DiT model and %s does not apply to UNets (First Block "
-                    "Cache and DeepCache do); the model is left unchanged", node_label, type(dm).__name__,
-                    policy.name)
+        feedback.warn(f"{type(dm).__name__} is not a supported DiT model and {policy.name} does not apply to UNets "
+                      f"(First Block Cache and DeepCache do); the model is left unchanged", node_label, node_id)
         return None
     try:
         plan.check(unet.block_counts(dm), policy.name)
@@ -324,13 +328,20 @@ def _outer_sample_wrapper(executor: Any, *args: Any, **kwargs: Any) -> Any:
     guider.model_options = comfy.model_patcher.create_model_options_clone(orig_options)
     t_opts = guider.model_options["transformer_options"]
     spec: CacheSpec = t_opts[SPEC_KEY]
-    stats = RunStats(method=spec.policy.name, settings=spec.policy.settings(), model=spec.model_name)
+    with feedback.running(spec.node_label, spec.node_id):  # warnings of the run name the cache node
+        return _outer_sample(executor, guider, orig_options, spec, t_opts, args, kwargs)
+
+
+def _outer_sample(executor: Any, guider: Any, orig_options: Any, spec: "CacheSpec", t_opts: dict,
+                  args: tuple, kwargs: dict) -> Any:
+    stats = RunStats(method=spec.policy.name, settings={**spec.settings, **spec.policy.settings()},
+                     model=spec.model_name)
     sigmas = args[3] if len(args) > 3 else kwargs.get("sigmas")  # CFGGuider.outer_sample(noise, latent, sampler, sigmas, ...)
     run_info = RunInfo(tuple(float(x) for x in sigmas.reshape(-1)) if sigmas is not None else None)
     spec.policy.check_run(run_info)  # e.g. a calibration that needs more steps: an error before sampling
     few = few_step_note(spec.policy.name, run_info.sigmas)
     if few is not None:
-        log.warning("[dit-cache] %s: %s", spec.node_label, few)
+        feedback.warn(few, spec.node_label, spec.node_id)
         stats.details["few_steps"] = schedule_steps(run_info.sigmas)
     model_sampling = guider.model_patcher.get_model_object("model_sampling")
     runner = make_runner(spec.policy, spec.layout, spec.block_counts, stats,
@@ -359,9 +370,9 @@ def _outer_sample_wrapper(executor: Any, *args: Any, **kwargs: Any) -> Any:
         stats_server.publish(run)  # run_log.record + push to the page that queued the prompt
         log.info("[dit-cache] %s%s", stats.summary(), "" if ok else " (run interrupted)")
         if runner.model_calls and not stats.calls:
-            log.warning("[dit-cache] %s: the model ran %d times but none of its blocks went through the cache "
-                        "(%s's forward bypassed the block patches, or another node replaced them after this "
-                        "one): nothing was skipped", spec.node_label, runner.model_calls, spec.model_name)
+            feedback.warn(f"the model ran {runner.model_calls} times but none of its blocks went through the cache "
+                          f"({spec.model_name}'s forward bypassed the block patches, or another node replaced them "
+                          f"after this one): nothing was skipped", spec.node_label, spec.node_id)
     if finish_error is not None:
         # the run itself succeeded but its end-of-run step (a calibration's save) did not: the prompt fails with
         # that error instead of reporting success with the result lost

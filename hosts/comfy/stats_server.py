@@ -6,6 +6,9 @@
 - ``publish_step(...)`` sends one model call's decisions as ``dit-cache.step`` while sampling runs (live view).
   ``send_sync`` only puts the message on the server loop's queue (``loop.call_soon_threadsafe``), a few
   microseconds next to a model call.
+- ``send_warning(node, node_id, message)`` (the sink of ``cache_core.feedback.warn``, registered at import) keeps a
+  user-facing warning in ``run_log`` as ``{"method": "warning", "node_id": ..., "warning": {...}}`` and sends it
+  as ``dit-cache.warning``, once per prompt, node and message.
 - ``GET /dit-cache/runs?client_id=<id>[&limit=N]`` returns ``{"runs": [...], "max_runs": M, "max_bytes": B}``:
   the kept runs of prompts queued with that client id (ComfyUI's page sends its websocket id, ``api.clientId``),
   oldest first, so a reloaded page can draw its last runs again. Without a client id: no runs. Other clients'
@@ -28,6 +31,7 @@ import math
 import sys
 from typing import Any
 
+from ...cache_core import feedback
 from ...cache_core.text import shown
 from . import run_log
 
@@ -36,6 +40,8 @@ log = logging.getLogger("dit_cache")
 ROUTE = "/dit-cache/runs"
 RUN_EVENT = "dit-cache.run"
 STEP_EVENT = "dit-cache.step"
+WARNING_EVENT = "dit-cache.warning"
+MAX_WARNED = 256  # (prompt, node, message) keys remembered to send each warning once
 
 _registered = False
 
@@ -111,6 +117,41 @@ def send_to_page(event: str, data: dict[str, Any]) -> dict[str, Any]:
         except Exception:
             log.warning("[dit-cache] could not send %s to the page", event, exc_info=True)
     return data
+
+
+_warned: dict[tuple[str | None, str | None, str], None] = {}
+
+
+def send_warning(node: str, node_id: str | None, message: str) -> dict[str, Any] | None:
+    """A user-facing warning (``cache_core.feedback.warn``'s sink; the caller has logged it): recorded in the run
+    log under the running prompt's client id and sent as ``dit-cache.warning`` to the page that queued it, once per
+    prompt, node and message (outside a server process: nothing to do). ``node_id`` None: the node ComfyUI is
+    executing. Returns what was sent, or None for a repeat; never raises."""
+    if node_id is None:
+        node_id = executing_node_id()
+    srv = prompt_server()
+    client_id, prompt_id = _running_prompt(srv) if srv is not None else (None, None)
+    key = (prompt_id, node_id, message)
+    if prompt_id is not None:  # outside a prompt (tests, bench) every warning is new
+        if key in _warned:
+            return None
+        _warned[key] = None
+        while len(_warned) > MAX_WARNED:
+            del _warned[next(iter(_warned))]
+    data = json_safe({"node_id": node_id, "node": node, "message": message, "prompt_id": prompt_id})
+    if srv is None:  # no page to serve it to: the log line is all (in-process callers read run_log's runs)
+        return data
+    run_log.record({"method": "warning", "node_id": node_id, "prompt_id": prompt_id, "warning": data},
+                   client_id=client_id)
+    if client_id is not None:
+        try:
+            srv.send_sync(WARNING_EVENT, data, sid=client_id)
+        except Exception:
+            log.debug("[dit-cache] could not send a warning to the page", exc_info=True)
+    return data
+
+
+feedback.add_sink(send_warning)
 
 
 def publish_step(spec: Any, stats: Any, first_record: int) -> None:

@@ -136,8 +136,8 @@ def test_attach_uses_the_display_name_the_graph_id_and_the_registry_policy(monke
     from dit_cache.cache_core.methods.fbc import FirstBlockCachePolicy
 
     calls = []
-    monkeypatch.setattr(base, "apply_cache", lambda model, policy, label, node_id: calls.append(
-        (model, policy, label, node_id)) or "patched")
+    monkeypatch.setattr(base, "apply_cache", lambda model, policy, label, node_id, settings: calls.append(
+        (model, policy, label, node_id)) or settings == {} and "patched")  # no calibration to show
     inputs = {**_defaults(ApplyFirstBlockCache), "threshold": 0.2}
     clone = ApplyFirstBlockCache.PREPARE_CLASS_CLONE({io.Hidden.unique_id: 7})  # what ComfyUI runs
     assert clone.execute("model", **inputs).result[0] == "patched"
