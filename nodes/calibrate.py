@@ -96,7 +96,8 @@ class CalibrationRun:
 class CalibrateNode(CacheNode):
     """Base of the "<Method> Calibrate" nodes: MODEL in, the model measuring while it samples out."""
 
-    EVENT: str | None = None  # websocket event sent to the page with each saved calibration; None: not sent
+    # websocket event sent to the page with each saved calibration (the node shows the file; None: not sent)
+    EVENT: str | None = "dit-cache.calibrated"
     SAVES = "the calibration is"  # the node's text: "<SAVES> saved to <folder> when the sampler finishes"
 
     @classmethod

@@ -38,6 +38,8 @@ try {
   const workflow = JSON.parse(readFileSync(cfg.workflow, "utf8"));
   await page.evaluate(async (wf) => { await window.app.loadGraphData(wf); }, workflow);
 
+  result.sizeBefore = await page.evaluate((t) => [...window.app.graph.nodes.find((x) => x.type === t).size], CAL_NODE);
+
   step("queue prompt");
   await page.evaluate(() => {
     const api = window.comfyAPI.api.api;
@@ -59,6 +61,11 @@ try {
     const n = window.app.graph.nodes.find((x) => x.type === t);
     return { id: n.id, calibration: n.ditCacheCalibration ?? null, drawn: n.ditCacheDrawn ?? null, size: [...n.size],
       minHeight: n.computeSize()[1] };
+  }, CAL_NODE);
+  result.node.sizeBefore = result.sizeBefore;
+  result.node.shown = await page.evaluate((t) => {
+    const n = window.app.graph.nodes.find((x) => x.type === t);
+    return { file: n.ditCacheCalibrationWidget?.element.querySelector(".dit-cache-file")?.value ?? null };
   }, CAL_NODE);
   result.sidebar = await page.evaluate(readCalibrations);
 

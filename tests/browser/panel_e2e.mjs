@@ -50,7 +50,8 @@ try {
   const workflow = JSON.parse(readFileSync(cfg.workflow, "utf8"));
   await page.evaluate(async (wf) => { await window.app.loadGraphData(wf); }, workflow);
   result.graphNodes = await page.evaluate(() => window.app.graph.nodes.map((n) => ({
-    id: n.id, type: n.type, widgets: (n.widgets ?? []).map((w) => [w.name, w.value]),
+    id: n.id, type: n.type, widgets: (n.widgets ?? []).filter((w) => w.serialize !== false).map((w) => [w.name, w.value]),
+    saved: n.serialize().widgets_values ?? null, display: (n.widgets ?? []).filter((w) => w.serialize === false).map((w) => w.name),
   })));
 
   step("queue prompt");

@@ -215,6 +215,8 @@ def test_panel_in_headless_chromium(server: Server, tmp_path: Path):
     page_fbc = next(n for n in res["graphNodes"] if n["type"] == FBC_NODE)
     assert page_fbc["id"] == fbc["id"]
     assert [v for _, v in page_fbc["widgets"]] == fbc["widgets_values"]
+    # the pack's display widget (the "last run" line) is never saved with the workflow
+    assert page_fbc["saved"] == fbc["widgets_values"] and page_fbc["display"] == ["dit_cache_last_run"]
 
     # The server's record of the run, served to the page's client id (kept across the reload) and to no one else.
     assert res["clientId"] and res["reloadedClientId"] == res["clientId"]
@@ -239,7 +241,7 @@ def test_panel_in_headless_chromium(server: Server, tmp_path: Path):
         assert (int(card["calls"]), int(card["skipped"]), int(card["computed"])) == (calls, skipped, computed)
         assert f"{computed} computed · {skipped} skipped of {calls} model calls" in card["text"]
         assert f"{calls / computed:.2f}x" in card["text"]
-        assert "threshold=0.08" in card["text"] and run["method"] in card["text"]
+        assert "threshold: 0.08" in card["text"] and run["method"] in card["text"]
         assert int(card["cacheBytes"]) == run["cache_bytes"] > 0
         assert card["text"].count("wall ") == 1
         want: dict[str, dict[str, int]] = {}
@@ -323,8 +325,9 @@ def test_magcache_calibration_on_node_in_headless_chromium(server: Server, tmp_p
         assert str(node["id"]) == node_id
         assert node["calibration"] == {"file": path.name, "steps": steps, "ratios": ratios}
         drawn = node["drawn"]
-        assert (drawn["points"], drawn["streams"]) == (2 * steps, 2)
-        assert node["minHeight"] <= drawn["top"] < node["size"][1]
+        assert (drawn["points"], drawn["streams"], drawn["file"]) == (2 * steps, 2, path.name)
+        # the node's area for the result was reserved before the run: it holds its widgets and did not grow
+        assert node["minHeight"] <= node["size"][1] and node["size"] == node["sizeBefore"]
 
         # The run log serves the calibration (and the run) to the page's client id, kept across the reload.
         assert res["clientId"] and res["reloadedClientId"] == res["clientId"]

@@ -1,12 +1,17 @@
 // dit-cache statistics panel: what the cache skipped, per cache node and sampling run.
 //
-// Server side: nodes/stats_server.py pushes "dit-cache.run" (one run, at its end) and "dit-cache.step" (one
-// model call, live) to the page that queued the prompt and serves GET /dit-cache/runs?client_id=<this page's id>
-// (this page's last runs, for a reloaded page). This file draws them in a "DiT Cache" sidebar tab (one section per cache node, newest run
-// first) and writes a one-line summary of the last run on each cache node in the graph.
-// MagCache Calibrate: nodes/calibrate.py sends "dit_cache.magcache_calibrated" (node_id, file, ratios per
-// CFG stream, ...) to the same page when it has saved a calibration; the ratios are drawn as a small curve per
-// stream on that node ("saved <file>" under it) and listed in the sidebar under the node.
+// Server side: hosts/comfy/stats_server.py pushes "dit-cache.run" (one run, at its end), "dit-cache.step" (one
+// model call, live) and "dit-cache.warning" (a warning the user must see: unsupported model, a method that does
+// not apply, a calibration that does not match; once per prompt, node and message) to the page that queued the
+// prompt and serves GET /dit-cache/runs?client_id=<this page's id> (this page's last runs, calibrations and
+// warnings, for a reloaded page). This file draws them in a "DiT Cache" sidebar tab: one section per prompt and
+// cache node, newest first, headed by the workflow's name (remembered per prompt id when the page queues it;
+// else the prompt id) and the node's title. A warning is also a toast and a line on the node.
+// On every cache node (matched by its id, "DitCache.*") a DOM widget (drawn by both the classic canvas and the
+// Nodes 2.0 / Vue renderer) holds a one-line summary of the last run (LINE_H px, reserved from the start).
+// Calibrate nodes ("DitCache.*Calibrate") also reserve CAL_H px for their result: the curve of the saved ratios
+// (MagCache Calibrate's "dit_cache.magcache_calibrated"; other Calibrate nodes' "dit-cache.calibrated") and the
+// saved file's name in a read-only field with a copy button; the sidebar lists them under the node too.
 // Listeners: the page-level ones are removed on "pagehide"; each cache node's own listener is removed when the
 // node is removed from the graph (onRemoved).
 import { app } from "../../../scripts/app.js";
@@ -17,9 +22,18 @@ const TAB_ID = "dit-cache-stats";
 const RUN_EVENT = "dit-cache.run";
 const STEP_EVENT = "dit-cache.step";
 const CALIBRATED_EVENT = "dit_cache.magcache_calibrated";
-const CALIBRATE_NODE = "DitCache.MagCacheCalibrate";
+const ANY_CALIBRATED_EVENT = "dit-cache.calibrated"; // Calibrate nodes without a curve of their own
+const WARNING_EVENT = "dit-cache.warning";
 const MAX_CALIBRATIONS = 32;
+const MAX_WARNINGS = 64;
 const MAX_RUNS_PER_NODE = 5;
+const MAX_GROUPS = 24;
+const LINE_H = 22; // the "last run" line on every cache node
+const CAL_H = 150; // a Calibrate node's result: curve, file name and copy button
+const NAMES_KEY = "dit-cache.workflow-names"; // prompt id -> workflow name (sessionStorage, like the client id)
+const MAX_NAMES = 64;
+const isCacheNode = (node) => String(node?.comfyClass || node?.type || "").startsWith("DitCache.");
+const isCalibrateNode = (node) => isCacheNode(node) && String(node.comfyClass || node.type).endsWith("Calibrate");
 const COLORS = { computed: "#4caf50", skipped: "#5c8dd6", threshold: "#e0a030", grid: "#555" };
 const STREAM_COLORS = ["#f0f0f0", "#e57373", "#ba68c8", "#4dd0e1"];
 const SVG_NS = "http://www.w3.org/2000/svg";
@@ -27,7 +41,11 @@ const SVG_NS = "http://www.w3.org/2000/svg";
 const state = {
   runs: [], // finished runs, oldest first (as GET /dit-cache/runs returns them)
   live: new Map(), // prompt_id|spec_id -> {node_id, node, method, calls, skipped_calls, records}
-  calibrations: [], // saved MagCache calibrations (event payloads), oldest first
+  calibrations: [], // saved calibrations (event payloads), oldest first
+  warnings: [], // dit-cache.warning payloads, oldest first
+  warned: new Set(), // prompt|node|message already shown as a toast
+  seq: new WeakMap(), // entry -> arrival order (groups sort by their newest entry)
+  next: 0,
   container: null, // the sidebar tab's element while it is open
   loaded: false,
   error: null,
@@ -42,9 +60,52 @@ function fmtBytes(n) {
   return `${(n / 1024 ** i).toFixed(i ? 1 : 0)} ${u[i]}`;
 }
 const fmtS = (s) => (s == null ? "-" : s < 10 ? `${s.toFixed(2)} s` : `${s.toFixed(1)} s`);
-// numbers to 4 decimals; objects (Step Schedule's chosen steps per stream, MagCache's curves) as JSON
-const fmtVal = (v) => (typeof v === "number" && !Number.isInteger(v) ? +v.toFixed(4)
-  : v !== null && typeof v === "object" ? JSON.stringify(v) : v);
+// A setting as text: numbers to 4 decimals, lists as "a, b", objects (Step Schedule's chosen steps per stream,
+// MagCache's curve lengths) as "key value; key value", nothing as "-": never "[object Object]".
+function fmtVal(v) {
+  if (v == null) return "-";
+  if (typeof v === "number") return Number.isInteger(v) ? String(v) : String(+v.toFixed(4));
+  if (Array.isArray(v)) return v.length > 12 ? `${v.slice(0, 12).map(fmtVal).join(", ")}, … (${v.length})` : v.map(fmtVal).join(", ");
+  if (typeof v === "object") return Object.entries(v).map(([k, x]) => `${k} ${typeof x === "object" && x ? `[${fmtVal(x)}]` : fmtVal(x)}`).join("; ");
+  return String(v);
+}
+const seqOf = (entry) => {
+  if (!state.seq.has(entry)) state.seq.set(entry, ++state.next);
+  return state.seq.get(entry);
+};
+
+// ------------------------------------------------------------------------------------------------ workflow names
+function readNames() {
+  try { return JSON.parse(sessionStorage.getItem(NAMES_KEY) || "{}") || {}; } catch { return {}; }
+}
+function rememberName(promptId, name) {
+  if (!promptId || !name) return;
+  const names = readNames();
+  delete names[promptId];
+  names[promptId] = name;
+  const keys = Object.keys(names);
+  for (const k of keys.slice(0, Math.max(0, keys.length - MAX_NAMES))) delete names[k];
+  try { sessionStorage.setItem(NAMES_KEY, JSON.stringify(names)); } catch { /* storage full: names are a nicety */ }
+}
+function activeWorkflowName() {
+  const wf = app.extensionManager?.workflow?.activeWorkflow ?? app.workflowManager?.activeWorkflow;
+  return wf?.filename ?? wf?.name ?? null;
+}
+const workflowName = (promptId) => (promptId ? readNames()[promptId] : null) ?? null;
+// The page queues prompts through api.queuePrompt: remember the workflow on screen under the prompt id it got.
+function wrapQueuePrompt() {
+  const orig = api.queuePrompt;
+  if (typeof orig !== "function" || orig.ditCacheWrapped) return;
+  const wrapped = async function (...args) {
+    const name = activeWorkflowName();
+    const res = await orig.apply(this, args);
+    rememberName(res?.prompt_id, name);
+    scheduleRender();
+    return res;
+  };
+  wrapped.ditCacheWrapped = true;
+  api.queuePrompt = wrapped;
+}
 
 function el(tag, attrs = {}, ...children) {
   const e = document.createElement(tag);
@@ -202,6 +263,16 @@ function ratioChart(ratios) {
 
 function calibrationCard(cal) {
   const streams = Object.keys(cal.ratios || {});
+  if (!streams.length) { // a Calibrate node without ratios (SmoothCache, Step Schedule): its file
+    return el("div", {
+      class: "dit-cache-calibration", "data-node-id": cal.node_id ?? "", "data-prompt-id": cal.prompt_id ?? "",
+      "data-file": cal.file ?? "", "data-steps": cal.steps ?? "", "data-streams": "",
+      style: "border:1px solid var(--border-color,#444);border-radius:6px;padding:6px 8px;margin:6px 0;",
+    },
+      el("div", { style: "font-weight:600" }, `calibration · ${cal.family ?? "?"} · ${cal.steps ?? "?"} steps`),
+      el("div", { class: "dit-cache-saved", style: "font-size:12px;word-break:break-all", title: cal.folder ?? "" },
+        `saved ${cal.file}`));
+  }
   return el("div", {
     class: "dit-cache-calibration", "data-node-id": cal.node_id ?? "", "data-prompt-id": cal.prompt_id ?? "",
     "data-file": cal.file ?? "", "data-steps": cal.steps ?? "", "data-streams": streams.join(","),
@@ -221,7 +292,7 @@ function calibrationCard(cal) {
 function runCard(run, live = false) {
   const calls = run.calls, skipped = run.skipped_calls, computed = calls - skipped;
   const speedup = computed ? calls / computed : 1;
-  const settings = Object.entries(run.settings || {}).map(([k, v]) => `${k}=${fmtVal(v)}`).join(", ");
+  const settings = Object.entries(run.settings || {}).map(([k, v]) => `${k}: ${fmtVal(v)}`).join(" · ");
   const status = live ? "running…" : run.completed ? "" : " (interrupted)";
   const when = run.started ? new Date(run.started * 1000).toLocaleTimeString() : "";
   const card = el("div", {
@@ -246,7 +317,7 @@ function runCard(run, live = false) {
   }
   // a method's own end-of-run figures (AdaCache: the caching rate each decision chose, per stream)
   for (const [name, value] of Object.entries(run.details || {})) {
-    const text = value !== null && typeof value === "object" ? JSON.stringify(value) : fmtVal(value);
+    const text = fmtVal(value);
     card.append(el("div", { class: "dit-cache-detail", "data-name": name, style: "font-size:11px;word-break:break-all" },
       `${name}: ${text}`));
   }
@@ -266,6 +337,20 @@ function runCard(run, live = false) {
   return card;
 }
 
+// The graph's node for a node id (its title is the heading's), when the graph on screen has that cache node.
+function graphNode(nodeId) {
+  if (nodeId == null || nodeId === "") return null;
+  const node = app.graph?.getNodeById?.(Number(nodeId)) ?? app.graph?.getNodeById?.(nodeId);
+  return isCacheNode(node) ? node : null;
+}
+
+function warningLine(w) {
+  return el("div", { class: "dit-cache-warning", "data-node-id": w.node_id ?? "", "data-prompt-id": w.prompt_id ?? "",
+    style: "color:#e0a030;font-size:12px;margin:4px 0;word-break:break-word" }, `⚠ ${w.message}`);
+}
+
+// One section per prompt and cache node (a workflow queued twice, or two workflows whose cache nodes share an id,
+// are separate sections), the section with the newest entry first.
 function render() {
   state.frame = 0;
   const root = state.container;
@@ -275,28 +360,39 @@ function render() {
     el("span", { style: "font-weight:700;font-size:14px;flex:1" }, "DiT Cache · skip statistics"),
     el("button", { class: "dit-cache-refresh", title: "Fetch the last runs from the server", onclick: () => load(), style: "cursor:pointer" }, "↻")));
   if (state.error) body.append(el("div", { class: "dit-cache-error", style: "color:#e57373" }, state.error));
-  const groups = new Map(); // node key -> {run (or calibration): names the node, items: runs, cals}
-  const group = (key, run) => {
-    if (!groups.has(key)) groups.set(key, { run, items: [], cals: [] });
-    return groups.get(key);
+  const groups = new Map(); // prompt|node -> {first: an entry naming the node, last: newest arrival, items, cals, warns}
+  const group = (entry) => {
+    const key = `${entry.prompt_id ?? ""}|${entry.node_id ?? entry.spec_id ?? "?"}`;
+    if (!groups.has(key)) groups.set(key, { first: entry, last: 0, items: [], cals: [], warns: [] });
+    const g = groups.get(key);
+    g.last = Math.max(g.last, seqOf(entry));
+    return g;
   };
-  const add = (run, live) => group(run.node_id ?? run.spec_id ?? "?", run).items.push([run, live]);
-  for (const run of state.runs) add(run, false);
-  for (const run of state.live.values()) add(run, true);
-  for (const cal of state.calibrations) group(cal.node_id ?? "?", cal).cals.push(cal);
+  for (const run of state.runs) group(run).items.push([run, false]);
+  for (const run of state.live.values()) group(run).items.push([run, true]);
+  for (const cal of state.calibrations) group(cal).cals.push(cal);
+  for (const w of state.warnings) group(w).warns.push(w);
   if (!groups.size) {
     body.append(el("div", { class: "dit-cache-empty", style: "opacity:.7;margin-top:12px" },
       state.loaded ? "no runs yet" : "loading…"));
   }
-  for (const [key, g] of groups) {
-    // the graph's title of that node, when the graph on screen has this cache node (else the node's name)
-    const node = key !== "?" ? app.graph?.getNodeById?.(Number(key)) : null;
-    const own = node && String(node.comfyClass || node.type || "").startsWith("DitCache.");
-    const title = `${(own && node.title) || g.run.node || "cache node"}${g.run.node_id != null ? " #" + g.run.node_id : ""}`;
-    const sec = el("div", { class: "dit-cache-node", "data-node-id": g.run.node_id ?? "" },
-      el("div", { style: "font-weight:600;margin-top:8px;border-bottom:1px solid var(--border-color,#444)" }, title));
+  const ordered = [...groups.values()].sort((x, y) => y.last - x.last).slice(0, MAX_GROUPS); // newest first
+  for (const g of ordered) {
+    const e = g.first, node = graphNode(e.node_id);
+    const workflow = workflowName(e.prompt_id);
+    const nodeTitle = `${node?.title || e.node || "cache node"}${e.node_id != null ? " #" + e.node_id : ""}`;
+    const sec = el("div", {
+      class: "dit-cache-node", "data-node-id": e.node_id ?? "", "data-prompt-id": e.prompt_id ?? "",
+      "data-workflow": workflow ?? "",
+    },
+      el("div", { class: "dit-cache-group-head", style: "margin-top:10px;border-bottom:1px solid var(--border-color,#444)" },
+        el("div", { class: "dit-cache-workflow", style: "font-size:11px;opacity:.75;word-break:break-all",
+          title: e.prompt_id ? `prompt ${e.prompt_id}` : "" },
+          workflow ? `workflow ${workflow}` : e.prompt_id ? `prompt ${String(e.prompt_id).slice(0, 8)}` : "no prompt"),
+        el("div", { class: "dit-cache-node-title", style: "font-weight:600" }, nodeTitle)));
+    for (const w of g.warns) sec.append(warningLine(w));
     for (const cal of g.cals.slice(-MAX_RUNS_PER_NODE).reverse()) sec.append(calibrationCard(cal)); // newest first
-    const items = g.items.slice(-MAX_RUNS_PER_NODE).reverse(); // newest first
+    const items = g.items.sort((x, y) => seqOf(x[0]) - seqOf(y[0])).slice(-MAX_RUNS_PER_NODE).reverse();
     for (const [run, live] of items) sec.append(runCard(run, live));
     body.append(sec);
   }
@@ -328,9 +424,22 @@ async function load() {
     const res = await api.fetchApi(`/dit-cache/runs?client_id=${encodeURIComponent(id)}`);
     if (!res.ok) throw new Error(`GET /dit-cache/runs: HTTP ${res.status}`);
     const data = await res.json();
-    state.runs = (data.runs || []).filter(isSamplingRun);
-    // MagCache Calibrate records {method: "MagCacheCalibrate", calibration: <the event's payload>}
-    state.calibrations = (data.runs || []).map((r) => r?.calibration).filter(isCalibration);
+    const entries = data.runs || [];
+    state.seq = new WeakMap();
+    state.next = 0;
+    state.runs = [];
+    state.calibrations = [];
+    state.warnings = [];
+    // in the server's order (oldest first): sampling runs, Calibrate nodes' {calibration: <the event's payload>},
+    // and {warning: <the dit-cache.warning payload>}
+    for (const r of entries) {
+      if (isSamplingRun(r)) state.runs.push(r);
+      else if (isCalibration(r?.calibration)) state.calibrations.push(r.calibration);
+      else if (isWarning(r?.warning)) state.warnings.push(r.warning);
+      else continue;
+      seqOf(isSamplingRun(r) ? r : r.calibration ?? r.warning);
+    }
+    for (const live of state.live.values()) seqOf(live);
     state.error = null;
   } catch (e) {
     state.error = `could not load runs: ${e.message ?? e}`;
@@ -341,22 +450,50 @@ async function load() {
 
 // ------------------------------------------------------------------------------------------------ events
 const liveKey = (d) => `${d.prompt_id}|${d.spec_id}`;
-// The run log also holds other entries (e.g. MagCache calibrations): the panel shows sampling runs.
+// The run log also holds other entries (calibrations, warnings): the panel shows sampling runs as runs.
 const isSamplingRun = (r) => r != null && typeof r.calls === "number" && Array.isArray(r.records);
+const isWarning = (w) => w != null && typeof w.message === "string";
 function onRun(ev) {
   const run = ev.detail;
   if (!isSamplingRun(run)) return;
+  const live = state.live.get(liveKey(run));
   state.live.delete(liveKey(run));
+  if (live) seqOf(live); // the finished run takes the live card's place
+  seqOf(run);
   state.runs.push(run);
   if (state.runs.length > 64) state.runs.splice(0, state.runs.length - 64);
   scheduleRender();
 }
-const isCalibration = (c) => c != null && typeof c.file === "string" && c.ratios != null && typeof c.ratios === "object";
+const isCalibration = (c) => c != null && typeof c.file === "string" && (c.ratios == null || typeof c.ratios === "object");
 function onCalibrated(ev) {
   const cal = ev.detail;
   if (!isCalibration(cal)) return;
+  seqOf(cal);
   state.calibrations.push(cal);
   if (state.calibrations.length > MAX_CALIBRATIONS) state.calibrations.splice(0, state.calibrations.length - MAX_CALIBRATIONS);
+  scheduleRender();
+}
+const warningKey = (w) => `${w.prompt_id}|${w.node_id}|${w.message}`;
+// A small toast of our own where the frontend has no toast service.
+function fallbackToast(summary, detail) {
+  const box = el("div", { class: "dit-cache-toast", style: "position:fixed;right:16px;bottom:16px;z-index:10000;max-width:420px;" +
+    "background:#3a2f10;color:#f5deb3;border:1px solid #e0a030;border-radius:6px;padding:8px 10px;font:12px sans-serif" },
+    el("div", { style: "font-weight:600" }, summary), el("div", {}, detail));
+  document.body.append(box);
+  setTimeout(() => box.remove(), 10000);
+}
+function onWarning(ev) {
+  const w = ev.detail;
+  if (!isWarning(w) || state.warned.has(warningKey(w))) return; // once per prompt, node and message
+  state.warned.add(warningKey(w));
+  seqOf(w);
+  state.warnings.push(w);
+  if (state.warnings.length > MAX_WARNINGS) state.warnings.splice(0, state.warnings.length - MAX_WARNINGS);
+  const node = graphNode(w.node_id);
+  const summary = `dit-cache · ${node?.title || w.node || "cache node"}`;
+  const toast = app.extensionManager?.toast;
+  if (typeof toast?.add === "function") toast.add({ severity: "warn", summary, detail: w.message, life: 10000 });
+  else fallbackToast(summary, w.message);
   scheduleRender();
 }
 function onStep(ev) {
@@ -367,121 +504,151 @@ function onStep(ev) {
     live = { node_id: d.node_id, spec_id: d.spec_id, prompt_id: d.prompt_id, node: d.node, method: d.method,
       settings: {}, records: [] };
     state.live.set(key, live);
+    seqOf(live);
   }
   live.calls = d.calls;
   live.skipped_calls = d.skipped_calls;
   live.records.push(...d.records);
   scheduleRender();
 }
+const PAGE_EVENTS = [[RUN_EVENT, onRun], [STEP_EVENT, onStep], [CALIBRATED_EVENT, onCalibrated],
+  [ANY_CALIBRATED_EVENT, onCalibrated], [WARNING_EVENT, onWarning]];
 function onPageHide() {
-  api.removeEventListener(RUN_EVENT, onRun);
-  api.removeEventListener(STEP_EVENT, onStep);
-  api.removeEventListener(CALIBRATED_EVENT, onCalibrated);
+  for (const [name, fn] of PAGE_EVENTS) api.removeEventListener(name, fn);
   window.removeEventListener("pagehide", onPageHide);
 }
 
-// Per cache node: a one-line summary of its last run, drawn under the node's widgets.
+// ------------------------------------------------------------------------------------------------ on the node
+// DOM widgets: both renderers draw them (the classic canvas positions the element over the node; Nodes 2.0 puts
+// it in the node's Vue component), and their height is part of the node's minimum size from the start, so the
+// node never grows over its neighbours after a run. Never serialized: the workflow's widgets_values stay as saved.
+function addDisplayWidget(node, name, element, height) {
+  const widget = node.addDOMWidget(name, "dit-cache-display", element, {
+    serialize: false, hideOnZoom: false, getMinHeight: () => height, getMaxHeight: () => height, getHeight: () => height,
+  });
+  widget.serialize = false; // litegraph's serialize() reads the widget's own flag
+  widget.computeSize = (width) => [width ?? node.size[0], height];
+  return widget;
+}
+
+// The node's size must hold its widgets (ours included): a workflow saved before they existed gives a smaller size.
+function reserveSize(node) {
+  const min = node.computeSize?.();
+  if (!min) return;
+  if (node.size[0] < min[0] || node.size[1] < min[1]) {
+    node.setSize?.([Math.max(node.size[0], min[0]), Math.max(node.size[1], min[1])]);
+    node.setDirtyCanvas?.(true, true);
+  }
+}
+
+function lineElement() {
+  return el("div", { class: "dit-cache-line", style: `height:${LINE_H - 4}px;line-height:${LINE_H - 4}px;font:11px sans-serif;` +
+    "color:#8fc98f;white-space:nowrap;overflow:hidden;text-overflow:ellipsis;padding:0 4px;box-sizing:border-box" }, "last run: –");
+}
+
+function calibrationElement() {
+  const curve = el("div", { class: "dit-cache-node-curve", style: "height:86px;overflow:hidden" },
+    el("div", { style: "opacity:.6;font:11px sans-serif;padding:30px 4px" }, "the calibration curve appears here after a run"));
+  const file = el("input", { class: "dit-cache-file", type: "text", readOnly: true, value: "", placeholder: "saved file: after a run",
+    title: "the saved calibration's file name (select or copy it)",
+    style: "flex:1;min-width:0;font:11px monospace;background:var(--comfy-input-bg,#222);color:var(--input-text,#ddd);" +
+      "border:1px solid var(--border-color,#555);border-radius:4px;padding:2px 4px" });
+  const copy = el("button", { class: "dit-cache-copy", title: "copy the file name", disabled: true,
+    style: "font:11px sans-serif;cursor:pointer;padding:2px 6px" }, "copy");
+  copy.onclick = async (e) => {
+    e.stopPropagation();
+    try { await navigator.clipboard.writeText(file.value); } catch {
+      file.select();
+      document.execCommand?.("copy");
+    }
+    copy.textContent = "copied";
+    setTimeout(() => { copy.textContent = "copy"; }, 1500);
+  };
+  const legend = el("div", { class: "dit-cache-node-legend", style: "font:10px sans-serif;opacity:.8;height:14px;overflow:hidden;white-space:nowrap" });
+  const root = el("div", { class: "dit-cache-node-calibration", style: `height:${CAL_H - 8}px;box-sizing:border-box;padding:0 2px;overflow:hidden` },
+    curve, legend, el("div", { style: "display:flex;gap:4px;align-items:center;margin-top:4px" }, file, copy));
+  return { root, curve, legend, file, copy };
+}
+
+function showCalibration(node, parts, cal) {
+  const ratios = cal.ratios || {};
+  const streams = Object.keys(ratios);
+  if (streams.length) {
+    const chart = ratioChart(ratios);
+    chart.setAttribute("width", "100%");
+    chart.setAttribute("height", "86");
+    chart.setAttribute("preserveAspectRatio", "none");
+    parts.curve.replaceChildren(chart);
+    const all = Object.values(ratios).flat().filter((v) => typeof v === "number" && isFinite(v));
+    parts.legend.replaceChildren(...streams.map((name, k) =>
+      el("span", { style: `color:${STREAM_COLORS[k % STREAM_COLORS.length]};margin-right:6px` }, name)),
+      `ratios · ${cal.steps} calls · ${Math.min(...all).toPrecision(3)}–${Math.max(...all).toPrecision(3)}`);
+  } else {
+    parts.curve.replaceChildren(el("div", { style: "font:11px sans-serif;padding:30px 4px" },
+      `saved · ${cal.family ?? "?"} · ${cal.steps ?? "?"} steps`));
+    parts.legend.replaceChildren();
+  }
+  parts.file.value = cal.file;
+  parts.copy.disabled = false;
+  const points = Object.values(ratios).reduce((n, l) => n + l.filter((v) => typeof v === "number" && isFinite(v)).length, 0);
+  node.ditCacheDrawn = { points, streams: streams.length, file: cal.file }; // what the node shows (browser tests)
+}
+
 function attachToNode(node) {
+  const line = lineElement();
+  node.ditCacheLine = addDisplayWidget(node, "dit_cache_last_run", line, LINE_H);
+  const calibrates = isCalibrateNode(node);
+  const parts = calibrates ? calibrationElement() : null;
+  if (parts) node.ditCacheCalibrationWidget = addDisplayWidget(node, "dit_cache_calibration", parts.root, CAL_H);
+  reserveSize(node);
+  const onConfigure = node.onConfigure;
+  node.onConfigure = function () { // a loaded workflow's saved size comes after the widgets: keep them in it
+    const r = onConfigure?.apply(this, arguments);
+    reserveSize(this);
+    return r;
+  };
   const onNodeRun = (ev) => {
     if (String(ev.detail?.node_id) !== String(node.id)) return;
     const r = ev.detail, computed = r.calls - r.skipped_calls;
     node.ditCacheLast = { calls: r.calls, skipped: r.skipped_calls, speedup: computed ? r.calls / computed : 1 };
+    line.style.color = "#8fc98f";
+    line.textContent = `last run: ${r.skipped_calls}/${r.calls} skipped · ~${node.ditCacheLast.speedup.toFixed(2)}x`;
+    line.title = line.textContent;
     node.setDirtyCanvas?.(true, false);
   };
-  api.addEventListener(RUN_EVENT, onNodeRun);
-  const calibrates = String(node.comfyClass || node.type) === CALIBRATE_NODE;
+  const onNodeWarning = (ev) => {
+    const w = ev.detail;
+    if (!isWarning(w) || String(w.node_id) !== String(node.id)) return;
+    node.ditCacheWarning = w.message;
+    line.style.color = "#e0a030";
+    line.textContent = `⚠ ${w.message}`;
+    line.title = w.message;
+    node.setDirtyCanvas?.(true, false);
+  };
   const onNodeCalibrated = (ev) => {
     const cal = ev.detail;
     if (!isCalibration(cal) || String(cal.node_id) !== String(node.id)) return;
     node.ditCacheCalibration = { file: cal.file, steps: cal.steps, ratios: cal.ratios };
-    // room under the widgets for the curve and the file name (drawn by onDrawForeground)
-    const min = node.computeSize?.() ?? node.size;
-    node.setSize?.([Math.max(node.size[0], 280), Math.max(node.size[1], min[1] + NODE_CAL_H)]);
+    showCalibration(node, parts, cal);
     node.setDirtyCanvas?.(true, true);
   };
-  if (calibrates) api.addEventListener(CALIBRATED_EVENT, onNodeCalibrated);
+  const events = [[RUN_EVENT, onNodeRun], [WARNING_EVENT, onNodeWarning]];
+  if (calibrates) events.push([CALIBRATED_EVENT, onNodeCalibrated], [ANY_CALIBRATED_EVENT, onNodeCalibrated]);
+  for (const [name, fn] of events) api.addEventListener(name, fn);
   const onRemoved = node.onRemoved;
   node.onRemoved = function () {
-    api.removeEventListener(RUN_EVENT, onNodeRun);
-    if (calibrates) api.removeEventListener(CALIBRATED_EVENT, onNodeCalibrated);
+    for (const [name, fn] of events) api.removeEventListener(name, fn);
     node.ditCacheDetached = true;
     return onRemoved?.apply(this, arguments);
   };
-  const onDraw = node.onDrawForeground;
-  node.onDrawForeground = function (ctx) {
-    const r = onDraw?.apply(this, arguments);
-    const last = this.ditCacheLast;
-    if (last && !this.flags?.collapsed) {
-      ctx.save();
-      ctx.font = "11px sans-serif";
-      ctx.fillStyle = "#8fc98f";
-      ctx.fillText(`last run: ${last.skipped}/${last.calls} skipped · ~${last.speedup.toFixed(2)}x`, 8, this.size[1] - 6);
-      ctx.restore();
-    }
-    if (this.ditCacheCalibration && !this.flags?.collapsed) drawCalibration(this, ctx, this.ditCacheCalibration);
-    return r;
-  };
-}
-
-// MagCache Calibrate node: the ratios per stream as a small curve above the "last run" line, "saved <file>" under it.
-const NODE_CAL_H = 104; // curve 62, legend and file lines, the "last run" line
-function drawCalibration(node, ctx, cal) {
-  const [w, h] = node.size;
-  const x0 = 8, x1 = w - 8, top = h - NODE_CAL_H, bottom = top + 62;
-  const [lo, hi] = ratioRange(cal.ratios);
-  const n = Math.max(2, ...Object.values(cal.ratios).map((l) => l.length));
-  const x = (i) => x0 + (i / (n - 1)) * (x1 - x0);
-  const y = (v) => top + 4 + (1 - (v - lo) / (hi - lo)) * (bottom - top - 8);
-  ctx.save();
-  ctx.fillStyle = "rgba(0,0,0,0.25)";
-  ctx.fillRect(x0, top, x1 - x0, bottom - top);
-  ctx.strokeStyle = COLORS.grid;
-  ctx.setLineDash([4, 3]);
-  ctx.beginPath();
-  ctx.moveTo(x0, y(1));
-  ctx.lineTo(x1, y(1));
-  ctx.stroke();
-  ctx.setLineDash([]);
-  ctx.font = "10px sans-serif";
-  let k = 0, points = 0, legend = x0;
-  for (const [name, list] of Object.entries(cal.ratios)) {
-    const color = STREAM_COLORS[k++ % STREAM_COLORS.length];
-    ctx.strokeStyle = color;
-    ctx.lineWidth = 1.3;
-    ctx.beginPath();
-    let pen = false;
-    list.forEach((v, i) => {
-      if (typeof v !== "number" || !isFinite(v)) { pen = false; return; }
-      pen ? ctx.lineTo(x(i), y(v)) : ctx.moveTo(x(i), y(v));
-      pen = true;
-      points++;
-    });
-    ctx.stroke();
-    ctx.fillStyle = color;
-    ctx.fillText(name, legend, bottom + 11);
-    legend += ctx.measureText(name).width + 10;
-  }
-  ctx.fillStyle = "#aaa";
-  ctx.textAlign = "right";
-  const all = Object.values(cal.ratios).flat().filter((v) => typeof v === "number" && isFinite(v));
-  ctx.fillText(`ratios · ${n} calls · ${Math.min(...all).toPrecision(3)}–${Math.max(...all).toPrecision(3)}`, x1, bottom + 11);
-  ctx.textAlign = "left";
-  ctx.fillStyle = "#8fc98f";
-  let text = `saved ${cal.file}`;
-  while (text.length > 8 && ctx.measureText(text).width > x1 - x0) text = text.slice(0, -2);
-  if (text !== `saved ${cal.file}`) text = text.slice(0, -1) + "…";
-  ctx.fillText(text, x0, bottom + 23);
-  ctx.restore();
-  node.ditCacheDrawn = { points, streams: k, top }; // what the last frame drew (read by the browser test)
 }
 
 app.registerExtension({
   name: EXT,
   async setup() {
-    api.addEventListener(RUN_EVENT, onRun);
-    api.addEventListener(STEP_EVENT, onStep);
-    api.addEventListener(CALIBRATED_EVENT, onCalibrated);
+    for (const [name, fn] of PAGE_EVENTS) api.addEventListener(name, fn);
     window.addEventListener("pagehide", onPageHide);
+    wrapQueuePrompt();
     app.extensionManager?.registerSidebarTab?.({
       id: TAB_ID,
       icon: "pi pi-chart-bar",
@@ -501,6 +668,6 @@ app.registerExtension({
     load(); // not awaited: it may wait for the websocket's client id, which must not hold up the app's setup
   },
   nodeCreated(node) {
-    if (String(node.comfyClass || node.type || "").startsWith("DitCache.")) attachToNode(node);
+    if (isCacheNode(node)) attachToNode(node);
   },
 });
