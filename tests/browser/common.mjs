@@ -57,3 +57,59 @@ export async function fitGraph(page) {
   });
   await frames(page);
 }
+
+// One driver run: start the browser, hand `body` the page, the config, the result object and a step logger; print
+// the result as one line "RESULT {...}" (with "error" when something threw). Drivers assert nothing themselves.
+export async function drive(name, body) {
+  const cfg = readConfig();
+  const result = { steps: [], console: [] };
+  const step = (s) => { result.steps.push(s); process.stderr.write(`[${name}] ${s}\n`); };
+  const browser = await launch(cfg);
+  try {
+    const page = browser.pages()[0] ?? (await browser.newPage());
+    watchConsole(page, result);
+    await body({ cfg, page, browser, result, step });
+    step("done");
+  } catch (e) {
+    result.error = String(e?.stack ?? e);
+  } finally {
+    await browser.close();
+  }
+  process.stdout.write("RESULT " + JSON.stringify(result) + "\n");
+}
+
+// Load a UI-format workflow as the page does, under a workflow name (the tab names runs by it).
+export async function loadWorkflow(page, workflow, name) {
+  await page.evaluate(async ([wf, n]) => { await window.app.loadGraphData(wf, true, true, n); }, [workflow, name]);
+  await frames(page);
+}
+
+// Queue the graph on screen with app.queuePrompt (as the Run button does) and wait until the prompt ended; the
+// dit-cache events it brought, execution errors and the node errors /prompt answered.
+export async function queueAndWait(page, cfg) {
+  await page.evaluate(() => {
+    const api = window.comfyAPI.api.api;
+    const q = (window.__ditQueue = { runs: [], warnings: [], calibrated: [], errors: [], done: false });
+    const on = (name, fn) => { api.addEventListener(name, fn); (q.listeners ??= []).push([name, fn]); };
+    on("dit-cache.run", (e) => q.runs.push(e.detail));
+    on("dit-cache.warning", (e) => q.warnings.push(e.detail));
+    on("dit_cache.magcache_calibrated", (e) => q.calibrated.push(e.detail));
+    on("dit-cache.calibrated", (e) => q.calibrated.push(e.detail));
+    on("execution_success", () => { q.done = true; });
+    on("execution_error", (e) => { q.errors.push(e.detail); q.done = true; });
+  });
+  const queued = await page.evaluate(async () => {
+    window.app.lastNodeErrors = null;
+    try { return { ok: await window.app.queuePrompt(0, 1) }; } catch (e) { return { thrown: String(e) }; }
+  });
+  const nodeErrors = await page.evaluate(() => window.app.lastNodeErrors ?? null);
+  if (!nodeErrors || !Object.keys(nodeErrors).length) {
+    await page.waitForFunction(() => window.__ditQueue.done, null, { timeout: cfg.timeoutMs });
+  }
+  await frames(page);
+  return await page.evaluate(([queued, nodeErrors]) => {
+    const q = window.__ditQueue;
+    for (const [name, fn] of q.listeners) window.comfyAPI.api.api.removeEventListener(name, fn);
+    return { queued, nodeErrors, runs: q.runs, warnings: q.warnings, calibrated: q.calibrated, errors: q.errors };
+  }, [queued, nodeErrors]);
+}
