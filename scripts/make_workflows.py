@@ -200,11 +200,13 @@ def _flux_inputs(wf: Workflow, text_y: int = 420) -> tuple[int, int, int, int, i
 
 def flux_magcache() -> Workflow:
     wf = Workflow("flux-magcache-calibrate-apply")
-    model, vae, guid, neg_t, latent = _flux_inputs(wf)
-    calib = cache_node(wf, "DitCache.MagCacheCalibrate", ["flux-dev"], model, (340, 60), size=(320, 82),
+    model, vae, guid, neg_t, latent = _flux_inputs(wf, text_y=660)
+    # the page reserves room on the Calibrate node for its result (curve, file name: 150 px) and on every cache
+    # node for the "last run" line (22 px): the sizes the page computes, so nothing moves or overlaps after a run
+    calib = cache_node(wf, "DitCache.MagCacheCalibrate", ["flux-dev"], model, (340, 60), size=(440, 240),
                        title="1. MagCache Calibrate (run once, then mute this branch)")
     apply_ = cache_node(wf, "DitCache.ApplyMagCache", ["preset: flux_dev", 0.12, 3, 0.2, 0.0, 1.0, "schedule"],
-                        model, (340, 200), title="2. Apply MagCache (pick your calibration file)")
+                        model, (340, 350), size=(360, 260), title="2. Apply MagCache (pick your calibration file)")
     s1 = ksampler(wf, calib, guid, neg_t, latent, list(FLUX_KSAMPLER), (1120, 60),
                   title="KSampler (calibration pass: full model)")
     s2 = ksampler(wf, apply_, guid, neg_t, latent, list(FLUX_KSAMPLER), (1120, 360), title="KSampler (cached)")

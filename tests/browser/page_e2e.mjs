@@ -29,9 +29,10 @@ const readTab = () => [...document.querySelectorAll(".dit-cache-node")].map((s) 
 // Every node: graph box (title bar included), what our widgets show and where their elements are on screen.
 const readNodes = () => window.app.graph.nodes.map((n) => {
   const title = window.LiteGraph?.NODE_TITLE_HEIGHT ?? 30;
+  const own = (n.widgets ?? []).filter((w) => w.serialize === false && w.element).map((w) => w.element);
   const shown = (cls) => {
-    const e = document.querySelector(`[data-dit-node="${n.id}"] ${cls}`) ?? null;
-    if (!e) return null;
+    const e = own.map((x) => (x.matches(cls) ? x : x.querySelector(cls))).find(Boolean) ?? null;
+    if (!e || !e.isConnected) return null;
     const r = e.getBoundingClientRect();
     const vue = e.closest("[data-node-id]");
     return { text: e.innerText ?? "", value: e.value ?? null, w: r.width, h: r.height, x: r.x, y: r.y,
@@ -48,13 +49,6 @@ const readNodes = () => window.app.graph.nodes.map((n) => {
     file: shown(".dit-cache-file"), curve: shown(".dit-cache-node-curve svg"),
   };
 });
-
-// Mark our widgets' elements with their node id, so readNodes finds them wherever the renderer put them.
-const markWidgets = () => {
-  for (const n of window.app.graph.nodes) {
-    for (const w of n.widgets ?? []) if (w.serialize === false && w.element) w.element.dataset.ditNode = String(n.id);
-  }
-};
 
 await drive("page_e2e", async ({ cfg, page, browser, result, step }) => {
   const wfs = Object.fromEntries(Object.entries(cfg.workflows).map(([k, v]) =>
@@ -87,13 +81,21 @@ await drive("page_e2e", async ({ cfg, page, browser, result, step }) => {
 
   step("warning: a cache node on an SD1.5 UNet");
   await loadWorkflow(page, wfs.warning.graph, wfs.warning.name);
+  await page.evaluate(() => { // every toast shown from now on (they go away after a while)
+    window.__toasts = [];
+    window.__toastObserver = new MutationObserver(() => {
+      for (const t of document.querySelectorAll('.p-toast [role="alert"], .p-toast-message, .dit-cache-toast')) {
+        if (t.innerText && !window.__toasts.includes(t.innerText)) window.__toasts.push(t.innerText);
+      }
+    });
+    window.__toastObserver.observe(document.body, { childList: true, subtree: true, characterData: true });
+  });
   result.warning = { queue: await queueAndWait(page, cfg) };
   await page.waitForSelector(".dit-cache-warning", { timeout: cfg.timeoutMs });
-  await page.waitForFunction(() => document.querySelector(".p-toast-message, .dit-cache-toast"), null,
-    { timeout: cfg.timeoutMs }).catch(() => null);
-  await page.evaluate(markWidgets);
-  result.warning.toasts = await page.evaluate(() =>
-    [...document.querySelectorAll(".p-toast-message, .dit-cache-toast")].map((t) => t.innerText));
+  const TOASTS = '.p-toast [role="alert"], .p-toast-message, .dit-cache-toast';
+  await page.waitForFunction((sel) => document.querySelector(sel), TOASTS, { timeout: 15_000 }).catch(() => null);
+  result.warning.toasts = await page.evaluate(() => { window.__toastObserver.disconnect(); return window.__toasts; });
+  result.warning.toastHtml = await page.evaluate(() => document.querySelector(".p-toast")?.outerHTML.slice(0, 2000) ?? null);
   result.warning.nodes = await page.evaluate(readNodes);
   result.warning.tab = await page.evaluate(readTab);
   await shot("page-warning.png");
@@ -106,7 +108,6 @@ await drive("page_e2e", async ({ cfg, page, browser, result, step }) => {
   await page.waitForFunction((n) => document.querySelectorAll('.dit-cache-run[data-live="0"]').length >= n, 2,
     { timeout: cfg.timeoutMs });
   result.tab = await page.evaluate(readTab);
-  await page.evaluate(markWidgets);
   result.second.nodes = await page.evaluate(readNodes);
   await shot("page-tab.png");
   const panel = await page.$(".dit-cache-panel");
@@ -115,7 +116,6 @@ await drive("page_e2e", async ({ cfg, page, browser, result, step }) => {
 
   step("calibrate: the node's result area");
   await loadWorkflow(page, wfs.calibrate.graph, wfs.calibrate.name);
-  await page.evaluate(markWidgets);
   result.calibrate = { before: await page.evaluate(readNodes) };
   result.calibrate.queue = await queueAndWait(page, cfg);
   await page.waitForSelector(".dit-cache-calibration", { timeout: cfg.timeoutMs });
@@ -136,13 +136,11 @@ await drive("page_e2e", async ({ cfg, page, browser, result, step }) => {
     await loadWorkflow(page, wfs.calibrate.graph, wfs.calibrate.name);
     await page.waitForSelector("[data-node-id] .dit-cache-line", { timeout: cfg.timeoutMs });
     result.nodes2 = { enabled: await page.evaluate(() => window.app.extensionManager.setting.get("Comfy.VueNodes.Enabled")) };
-    await page.evaluate(markWidgets);
-    result.nodes2.before = await page.evaluate(readNodes);
+      result.nodes2.before = await page.evaluate(readNodes);
     result.nodes2.queue = await queueAndWait(page, cfg);
     await frames(page);
     await fitGraph(page);
-    await page.evaluate(markWidgets);
-    result.nodes2.after = await page.evaluate(readNodes);
+      result.nodes2.after = await page.evaluate(readNodes);
     await shot("page-nodes2.png", false);
   }
 });

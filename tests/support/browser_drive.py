@@ -44,6 +44,7 @@ def drive(driver: Path, server: Server, tmp_path: Path, config: dict[str, Any], 
                           env=dict(os.environ, PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD="1"))
     line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
     assert line is not None, f"driver printed no result (rc {proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
+    (tmp_path / "result.json").write_text(line[len("RESULT "):], encoding="utf-8")  # for a look after a failure
     res = json.loads(line[len("RESULT "):])
     assert "error" not in res, f"{res['error']}\nsteps: {res['steps']}\nconsole: {res['console']}\n" \
                                f"server log:\n{server.log_tail()}"
