@@ -110,7 +110,9 @@ def test_the_page_as_a_user_meets_it(server: Server, tmp_path: Path):
         _check_tab(res, first, second)
         _check_calibrate(res["calibrate"], created)
         _check_nodes2(res["nodes2"])
-        assert [c for c in res["console"] if "dit-cache" in c or "dit_cache" in c] == []
+        # the page logs the refused prompt of the empty-dropdown part (item 5) as an error: expected
+        assert [c for c in res["console"] if ("dit-cache" in c or "dit_cache" in c)
+                and "PromptExecutionError" not in c] == []
         _keep_screenshots(res["screenshots"], version)
     finally:
         for p in created:
