@@ -41,20 +41,21 @@ export async function openTab(page, cfg) {
 
 export const frames = (page) => page.evaluate(() => new Promise((r) => requestAnimationFrame(() => requestAnimationFrame(r))));
 
-// Fit the graph into the part of the canvas beside the open sidebar, so a screenshot shows all of it.
-export async function fitGraph(page) {
-  await page.evaluate(() => {
-    const c = window.app.canvas, nodes = window.app.graph.nodes;
+// Fit the graph (or the nodes whose types are listed, at most at zoom maxScale) into the part of the canvas beside
+// the open sidebar, so a screenshot shows all of it.
+export async function fitGraph(page, types = null, maxScale = 1) {
+  await page.evaluate(([types, maxScale]) => {
+    const c = window.app.canvas, nodes = window.app.graph.nodes.filter((n) => !types || types.includes(n.type));
     const left = Math.ceil(document.querySelector(".dit-cache-panel").getBoundingClientRect().right) + 30;
     const top = 190, W = window.innerWidth - 30, H = window.innerHeight - 30;
     const x0 = Math.min(...nodes.map((n) => n.pos[0])), y0 = Math.min(...nodes.map((n) => n.pos[1] - 30));
     const x1 = Math.max(...nodes.map((n) => n.pos[0] + n.size[0])), y1 = Math.max(...nodes.map((n) => n.pos[1] + n.size[1]));
-    const scale = Math.min((W - left) / (x1 - x0), (H - top) / (y1 - y0), 1);
+    const scale = Math.min((W - left) / (x1 - x0), (H - top) / (y1 - y0), maxScale);
     c.ds.scale = scale;
     c.ds.offset[0] = left / scale - x0;
     c.ds.offset[1] = top / scale - y0;
     c.setDirty(true, true);
-  });
+  }, [types, maxScale]);
   await frames(page);
 }
 

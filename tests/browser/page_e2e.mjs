@@ -53,8 +53,12 @@ const readNodes = () => window.app.graph.nodes.map((n) => {
 await drive("page_e2e", async ({ cfg, page, browser, result, step }) => {
   const wfs = Object.fromEntries(Object.entries(cfg.workflows).map(([k, v]) =>
     [k, { name: v.name, graph: JSON.parse(readFileSync(v.path, "utf8")) }]));
+  // the cache nodes and what they feed, readable (the graph's own nodes beside them)
+  const CLOSE = ["DitCache.MagCacheCalibrate", "DitCache.ApplyMagCache", "DitCache.ApplyTeaCache",
+    "DitCache.ApplySmoothCache", "KSampler", "DitCacheTest.TinyModelLoader"];
   const shot = async (name, fit = true) => {
-    if (fit) await fitGraph(page);
+    if (fit) await fitGraph(page, CLOSE, 1.3);
+    await frames(page);
     const file = path.join(cfg.outDir, name);
     await page.screenshot({ path: file });
     (result.screenshots ??= []).push(file);
@@ -119,7 +123,7 @@ await drive("page_e2e", async ({ cfg, page, browser, result, step }) => {
   result.calibrate = { before: await page.evaluate(readNodes) };
   result.calibrate.queue = await queueAndWait(page, cfg);
   await page.waitForSelector(".dit-cache-calibration", { timeout: cfg.timeoutMs });
-  await fitGraph(page);
+  await fitGraph(page, CLOSE, 1.3);
   result.calibrate.after = await page.evaluate(readNodes);
   result.calibrate.clipboard = await page.evaluate(async () => {
     const b = document.querySelector(".dit-cache-copy");
@@ -136,11 +140,11 @@ await drive("page_e2e", async ({ cfg, page, browser, result, step }) => {
     await loadWorkflow(page, wfs.calibrate.graph, wfs.calibrate.name);
     await page.waitForSelector("[data-node-id] .dit-cache-line", { timeout: cfg.timeoutMs });
     result.nodes2 = { enabled: await page.evaluate(() => window.app.extensionManager.setting.get("Comfy.VueNodes.Enabled")) };
-      result.nodes2.before = await page.evaluate(readNodes);
+    result.nodes2.before = await page.evaluate(readNodes);
     result.nodes2.queue = await queueAndWait(page, cfg);
     await frames(page);
-    await fitGraph(page);
-      result.nodes2.after = await page.evaluate(readNodes);
+    await fitGraph(page, CLOSE, 1.3);
+    result.nodes2.after = await page.evaluate(readNodes);
     await shot("page-nodes2.png", false);
   }
 });

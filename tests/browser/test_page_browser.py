@@ -35,7 +35,7 @@ from comfy_server import REPO, Server, comfy_server
 DRIVER = REPO / "tests" / "browser" / "page_e2e.mjs"
 WORKFLOWS = REPO / "workflows"
 DOCS = REPO / "docs"
-STEPS = 8  # sampling steps of the converted workflows (CPU time)
+STEPS = 10  # sampling steps of the converted workflows (CPU time; more than few_steps.FEW_STEPS: no such warning)
 
 pytestmark = [pytest.mark.server, pytest.mark.browser]
 
