@@ -12,6 +12,7 @@ from . import calibration_store
 from .base import CacheNode
 from .calibrate import CalibrateNode, CalibrationRun
 from .common_inputs import window_inputs
+from .naming import STEPS
 
 log = logging.getLogger("dit_cache")
 
@@ -42,6 +43,7 @@ class ApplyMagCache(CacheNode):
         return cls.schema(
             node_id="DitCache.ApplyMagCache",
             display_name="Apply MagCache",
+            category=STEPS, advanced=("retention_ratio", "interpolation"),
             description=(
                 "MagCache: skips the whole transformer while the calibrated per-step magnitude ratios say the "
                 "result changes little (accumulated error under the threshold, at most K skips in a row)."

@@ -10,6 +10,7 @@ from ..cache_core.methods.teacache import CHOICES, TeaCacheConfig, resolve_coeff
 from ..cache_core.methods.teacache_signals import signal_fn
 from .base import CacheNode
 from .common_inputs import max_consecutive_skips_input, window_inputs
+from .naming import STEPS
 
 log = logging.getLogger("dit_cache")
 
@@ -22,6 +23,7 @@ class ApplyTeaCache(CacheNode):
         return cls.schema(
             node_id="DitCache.ApplyTeaCache",
             display_name="Apply TeaCache",
+            category=STEPS,
             description=(
                 "TeaCache: accumulates the (rescaled) relative change of the first block's timestep-modulated "
                 "input and skips the whole transformer while it stays under the threshold. First and last steps "

@@ -40,7 +40,7 @@ QUICK = 2  # sampler steps of the probes that are accepted and run
 
 
 def _nodes(server: Server) -> dict[str, dict]:
-    return {k: v for k, v in server.get("/object_info").items() if v.get("category") == "dit-cache"}
+    return {k: v for k, v in server.get("/object_info").items() if k.startswith("DitCache.")}
 
 
 def _defaults(info: dict) -> dict:
