@@ -134,7 +134,7 @@ METHODS: tuple[SweepMethod, ...] = (
     SweepMethod("stepschedule", "Step Schedule (DP, calibrated)", "DitCache.ApplyStepSchedule", "computed_steps",
                 {"tiny": (5, 8), "medium": (5, 8), "trained": (3, 4, 5, 6, 8, 10)},
                 prepared=_stepschedule_inputs,
-                note="calibrated on the bench model first (Step Schedule Calibrate, same steps); the schedule "
+                note="calibrated on the bench model first (StepSchedule Calibrate, same steps); the schedule "
                      "is the DP's for the budget with the node's default on_skipped"),
     SweepMethod("deepcache", "DeepCache (UNets)", "DitCache.ApplyDeepCache", "interval",
                 {"tiny": (2, 3, 5), "medium": (2, 3, 5)}, family="sd15",
