@@ -19,6 +19,9 @@ log = logging.getLogger("dit_cache")
 CALIBRATED_EVENT = "dit_cache.magcache_calibrated"  # websocket message sent after a calibration is saved
 
 
+DEFAULT_PRESET = cal_io.PRESET_PREFIX + "flux_dev"  # the dropdown's default (presets are listed by name)
+
+
 def calibration_choices() -> list[str]:
     """The "calibration" dropdown: the built-in presets first, then the saved MagCache calibrations."""
     return [cal_io.PRESET_PREFIX + n for n in cal_io.preset_names()] + calibration_store.choices(cal_io.FORMAT)
@@ -51,7 +54,8 @@ class ApplyMagCache(CacheNode):
             inputs=[
                 io.Model.Input("model", tooltip="The diffusion model (Flux, Wan, Qwen-Image, ...) to speed up."),
                 io.Combo.Input(
-                    "calibration", options=options, default=options[0] if options else None,
+                    "calibration", options=options,
+                    default=DEFAULT_PRESET if DEFAULT_PRESET in options else (options[0] if options else None),
                     tooltip="Magnitude ratios: a file saved by 'MagCache Calibrate' (models/magcache) or a "
                             "built-in preset of published ratios. Must match the model's family (and, for "
                             "files, its block shapes). Other step counts are interpolated.",
