@@ -66,7 +66,7 @@ def none_yet_problem(name: str, value: Any) -> str | None:
     found = _NONE_YET.fullmatch(value) if isinstance(value, str) else None
     if found is None:
         return None
-    return (f"{name}: none are listed yet; run {shown(found.group(1))} once on this model first (it saves the "
+    return (f"{name}: none are listed yet: run {shown(found.group(1))} once on this model first (it saves the "
             f"file this input lists, in models/magcache), then pick it here")
 
 

@@ -124,7 +124,7 @@ def _check_empty(empty: dict, placeholder: str, label: str, node_id: int) -> Non
     assert empty["value"] == placeholder
     assert f"Run '{label}' once on this model first" in empty["tooltip"]
     errors = empty["queue"]["nodeErrors"][str(node_id)]["errors"]
-    assert errors and all(f"none are listed yet; run '{label}' once on this model first" in e["details"]
+    assert errors and all(f"none are listed yet: run '{label}' once on this model first" in e["details"]
                           for e in errors), errors
     assert empty["queue"]["runs"] == []
 

@@ -131,7 +131,7 @@ def test_an_empty_calibration_dropdown_names_the_calibrate_node(server: Server, 
                                            "client_id": uuid.uuid4().hex})
     assert status == 400, body
     details = [e.get("details", "") for e in body["node_errors"]["2"]["errors"]]
-    assert details and all(f"none are listed yet; run '{label}' once on this model first" in d for d in details)
+    assert details and all(f"none are listed yet: run '{label}' once on this model first" in d for d in details)
 
 
 def test_the_placeholder_is_refused_when_the_node_runs():
@@ -140,5 +140,5 @@ def test_the_placeholder_is_refused_when_the_node_runs():
 
     placeholder = f"(none yet: run '{SmoothCacheCalibrate.label()}' first)"
     label = SmoothCacheCalibrate.label()
-    with pytest.raises(ValueError, match=re.escape(f"calibration: none are listed yet; run '{label}' once")):
+    with pytest.raises(ValueError, match=re.escape(f"calibration: none are listed yet: run '{label}' once")):
         ApplySmoothCache.execute(object(), calibration=placeholder, alpha=-1.0)
