@@ -142,3 +142,25 @@ def test_the_placeholder_is_refused_when_the_node_runs():
     label = SmoothCacheCalibrate.label()
     with pytest.raises(ValueError, match=re.escape(f"calibration: none are listed yet: run '{label}' once")):
         ApplySmoothCache.execute(object(), calibration=placeholder, alpha=-1.0)
+
+
+def test_every_calibrate_node_sends_its_saved_file(server: Server):
+    """SmoothCache Calibrate (no curve of its own) sends "dit-cache.calibrated" naming its node and the saved file
+    (the page shows it in the node's result area); afterwards the dropdown lists the file, not the placeholder.
+    Last in this module: it saves a calibration."""
+    client = uuid.uuid4().hex
+    prompt = _prompt(server, "wan21", "DitCache.SmoothCacheCalibrate", steps=4, filename_prefix="pagetest")
+    folder = server.output_dir.parent / "models" / "magcache"
+    try:
+        prompt_id, messages = asyncio.run(_queue_and_listen(server, prompt, client))
+        assert messages[-1]["type"] == "execution_success", messages[-1]
+        (event,) = [m["data"] for m in messages if m["type"] == "dit-cache.calibrated"]
+        assert event["node_id"] == "2" and event["prompt_id"] == prompt_id and event["steps"] == 4
+        assert (folder / event["file"]).is_file() and event["file"].startswith("pagetest_wan_4steps_")
+        spec = server.get("/object_info/DitCache.ApplySmoothCache")["DitCache.ApplySmoothCache"]["input"][
+            "required"]["calibration"]
+        options = spec[1].get("options") if spec[0] == "COMBO" else spec[0]
+        assert options == [event["file"]]
+    finally:
+        for p in folder.glob("pagetest_*.safetensors"):
+            p.unlink()
