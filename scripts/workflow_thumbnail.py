@@ -86,8 +86,10 @@ def draw(workflow: dict[str, Any], name: str) -> bytes:
         b = box(n)
         d.rounded_rectangle(b, radius=3, fill=color, outline=(230, 230, 235) if _kind(n) == "cache" else None)
         if _kind(n) == "cache":
-            label = n.get("title") or n["type"].removeprefix("DitCache.")
-            d.text((b[0] + 3, b[1] + 2), label[:28], font=label_font, fill=(255, 255, 255))
+            label = n["type"].removeprefix("DitCache.")
+            while label and d.textlength(label, font=label_font) > b[2] - b[0] - 6:
+                label = label[:-1]
+            d.text((b[0] + 3, b[1] + 2), label, font=label_font, fill=(255, 255, 255))
 
     d.rectangle([(0, 0), (SIZE[0], HEADER)], fill=(16, 18, 22))
     d.text((MARGIN, 10), name, font=_font(24), fill=(240, 240, 240))
