@@ -77,11 +77,15 @@ class Workflow:
         self._by_id[nid] = node
         return nid
 
-    def note(self, text: str, height: int = 640) -> int:
+    def note(self, text: str, height: int | None = None) -> int:
         """The workflow's MarkdownNote, at the top left; ``FILES`` in ``text`` becomes the list of model files
-        (download links) and a link to the README ends it."""
+        (download links) and a link to the README ends it. Its height fits the text (about 68 characters a line
+        of 15 px at the front end's markdown size) unless given."""
         if FILES not in text:
             raise ValueError(f"{self.name}: the note must list the model files ({FILES!r})")
+        if height is None:
+            lines = sum(-(-len(par) // 68) + 1 for par in text.split("\n")) + 6  # + the files and links
+            height = 40 + 15 * lines
         return self.node("MarkdownNote", [text], (NOTE_X, 60), (NOTE_WIDTH, height), title="Read me", **NOTE_COLOR)
 
     def size_of(self, nid: int) -> list[int]:
@@ -274,7 +278,7 @@ def flux_magcache() -> Workflow:
             "2. In 'Apply MagCache' pick your file in 'calibration' (the list is read afresh when the page "
             "reloads the node list: press R), then mute the calibration branch (select it, Ctrl+M) and queue "
             "again. Calibrate at the step count and sampler you use.\n\nthreshold: 0.12 is the low end the "
-            "MagCache authors use for Flux (0.12-0.24); raise for speed. " + PANEL_HINT, 860)
+            "MagCache authors use for Flux (0.12-0.24); raise for speed. " + PANEL_HINT)
     return wf
 
 
@@ -288,7 +292,7 @@ def _flux_single(name: str, type_: str, widgets: list[Any], nid: int, size: tupl
     s = ksampler(wf, cache, guid, neg_t, latent, list(FLUX_KSAMPLER), (1120, 60))
     decode_save(wf, s, vae, (1480, 60), name)
     wf.note(f"### Flux.1-dev text-to-image with Apply {label} (dit-cache)\n\n{MODEL_FILES}\n\n{tip}\n\n"
-            f"{PANEL_HINT}", 700)
+            f"{PANEL_HINT}")
     return wf
 
 
@@ -360,7 +364,7 @@ def flux_smoothcache() -> Workflow:
             "step count, sampler and scheduler you use.\n\nalpha -1 uses the schedule saved with the file "
             "(0.15, the SmoothCache authors' example); try 0.1 / 0.2 without recalibrating (higher = more reuse, "
             "faster). Extra memory: about 2 GiB at 1024x1024 (the last output of every attention and "
-            "feed-forward module). " + PANEL_HINT, 900)
+            "feed-forward module). " + PANEL_HINT)
     return wf
 
 
@@ -393,7 +397,7 @@ def flux_stepschedule() -> Workflow:
             "the 28 steps that keep the accumulated error smallest compute (chosen by dynamic programming over the "
             "calibration's errors, shown on the node and in the log); the others are forecast from the last two "
             "computed steps (linear Taylor extrapolation). Fewer steps = faster; or set max_error (e.g. 0.05) "
-            "to let the node choose the count. " + PANEL_HINT, 900)
+            "to let the node choose the count. " + PANEL_HINT)
     return wf
 
 
@@ -483,7 +487,7 @@ def wan21(method: str) -> Workflow:
     s = ksampler(wf, cache, pos_t, neg_t, latent, [0, "fixed", 30, 6.0, "uni_pc", "simple", 1.0], (1120, 60))
     decode_save(wf, s, vae, (1480, 60), f"wan21-{method}", video_fps=16.0)
     wf.note(f"### Wan 2.1 text-to-video (1.3B) with Apply {label} (dit-cache)\n\n{MODEL_FILES}\n\n{tip}\n\n"
-            f"{PANEL_HINT}", 700)
+            f"{PANEL_HINT}")
     return wf
 
 
@@ -519,8 +523,7 @@ def wan22() -> Workflow:
             "half of the steps, the low-noise expert the rest, each with its own Apply FirstBlockCache (each model "
             f"keeps its own cache state; one cache node per model).\n\n{MODEL_FILES}\n\nthreshold 0.1 is the "
             "usual starting point for video DiTs; with only 10 steps per expert, lower it (0.05-0.08) if motion "
-            "degrades. MagCache works here too: calibrate each expert separately (two files).\n\n" + PANEL_HINT,
-            700)
+            "degrades. MagCache works here too: calibrate each expert separately (two files).\n\n" + PANEL_HINT)
     return wf
 
 
@@ -540,7 +543,7 @@ def qwen_image() -> Workflow:
     decode_save(wf, s, vae, (1480, 60), "qwen-image-magcache")
     wf.note(f"### Qwen-Image text-to-image with Apply MagCache (dit-cache)\n\n{MODEL_FILES}\n\n'preset: "
             "qwen_image' holds the MagCache authors' ratios (50 steps; other step counts are interpolated). For the "
-            "best match, calibrate your model with 'MagCache Calibrate' at your step count.\n\n" + PANEL_HINT, 640)
+            "best match, calibrate your model with 'MagCache Calibrate' at your step count.\n\n" + PANEL_HINT)
     return wf
 
 
@@ -569,7 +572,7 @@ def ltxv_pab() -> Workflow:
             "outputs are reused for a few steps in the middle of sampling, spatial self-attention every "
             "spatial_skip steps, cross-attention every cross_skip steps (temporal_skip 0: off; LTXV has no "
             f"separate temporal attention).\n\n{MODEL_FILES}\n\nStarting values 2 / 6 follow the PAB authors' "
-            "spatial/cross ranges.\n\n" + PANEL_HINT, 700)
+            "spatial/cross ranges.\n\n" + PANEL_HINT)
     return wf
 
 
@@ -589,7 +592,7 @@ def sd15_deepcache() -> Workflow:
             "one step in every 3; in between only the shallow branch runs and the deep feature is reused (the "
             "DeepCache paper's SD1.5 setting, 2.3x reported). branch_depth 1 is the fastest; raise it, or lower "
             "interval to 2, for fidelity. Works the same on SD2 and SDXL checkpoints.\n\n"
-            f"{MODEL_FILES}\n\n" + PANEL_HINT, 640)
+            f"{MODEL_FILES}\n\n" + PANEL_HINT)
     return wf
 
 

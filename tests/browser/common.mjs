@@ -57,3 +57,23 @@ export async function fitGraph(page) {
   });
   await frames(page);
 }
+
+// The frame of every driver: read the config, start Chromium, collect console errors, run `body`, always close
+// the browser and print one line "RESULT {...}" (with `error` when `body` threw) for the Python test to read.
+export async function drive(name, body) {
+  const cfg = readConfig();
+  const result = { steps: [], console: [] };
+  const step = (s) => { result.steps.push(s); process.stderr.write(`[${name}] ${s}\n`); };
+  const browser = await launch(cfg);
+  try {
+    const page = browser.pages()[0] ?? (await browser.newPage());
+    watchConsole(page, result);
+    await body({ cfg, page, result, step });
+    step("done");
+  } catch (e) {
+    result.error = String(e?.stack ?? e);
+  } finally {
+    await browser.close();
+  }
+  process.stdout.write("RESULT " + JSON.stringify(result) + "\n");
+}

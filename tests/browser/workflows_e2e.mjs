@@ -1,0 +1,70 @@
+// Drives the real ComfyUI page in headless Chromium for tests/browser/test_workflows_browser.py: loads every
+// shipped workflow as a user opens it (app.loadGraphData with the saved view), and for each reads the view the
+// page restored, where every node's title lands on screen, where the page's top bar and side bar end, what the
+// MarkdownNote rendered (its links) and what the missing-models dialog offered; screenshots of a few.
+// It asserts nothing itself: it prints one JSON line ("RESULT {...}"); the Python test checks it.
+//
+// Usage: node workflows_e2e.mjs <config.json>; config: {url, workflows: {name: path}, screenshots: [name],
+// outDir, nodeDir, chromium, userDataDir, timeoutMs}.
+import { readFileSync } from "node:fs";
+import path from "node:path";
+import { drive, frames } from "./common.mjs";
+
+// Where the canvas is free of the page's bars: scanning down from the top (at 40 % of the width) and right from
+// the left edge (at 60 % of the height), the first pixel where the canvas itself is the element hit.
+const measure = () => {
+  const canvas = window.app.canvas.canvas;
+  const onCanvas = (x, y) => document.elementFromPoint(x, y) === canvas;
+  let top = 0, left = 0;
+  const cx = Math.round(window.innerWidth * 0.4), cy = Math.round(window.innerHeight * 0.6);
+  while (top < window.innerHeight && !onCanvas(cx, top)) top += 1;
+  while (left < window.innerWidth && !onCanvas(left, cy)) left += 1;
+  const c = window.app.canvas, rect = canvas.getBoundingClientRect();
+  const th = window.LiteGraph?.NODE_TITLE_HEIGHT ?? 30;
+  const nodes = window.app.graph.nodes.map((n) => {
+    const x = (n.pos[0] + c.ds.offset[0]) * c.ds.scale + rect.left;
+    const y = (n.pos[1] - th + c.ds.offset[1]) * c.ds.scale + rect.top;
+    const x1 = (n.pos[0] + n.size[0] + c.ds.offset[0]) * c.ds.scale + rect.left;
+    const y1 = (n.pos[1] + n.size[1] + c.ds.offset[1]) * c.ds.scale + rect.top;
+    const inView = x >= 0 && y >= 0 && x + 4 < window.innerWidth && y + 4 < window.innerHeight;
+    return { id: n.id, type: n.type, x, y, x1, y1, inView, titleOnCanvas: inView ? onCanvas(x + 4, y + 4) : null };
+  });
+  const links = [...document.querySelectorAll("a[href]")].filter((a) => {
+    const r = a.getBoundingClientRect();
+    return r.width > 0 && r.height > 0 && a.closest(".comfy-markdown, .dom-widget, .comfy-multiline-input, [class*=markdown]");
+  }).map((a) => ({ href: a.href, text: a.innerText }));
+  return { top, left, width: window.innerWidth, height: window.innerHeight,
+    ds: { scale: c.ds.scale, offset: [...c.ds.offset] }, nodes, links };
+};
+
+await drive("workflows_e2e", async ({ cfg, page, result, step }) => {
+  step("open page");
+  await page.goto(cfg.url, { waitUntil: "load", timeout: cfg.timeoutMs });
+  await page.waitForFunction(() => window.app?.graph && window.app?.canvas, null, { timeout: cfg.timeoutMs });
+  await page.keyboard.press("Escape"); // a first-start dialog, if any
+  result.workflows = {};
+  for (const [name, file] of Object.entries(cfg.workflows)) {
+    step(`load ${name}`);
+    const wf = JSON.parse(readFileSync(file, "utf8"));
+    await page.evaluate(async ([w, n]) => { await window.app.loadGraphData(w, true, true, n); }, [wf, name]);
+    await page.waitForTimeout(400);
+    await frames(page);
+    // the missing-models dialog (no model files on this server): what it offers, then closed
+    const dialog = await page.evaluate(() => {
+      const d = [...document.querySelectorAll(".p-dialog")].find((e) => /model/i.test(e.innerText));
+      return d ? d.innerText : null;
+    });
+    if (dialog !== null) {
+      await page.keyboard.press("Escape");
+      await page.waitForTimeout(200);
+      await frames(page);
+    }
+    const m = await page.evaluate(measure);
+    m.missingModelsDialog = dialog;
+    if (cfg.screenshots.includes(name)) {
+      m.screenshot = path.join(cfg.outDir, `workflow-${name}.png`);
+      await page.screenshot({ path: m.screenshot });
+    }
+    result.workflows[name] = m;
+  }
+});
