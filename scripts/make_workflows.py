@@ -37,7 +37,7 @@ NOTE_X = -40 - NOTE_WIDTH - 40  # left of the loaders (x -40)
 FILES = "{files}"  # where a note lists the model files (written from the loaders' properties.models)
 # The saved view: zoom, and where the top left node's title starts on screen (px): below the top bar (menu and
 # workflow tabs, about 110 px in frontend 1.32-1.35) and right of the side bar's icons (about 50 px).
-VIEW_SCALE = 1.1
+VIEW_SCALE = 1.2
 VIEW_LEFT, VIEW_TOP = 70, 140
 TITLE_HEIGHT = 30  # LiteGraph draws a node's title above its pos
 # The page draws the last run on cache nodes (about 22 px) and a Calibrate node's curve and saved file below its
@@ -79,12 +79,12 @@ class Workflow:
 
     def note(self, text: str, height: int | None = None) -> int:
         """The workflow's MarkdownNote, at the top left; ``FILES`` in ``text`` becomes the list of model files
-        (download links) and a link to the README ends it. Its height fits the text (about 68 characters a line
+        (download links) and a link to the README ends it. Its height fits the text (about 80 characters a line
         of 15 px at the front end's markdown size) unless given."""
         if FILES not in text:
             raise ValueError(f"{self.name}: the note must list the model files ({FILES!r})")
         if height is None:
-            lines = sum(-(-len(par) // 68) + 1 for par in text.split("\n")) + 6  # + the files and links
+            lines = sum(-(-len(par) // 80) + 1 for par in text.split("\n")) + 6  # + the files and links
             height = 40 + 15 * lines
         return self.node("MarkdownNote", [text], (NOTE_X, 60), (NOTE_WIDTH, height), title="Read me", **NOTE_COLOR)
 
@@ -494,19 +494,19 @@ def wan21(method: str) -> Workflow:
 def wan22() -> Workflow:
     wf = Workflow("wan22-t2v-high-low")
     high = unet(wf, "wan2.2_t2v_high_noise_14B_fp8_scaled.safetensors", (-40, 60), "Load Diffusion Model (high noise)")
-    low = unet(wf, "wan2.2_t2v_low_noise_14B_fp8_scaled.safetensors", (-40, 170), "Load Diffusion Model (low noise)")
-    clip = clip_loader(wf, "umt5_xxl_fp8_e4m3fn_scaled.safetensors", "wan", (-40, 290))
-    vae = vae_loader(wf, "wan_2.1_vae.safetensors", (-40, 430))
+    low = unet(wf, "wan2.2_t2v_low_noise_14B_fp8_scaled.safetensors", (-40, 200), "Load Diffusion Model (low noise)")
+    clip = clip_loader(wf, "umt5_xxl_fp8_e4m3fn_scaled.safetensors", "wan", (-40, 340))
+    vae = vae_loader(wf, "wan_2.1_vae.safetensors", (-40, 500))
     hs = model_sampling(wf, "ModelSamplingSD3", 8.0, high, (340, 60))
-    ls = model_sampling(wf, "ModelSamplingSD3", 8.0, low, (340, 170))
+    ls = model_sampling(wf, "ModelSamplingSD3", 8.0, low, (340, 200))
     # threshold, start_percent, end_percent, max_consecutive_skips, warmup_steps
     hc = cache_node(wf, "DitCache.ApplyFirstBlockCache", [0.1, 0.0, 1.0, -1, 0], hs, (680, 60),
                     title="Apply FirstBlockCache (high noise)")
     lc = cache_node(wf, "DitCache.ApplyFirstBlockCache", [0.1, 0.0, 1.0, -1, 0], ls, (680, 340),
                     title="Apply FirstBlockCache (low noise)")
-    pos_t = text(wf, clip, PROMPT_VIDEO, (340, 560))
-    neg_t = text(wf, clip, NEG_WAN, (340, 730), negative=True)
-    latent = wf.node("EmptyHunyuanLatentVideo", [640, 640, 81, 1], (780, 560), (300, 130), outputs=(("LATENT", L),))
+    pos_t = text(wf, clip, PROMPT_VIDEO, (340, 620))
+    neg_t = text(wf, clip, NEG_WAN, (340, 800), negative=True)
+    latent = wf.node("EmptyHunyuanLatentVideo", [640, 640, 81, 1], (780, 620), (300, 130), outputs=(("LATENT", L),))
     adv = (("model", M), ("positive", C), ("negative", C), ("latent_image", L))
     # add_noise, noise_seed, control, steps, cfg, sampler, scheduler, start_at_step, end_at_step, leftover noise
     s1 = wf.node("KSamplerAdvanced", ["enable", 0, "fixed", 20, 3.5, "euler", "simple", 0, 10, "enable"],
@@ -585,7 +585,7 @@ def sd15_deepcache() -> Workflow:
                        nid=ID_DEEPCACHE)
     pos_t = text(wf, ckpt, PROMPT_IMAGE, (340, 300), clip_slot=1)  # the checkpoint's CLIP
     neg_t = text(wf, ckpt, "blurry, low quality, deformed, watermark", (340, 480), negative=True, clip_slot=1)
-    latent = wf.node("EmptyLatentImage", [512, 512, 1], (780, 300), (300, 106), outputs=(("LATENT", L),))
+    latent = wf.node("EmptyLatentImage", [512, 512, 1], (780, 380), (300, 106), outputs=(("LATENT", L),))
     s = ksampler(wf, cache, pos_t, neg_t, latent, [0, "fixed", 25, 7.0, "euler", "normal", 1.0], (780, 60))
     decode_save(wf, s, ckpt, (1140, 60), "sd15-deepcache", vae_slot=2)  # the checkpoint's VAE
     wf.note("### Stable Diffusion 1.5 text-to-image with Apply DeepCache (dit-cache)\n\nThe full UNet runs on "

@@ -15,10 +15,8 @@ to the saved file's.
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
-import subprocess
 import urllib.error
 import urllib.request
 import uuid
@@ -27,6 +25,7 @@ from typing import Iterator
 
 import pytest
 
+from browser_run import require_browser, run_driver
 from comfy_server import REPO, Server, comfy_server
 import workflow_convert
 
@@ -35,17 +34,12 @@ DRIVER = REPO / "tests" / "browser" / "panel_e2e.mjs"
 CAL_DRIVER = REPO / "tests" / "browser" / "calibrate_e2e.mjs"
 CAL_NODE = "DitCache.MagCacheCalibrate"
 SAVED = re.compile(r"\[dit-cache\] MagCache Calibrate: saved (.+\.safetensors)")
-NODE_DIR = REPO / ".host" / "node"
-CHROMIUM = "/usr/bin/chromium"
 OUT = REPO / "tests" / "out"
 FBC_NODE = "DitCache.ApplyFirstBlockCache"
 
 
 def _require_browser() -> None:
-    missing = [str(p) for p in (Path(CHROMIUM), NODE_DIR / "node_modules" / "playwright-core") if not p.exists()]
-    if missing or shutil.which("node") is None:
-        pytest.fail(f"browser test needs chromium, node and playwright-core ({', '.join(missing) or 'node'} "
-                    f"missing): run scripts/setup_browser.sh (make test does)")
+    require_browser()
 
 
 @pytest.fixture
@@ -174,28 +168,9 @@ def _get_status(server: Server, path: str) -> tuple[int, dict]:
 
 def _drive(driver: Path, server: Server, tmp_path: Path, workflow: dict) -> dict:
     """Run a browser driver on ``workflow`` (UI format) against ``server``; its RESULT, checked for errors."""
-    # a fresh user folder: skip the first-start template browser
-    req = urllib.request.Request(server.url + "/settings/Comfy.TutorialCompleted", data=b"true", method="POST",
-                                 headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=30) as r:
-        assert r.status == 200
     wf_path = tmp_path / "workflow-tiny.json"
     wf_path.write_text(json.dumps(workflow), encoding="utf-8")
-    out_dir = tmp_path / "screenshots"
-    out_dir.mkdir()
-    config = tmp_path / "driver.json"
-    config.write_text(json.dumps({
-        "url": server.url + "/", "workflow": str(wf_path), "outDir": str(out_dir), "nodeDir": str(NODE_DIR),
-        "chromium": CHROMIUM, "userDataDir": str(tmp_path / "chromium-profile"), "timeoutMs": 60_000,
-    }), encoding="utf-8")
-    proc = subprocess.run(["node", str(driver), str(config)], capture_output=True, text=True, timeout=180,
-                          env=dict(os.environ, PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD="1"))
-    line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
-    assert line is not None, f"driver printed no result (rc {proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
-    res = json.loads(line[len("RESULT "):])
-    assert "error" not in res, f"{res['error']}\nsteps: {res['steps']}\nconsole: {res['console']}\n" \
-                               f"server log:\n{server.log_tail()}"
-    return res
+    return run_driver(driver, server, tmp_path, {"workflow": str(wf_path)})
 
 
 @pytest.mark.server

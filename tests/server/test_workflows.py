@@ -151,6 +151,28 @@ def test_saved_view_starts_at_the_top_left_at_a_readable_zoom(path: Path):
     assert note["pos"][0] == left  # the note is the first thing one reads
 
 
+# what the page draws on a node after a run, below its widgets: the last run on a cache node, and a Calibrate
+# node's curve and saved file (issue 20: the Apply node below covered them)
+GROWTH = {"calibrate": 180, "cache": 30}
+
+
+@pytest.mark.parametrize("path", FILES, ids=[p.stem for p in FILES])
+def test_nodes_do_not_overlap_after_a_run(path: Path):
+    def box(n: dict) -> tuple[int, int, int, int]:
+        grow = (GROWTH["calibrate"] if _is_calibrate(n) else GROWTH["cache"] if n["type"].startswith("DitCache.")
+                else 0)
+        return n["pos"][0], n["pos"][1] - 30, n["pos"][0] + n["size"][0], n["pos"][1] + n["size"][1] + grow
+
+    nodes = _load(path)["nodes"]
+    overlaps = []
+    for i, a in enumerate(nodes):
+        for b in nodes[i + 1:]:
+            (ax0, ay0, ax1, ay1), (bx0, by0, bx1, by1) = box(a), box(b)
+            if ax0 < bx1 and bx0 < ax1 and ay0 < by1 and by0 < ay1:
+                overlaps.append((a.get("title", a["type"]), b.get("title", b["type"])))
+    assert overlaps == []
+
+
 def test_every_registered_method_has_a_workflow():
     from dit_cache.cache_core import registry
 
