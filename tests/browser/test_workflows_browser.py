@@ -65,6 +65,8 @@ def test_workflows_open_readable_in_headless_chromium(server: Server, tmp_path: 
         assert dialog is not None, where
         names = {m["name"] for n in wf["nodes"] for m in n["properties"].get("models", [])}
         assert all(name in dialog for name in names), (where, dialog)
+    print("top bar ends at", {p["top"] for p in res["workflows"].values()}, "px; side bar at",
+          {p["left"] for p in res["workflows"].values()}, "px")
     fits = {name: all(0 <= n["x1"] <= p["width"] and 0 <= n["y1"] <= p["height"] for n in p["nodes"])
             for name, p in res["workflows"].items()}
     print("workflows shown whole at the saved view:", fits)

@@ -10,15 +10,26 @@ import { readFileSync } from "node:fs";
 import path from "node:path";
 import { drive, frames } from "./common.mjs";
 
-// Where the canvas is free of the page's bars: scanning down from the top (at 40 % of the width) and right from
-// the left edge (at 60 % of the height), the first pixel where the canvas itself is the element hit.
+// Where the page's bars end (the side bar's icons; the menu, workflow tabs, the breadcrumb and Run bar floating
+// below them): a pixel is covered when something other than the graph's own DOM widgets (the note's text, ...)
+// lies above the canvas there. The side bar ends right of the rightmost covered pixel of the left BAND px, on
+// every 8th row from BAND down to 80 % of the height; the top bar below the lowest covered pixel of the top BAND
+// px, on every 16th column right of the side bar (every 2nd pixel).
 const measure = () => {
   const canvas = window.app.canvas.canvas;
-  const onCanvas = (x, y) => document.elementFromPoint(x, y) === canvas;
+  const covered = (x, y) => {
+    const above = document.elementsFromPoint(x, y);
+    const i = above.indexOf(canvas);
+    return i < 0 || !above.slice(0, i).every((e) => e.closest(".dom-widget"));
+  };
+  const W = window.innerWidth, H = window.innerHeight, BAND = 250;
   let top = 0, left = 0;
-  const cx = Math.round(window.innerWidth * 0.4), cy = Math.round(window.innerHeight * 0.6);
-  while (top < window.innerHeight && !onCanvas(cx, top)) top += 1;
-  while (left < window.innerWidth && !onCanvas(left, cy)) left += 1;
+  for (let y = BAND; y < H * 0.8; y += 8) {
+    for (let x = BAND - 1; x >= left; x -= 1) if (covered(x, y)) { left = x + 1; break; }
+  }
+  for (let x = left + 4; x < W; x += 16) {
+    for (let y = BAND - 1; y >= top; y -= 2) if (covered(x, y)) { top = y + 1; break; }
+  }
   const c = window.app.canvas, rect = canvas.getBoundingClientRect();
   const th = window.LiteGraph?.NODE_TITLE_HEIGHT ?? 30;
   const nodes = window.app.graph.nodes.map((n) => {
@@ -27,7 +38,7 @@ const measure = () => {
     const x1 = (n.pos[0] + n.size[0] + c.ds.offset[0]) * c.ds.scale + rect.left;
     const y1 = (n.pos[1] + n.size[1] + c.ds.offset[1]) * c.ds.scale + rect.top;
     const inView = x >= 0 && y >= 0 && x + 4 < window.innerWidth && y + 4 < window.innerHeight;
-    return { id: n.id, type: n.type, x, y, x1, y1, inView, titleOnCanvas: inView ? onCanvas(x + 4, y + 4) : null };
+    return { id: n.id, type: n.type, x, y, x1, y1, inView, titleOnCanvas: inView ? !covered(x + 4, y + 4) : null };
   });
   const links = [...document.querySelectorAll("a[href]")].filter((a) => {
     const r = a.getBoundingClientRect();
