@@ -196,6 +196,23 @@ def test_an_unknown_model_file_fails_clearly():
         wf.to_json()
 
 
+@pytest.mark.server
+def test_template_browser_lists_the_workflows_with_their_thumbnails(server: Server):
+    """The front end's template browser (Extensions -> the pack) lists GET /workflow_templates and asks for
+    /api/workflow_templates/<pack folder>/<name>.json and <name>.jpg (frontend 1.32-1.35 sources)."""
+    import urllib.request
+
+    listed = server.get("/workflow_templates")
+    (folder,) = [k for k, names in listed.items() if set(names) & {p.stem for p in FILES}]
+    assert sorted(listed[folder]) == sorted(p.stem for p in FILES)  # nothing else (no index.json: it would show)
+    for p in FILES:
+        for suffix, kind in ((".json", "application/json"), (".jpg", "image/jpeg")):
+            with urllib.request.urlopen(f"{server.url}/api/workflow_templates/{folder}/{p.stem}{suffix}",
+                                        timeout=30) as r:
+                assert r.status == 200 and r.headers["Content-Type"].startswith(kind)
+                assert r.read() == p.with_suffix(suffix).read_bytes()
+
+
 def _queue(server: Server, prompt: dict) -> dict:
     client = uuid.uuid4().hex
     status, body = server.post("/prompt", {"prompt": prompt, "client_id": client})
