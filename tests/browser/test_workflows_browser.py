@@ -1,7 +1,8 @@
 """Every shipped workflow opened in the real page (headless Chromium, ``tests/browser/workflows_e2e.mjs``) as a
 user opens it: the page restores the saved view (zoom 1.1-1.25), every node's title lies below the page's top
 bar and right of its side bar, the top left nodes are not covered by the page, the MarkdownNote renders its
-download links, and the missing-models dialog names the files (no model files on the test server).
+download links, and the missing-models dialog names the files (no model files on the test server). The
+Templates browser lists every workflow under the pack's folder name, titled by file name, with its thumbnail.
 
 Screenshots of a few go to ``tests/out/``; ``DITCACHE_DOCS_SCREENSHOTS=1`` also copies them to
 ``docs/workflow-<name>.png`` (the committed ones).
@@ -37,13 +38,15 @@ def server(tmp_path) -> Iterator[Server]:
 @pytest.mark.browser
 def test_workflows_open_readable_in_headless_chromium(server: Server, tmp_path: Path):
     require_browser()
+    (folder,) = [k for k, v in server.get("/workflow_templates").items() if WORKFLOWS[0].stem in v]
     res = run_driver(DRIVER, server, tmp_path, {
-        "workflows": {p.stem: str(p) for p in WORKFLOWS}, "screenshots": list(SCREENSHOTS)}, timeout=600)
+        "workflows": {p.stem: str(p) for p in WORKFLOWS}, "screenshots": list(SCREENSHOTS), "packFolder": folder},
+        timeout=600)
     assert set(res["workflows"]) == {p.stem for p in WORKFLOWS}
     for path in WORKFLOWS:
         wf = json.loads(path.read_text(encoding="utf-8"))
         page = res["workflows"][path.stem]
-        where = f"{path.stem}: {page['top']=} {page['left']=} {page['ds']=}"
+        where = f"{path.stem}: {page['top']=} {page['topBy']=} {page['leftBy']=} {page['left']=} {page['ds']=}"
         # the saved view, restored
         assert page["ds"]["scale"] == pytest.approx(wf["extra"]["ds"]["scale"]), where
         assert page["ds"]["offset"] == pytest.approx(wf["extra"]["ds"]["offset"]), where
@@ -71,9 +74,20 @@ def test_workflows_open_readable_in_headless_chromium(server: Server, tmp_path: 
             for name, p in res["workflows"].items()}
     print("workflows shown whole at the saved view:", fits)
 
+    # the Templates browser (Extensions -> the pack): every workflow, titled by its file name (the front end has
+    # no title field for a custom node's templates), its card showing <name>.jpg (512 x 320)
+    names = {p.stem for p in WORKFLOWS}
+    templates = res["templates"]
+    assert f"Showing {len(names)} of {len(names)} templates" in templates["text"], templates["text"]
+    assert all(f"\n{n}\n" in templates["text"] for n in names)
+    cards = templates["cards"]
+    assert len(cards) >= 4, cards  # the ones in view (the rest load as they scroll into view)
+    for card in cards:
+        assert (card["w"], card["h"]) == (512, 320) and card["card"].split("\n")[0] in names, card
+
     OUT.mkdir(exist_ok=True)
-    for name in SCREENSHOTS:
-        shot = Path(res["workflows"][name]["screenshot"])
+    for shot in [Path(res["workflows"][name]["screenshot"]) for name in SCREENSHOTS] + [
+            Path(res["templatesScreenshot"])]:
         assert shot.is_file() and shot.stat().st_size > 10_000
         shutil.copy(shot, OUT / shot.name)
         if os.environ.get("DITCACHE_DOCS_SCREENSHOTS") == "1":

@@ -1,11 +1,12 @@
 // Drives the real ComfyUI page in headless Chromium for tests/browser/test_workflows_browser.py: loads every
 // shipped workflow as a user opens it (app.loadGraphData with the saved view), and for each reads the view the
 // page restored, where every node's title lands on screen, where the page's top bar and side bar end, what the
-// MarkdownNote rendered (its links) and what the missing-models dialog offered; screenshots of a few.
+// MarkdownNote rendered (its links) and what the missing-models dialog offered; screenshots of a few. Then opens
+// the Templates browser on the pack's category and reads its cards (title, picture size).
 // It asserts nothing itself: it prints one JSON line ("RESULT {...}"); the Python test checks it.
 //
 // Usage: node workflows_e2e.mjs <config.json>; config: {url, workflows: {name: path}, screenshots: [name],
-// outDir, nodeDir, chromium, userDataDir, timeoutMs}.
+// packFolder (the pack's folder name: its template category), outDir, nodeDir, chromium, userDataDir, timeoutMs}.
 import { readFileSync } from "node:fs";
 import path from "node:path";
 import { drive, frames } from "./common.mjs";
@@ -23,12 +24,16 @@ const measure = () => {
     return i < 0 || !above.slice(0, i).every((e) => e.closest(".dom-widget"));
   };
   const W = window.innerWidth, H = window.innerHeight, BAND = 250;
-  let top = 0, left = 0;
+  let top = 0, left = 0, topBy = null, leftBy = null;
+  const what = (x, y) => {
+    const e = document.elementsFromPoint(x, y)[0];
+    return e ? `${e.tagName.toLowerCase()}.${String(e.className).split(" ").slice(0, 3).join(".")}` : null;
+  };
   for (let y = BAND; y < H * 0.8; y += 8) {
-    for (let x = BAND - 1; x >= left; x -= 1) if (covered(x, y)) { left = x + 1; break; }
+    for (let x = BAND - 1; x >= left; x -= 1) if (covered(x, y)) { left = x + 1; leftBy = what(x, y); break; }
   }
   for (let x = left + 4; x < W; x += 16) {
-    for (let y = BAND - 1; y >= top; y -= 2) if (covered(x, y)) { top = y + 1; break; }
+    for (let y = BAND - 1; y >= top; y -= 2) if (covered(x, y)) { top = y + 1; topBy = what(x, y); break; }
   }
   const c = window.app.canvas, rect = canvas.getBoundingClientRect();
   const th = window.LiteGraph?.NODE_TITLE_HEIGHT ?? 30;
@@ -44,7 +49,7 @@ const measure = () => {
     const r = a.getBoundingClientRect();
     return r.width > 0 && r.height > 0 && a.closest(".comfy-markdown, .dom-widget, .comfy-multiline-input, [class*=markdown]");
   }).map((a) => ({ href: a.href, text: a.innerText }));
-  return { top, left, width: window.innerWidth, height: window.innerHeight,
+  return { top, left, topBy, leftBy, width: window.innerWidth, height: window.innerHeight,
     ds: { scale: c.ds.scale, offset: [...c.ds.offset] }, nodes, links };
 };
 
@@ -58,18 +63,14 @@ await drive("workflows_e2e", async ({ cfg, page, result, step }) => {
     step(`load ${name}`);
     const wf = JSON.parse(readFileSync(file, "utf8"));
     await page.evaluate(async ([w, n]) => { await window.app.loadGraphData(w, true, true, n); }, [wf, name]);
-    await page.waitForTimeout(400);
+    // the missing-models dialog (no model files on this server; it may open a moment after the graph): what it
+    // offers, then closed, and no dialog mask left over the canvas
+    const modelsDialog = () => [...document.querySelectorAll(".p-dialog")].find((e) => /model/i.test(e.innerText));
+    await page.waitForFunction(`!!(${modelsDialog})()`, null, { timeout: 5_000 }).catch(() => {});
+    const dialog = await page.evaluate(`(${modelsDialog})()?.innerText ?? null`);
+    if (dialog !== null) await page.keyboard.press("Escape");
+    await page.waitForFunction(() => !document.querySelector(".p-dialog-mask"), null, { timeout: cfg.timeoutMs });
     await frames(page);
-    // the missing-models dialog (no model files on this server): what it offers, then closed
-    const dialog = await page.evaluate(() => {
-      const d = [...document.querySelectorAll(".p-dialog")].find((e) => /model/i.test(e.innerText));
-      return d ? d.innerText : null;
-    });
-    if (dialog !== null) {
-      await page.keyboard.press("Escape");
-      await page.waitForTimeout(200);
-      await frames(page);
-    }
     const m = await page.evaluate(measure);
     m.missingModelsDialog = dialog;
     if (cfg.screenshots.includes(name)) {
@@ -78,4 +79,23 @@ await drive("workflows_e2e", async ({ cfg, page, result, step }) => {
     }
     result.workflows[name] = m;
   }
+
+  step("template browser");
+  await page.evaluate(() => window.app.extensionManager.command.execute("Comfy.BrowseTemplates"));
+  await page.waitForSelector("text=Templates", { timeout: cfg.timeoutMs });
+  // the pack's category (its folder name), when the dialog lists categories
+  const nav = page.getByText(cfg.packFolder, { exact: true }).first();
+  if (await nav.count()) await nav.click();
+  // the cards' pictures are blob: URLs of the fetched <name>.jpg: the loaded ones, with the text of their card
+  const cards = () => [...document.querySelectorAll(".p-dialog img")].filter((i) => i.complete && i.naturalWidth > 0)
+    .map((i) => {
+      let card = i;
+      while (card.parentElement && !card.innerText?.trim()) card = card.parentElement;
+      return { w: i.naturalWidth, h: i.naturalHeight, card: card.innerText.trim() };
+    });
+  await page.waitForFunction(`(${cards})().length >= 4`, null, { timeout: 15_000 }).catch(() => {});
+  result.templates = { cards: await page.evaluate(cards),
+    text: await page.evaluate(() => document.querySelector(".p-dialog")?.innerText ?? "") };
+  result.templatesScreenshot = path.join(cfg.outDir, "workflow-templates.png");
+  await page.screenshot({ path: result.templatesScreenshot });
 });
