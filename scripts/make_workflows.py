@@ -79,13 +79,13 @@ class Workflow:
 
     def note(self, text: str, height: int | None = None) -> int:
         """The workflow's MarkdownNote, at the top left; ``FILES`` in ``text`` becomes the list of model files
-        (download links) and a link to the README ends it. Its height fits the text (about 80 characters a line
-        of 15 px at the front end's markdown size) unless given."""
+        (download links) and a link to the README ends it. Its height fits the text (about 90 characters a line
+        of 13 px at the front end's markdown size) unless given."""
         if FILES not in text:
             raise ValueError(f"{self.name}: the note must list the model files ({FILES!r})")
         if height is None:
-            lines = sum(-(-len(par) // 80) + 1 for par in text.split("\n")) + 6  # + the files and links
-            height = 40 + 15 * lines
+            lines = sum(-(-len(par) // 90) + 1 for par in text.split("\n")) + 6  # + the files and links
+            height = 60 + 13 * lines
         return self.node("MarkdownNote", [text], (NOTE_X, 60), (NOTE_WIDTH, height), title="Read me", **NOTE_COLOR)
 
     def size_of(self, nid: int) -> list[int]:
@@ -272,8 +272,8 @@ def flux_magcache() -> Workflow:
     decode_save(wf, s2, vae, (1940, 60), "flux-magcache")
     wf.note("### Flux.1-dev with MagCache calibrated on your own model (dit-cache)\n\n"
             f"{MODEL_FILES}\n\n1. Queue once. The upper branch runs the full model through "
-            "'MagCache Calibrate' and saves the measured ratios to models/magcache/flux-dev_flux_28steps_"
-            "<fingerprint>_00001.safetensors (the node shows the folder; the curve is drawn on the node). The lower "
+            "'MagCache Calibrate' and saves the measured ratios to `models/magcache/flux-dev_flux_28steps_"
+            "<fingerprint>_00001.safetensors` (the node shows the folder; the curve is drawn on the node). The lower "
             "branch meanwhile uses the built-in 'preset: flux_dev' ratios (published for FLUX.1-dev, 28 steps).\n"
             "2. In 'Apply MagCache' pick your file in 'calibration' (the list is read afresh when the page "
             "reloads the node list: press R), then mute the calibration branch (select it, Ctrl+M) and queue "
@@ -357,7 +357,7 @@ def flux_smoothcache() -> Workflow:
             f"{MODEL_FILES}\n\n1. Queue once. Group 1 runs the full model through "
             "'SmoothCache Calibrate', which measures how much each attention and feed-forward output changes "
             "from step to step and saves the errors with the schedule they give at alpha 0.15 to "
-            "models/magcache/smoothcache_flux_28steps_<fingerprint>_00001.safetensors (the server log prints the "
+            "`models/magcache/smoothcache_flux_28steps_<fingerprint>_00001.safetensors` (the server log prints the "
             "schedule). Group 2 is muted (greyed out) until a file exists.\n2. Press R (reloads the node lists), "
             "pick your file in 'Apply SmoothCache' > calibration, then right-click group 1's title > 'Set Group "
             "Nodes to Never' and group 2's title > 'Set Group Nodes to Always', and queue again. Calibrate at the "
@@ -390,7 +390,7 @@ def flux_stepschedule() -> Workflow:
     wf.note("### Flux.1-dev with a step schedule optimised on your own model (dit-cache)\n\n"
             f"{MODEL_FILES}\n\n1. Queue once. Group 1 runs the full model through "
             "'Step Schedule Calibrate', which keeps a small reduced copy of the transformer's output at every step "
-            "and saves it to models/magcache/stepschedule_flux_28steps_<fingerprint>_00001.safetensors. Group 2 "
+            "and saves it to `models/magcache/stepschedule_flux_28steps_<fingerprint>_00001.safetensors`. Group 2 "
             "is muted (greyed out) until a file exists.\n2. Press R (reloads the node lists), pick your file in "
             "'Apply Step Schedule' > calibration, then right-click group 1's title > 'Set Group Nodes to Never' "
             "and group 2's title > 'Set Group Nodes to Always', and queue again.\n\ncomputed_steps 7: the 7 of "

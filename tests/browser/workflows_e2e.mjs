@@ -49,7 +49,13 @@ const measure = () => {
     const r = a.getBoundingClientRect();
     return r.width > 0 && r.height > 0 && a.closest(".comfy-markdown, .dom-widget, .comfy-multiline-input, [class*=markdown]");
   }).map((a) => ({ href: a.href, text: a.innerText }));
-  return { top, left, topBy, leftBy, width: window.innerWidth, height: window.innerHeight,
+  // the note's rendered text scrolled out of its box, if any (px): over the scrolling elements of the DOM widgets
+  // with links (not the textarea of the note's edit mode, which holds the markdown source)
+  const hidden = Math.max(0, ...[...document.querySelectorAll(".dom-widget")].filter((d) => d.querySelector("a[href]"))
+    .flatMap((d) => [d, ...d.querySelectorAll("*")])
+    .filter((e) => e.tagName !== "TEXTAREA" && ["auto", "scroll", "hidden"].includes(getComputedStyle(e).overflowY))
+    .map((e) => e.scrollHeight - e.clientHeight));
+  return { top, left, topBy, leftBy, noteHidden: hidden, width: window.innerWidth, height: window.innerHeight,
     ds: { scale: c.ds.scale, offset: [...c.ds.offset] }, nodes, links };
 };
 
@@ -84,8 +90,9 @@ await drive("workflows_e2e", async ({ cfg, page, result, step }) => {
   await page.evaluate(() => window.app.extensionManager.command.execute("Comfy.BrowseTemplates"));
   await page.waitForSelector("text=Templates", { timeout: cfg.timeoutMs });
   // the pack's category (its folder name), when the dialog lists categories
-  const nav = page.getByText(cfg.packFolder, { exact: true }).first();
-  if (await nav.count()) await nav.click();
+  const nav = page.locator(".p-dialog").getByText(cfg.packFolder, { exact: true }).first();
+  await nav.waitFor({ timeout: cfg.timeoutMs }); // the categories load after the dialog opens
+  await nav.click();
   // the cards' pictures are blob: URLs of the fetched <name>.jpg: the loaded ones, with the text of their card
   const cards = () => [...document.querySelectorAll(".p-dialog img")].filter((i) => i.complete && i.naturalWidth > 0)
     .map((i) => {
@@ -93,6 +100,9 @@ await drive("workflows_e2e", async ({ cfg, page, result, step }) => {
       while (card.parentElement && !card.innerText?.trim()) card = card.parentElement;
       return { w: i.naturalWidth, h: i.naturalHeight, card: card.innerText.trim() };
     });
+  const count = Object.keys(cfg.workflows).length;
+  await page.waitForFunction((n) => document.querySelector(".p-dialog")?.innerText.includes(`Showing ${n} of ${n}`),
+    count, { timeout: 15_000 }).catch(() => {});
   await page.waitForFunction(`(${cards})().length >= 4`, null, { timeout: 15_000 }).catch(() => {});
   result.templates = { cards: await page.evaluate(cards),
     text: await page.evaluate(() => document.querySelector(".p-dialog")?.innerText ?? "") };

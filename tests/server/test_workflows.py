@@ -126,6 +126,7 @@ def test_workflow_file_names_its_model_files(path: Path):
             assert f"[{m['name']}]({m['url']})" in notes[0]  # a markdown link
             assert f"ComfyUI/models/{m['directory']}/" in notes[0]
     assert "](https://github.com/dit-cache/dit-cache#" in notes[0]  # and one to the README
+    assert "<" not in re.sub(r"`[^`]*`", "", notes[0]), "markdown drops <...> outside code spans: use backticks"
     assert any(n["type"].startswith("DitCache.") for n in wf["nodes"])
     assert wf["last_node_id"] == max(n["id"] for n in wf["nodes"])
     assert wf["last_link_id"] == max(lk[0] for lk in wf["links"])
