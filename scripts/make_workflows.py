@@ -1,10 +1,17 @@
-"""Write the UI-format example workflows in ``workflows/`` (the JSON ComfyUI's Load and drag-and-drop read).
+"""Write the UI-format example workflows in ``workflows/`` (the JSON ComfyUI's Load, drag-and-drop and template
+browser read) and their thumbnails (``workflows/<name>.jpg``, drawn by ``scripts/workflow_thumbnail.py``).
 
 Each workflow is described below in a few lines (nodes with their widget values, links by input name) and
-written with the layout fields the ComfyUI front end expects (ids, slots, link list, positions, sizes).
-``workflows/flux-firstblockcache.json`` predates this script and is kept as it is (the browser test reads its
-node ids). Widget values follow the order of each node's inputs in ``/object_info``; ``tests/server/test_workflows.py``
-checks them against a running server and runs every workflow with tiny models.
+written with the layout fields the ComfyUI front end expects (ids, slots, link list, positions, sizes). On top:
+- a MarkdownNote at the top left, with the model files as download links (from ``scripts/workflow_models.py``,
+  which must know every file a loader names) and a link to the README;
+- ``properties.models`` on every loader node (``[{name, url, directory}]``, as ComfyUI's own templates: the
+  page offers the downloads of missing files);
+- the saved view (``extra.ds``) computed from the node bounds: zoom ``VIEW_SCALE`` with the top left node just
+  below the page's top bar and right of its side bar.
+Widget values follow the order of each node's inputs in ``/object_info``; ``tests/server/test_workflows.py``
+checks them against a running server and runs every workflow with tiny models. To add a workflow: write a
+function returning a :class:`Workflow` and add it to ``WORKFLOWS``.
 
     .venv/bin/python scripts/make_workflows.py          # rewrite the files
     .venv/bin/python scripts/make_workflows.py --check  # exit 1 when a file differs from what this writes
@@ -18,8 +25,24 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import workflow_models  # noqa: E402
+import workflow_thumbnail  # noqa: E402
+
 OUT = Path(__file__).resolve().parents[1] / "workflows"
+REPO_URL = "https://github.com/dit-cache/dit-cache"
 NOTE_COLOR = {"color": "#432", "bgcolor": "#653"}
+NOTE_WIDTH = 440
+NOTE_X = -40 - NOTE_WIDTH - 40  # left of the loaders (x -40)
+FILES = "{files}"  # where a note lists the model files (written from the loaders' properties.models)
+# The saved view: zoom, and where the top left node's title starts on screen (px): below the top bar (menu and
+# workflow tabs, about 110 px in frontend 1.32-1.35) and right of the side bar's icons (about 50 px).
+VIEW_SCALE = 1.2
+VIEW_LEFT, VIEW_TOP = 70, 140
+TITLE_HEIGHT = 30  # LiteGraph draws a node's title above its pos
+# The page draws the last run on cache nodes (about 22 px) and a Calibrate node's curve and saved file below its
+# widgets (about 170 px): the layouts leave room below them.
+ON_NODE_ROOM = 30
 # Fixed ids so re-running the script gives the same files.
 NAMESPACE = uuid.UUID("1b0f1f5e-6d2a-4c57-9a43-5b1f0c9d7e21")
 
@@ -54,8 +77,19 @@ class Workflow:
         self._by_id[nid] = node
         return nid
 
-    def note(self, text: str, pos: tuple[int, int], size: tuple[int, int] = (380, 320)) -> int:
-        return self.node("Note", [text], pos, size, **NOTE_COLOR)
+    def note(self, text: str, height: int | None = None) -> int:
+        """The workflow's MarkdownNote, at the top left; ``FILES`` in ``text`` becomes the list of model files
+        (download links) and a link to the README ends it. Its height fits the text (about 90 characters a line
+        of 13 px at the front end's markdown size) unless given."""
+        if FILES not in text:
+            raise ValueError(f"{self.name}: the note must list the model files ({FILES!r})")
+        if height is None:
+            lines = sum(-(-len(par) // 90) + 1 for par in text.split("\n")) + 6  # + the files and links
+            height = 60 + 13 * lines
+        return self.node("MarkdownNote", [text], (NOTE_X, 60), (NOTE_WIDTH, height), title="Read me", **NOTE_COLOR)
+
+    def size_of(self, nid: int) -> list[int]:
+        return self._by_id[nid]["size"]
 
     def mute(self, *nids: int) -> None:
         """Mode 2 ("never"): the front end leaves the nodes out of the prompt until they are unmuted."""
@@ -79,16 +113,44 @@ class Workflow:
         d["inputs"][slot]["link"] = lid
         self.links.append([lid, src, src_slot, dst, slot, out["type"]])
 
+    def models(self) -> list[dict[str, str]]:
+        """Every model file the loaders name, once each, in node order."""
+        seen: dict[str, dict[str, str]] = {}
+        for n in self.nodes:
+            for m in n["properties"].get("models", []):
+                seen.setdefault(m["name"], m)
+        return list(seen.values())
+
+    def _finish_note(self) -> None:
+        (note,) = [n for n in self.nodes if n["type"] == "MarkdownNote"]
+        files = "\n".join(f"- [{m['name']}]({m['url']}) → `ComfyUI/models/{m['directory']}/`" for m in self.models())
+        note["widgets_values"] = [note["widgets_values"][0].replace(FILES, files) + (
+            f"\n\nMore: [the README's two-minute start]({REPO_URL}#two-minute-start) · "
+            f"[every node's inputs]({REPO_URL}/blob/main/docs/nodes.md) · "
+            f"[the workflows]({REPO_URL}/tree/main/workflows)")]
+
+    def view(self) -> dict[str, Any]:
+        """``extra.ds``: zoom VIEW_SCALE with the top left corner of the nodes' and groups' bounds (titles
+        included) at (VIEW_LEFT, VIEW_TOP) on screen; screen = (graph + offset) * scale in LiteGraph."""
+        x0 = min([n["pos"][0] for n in self.nodes] + [g["bounding"][0] for g in self.groups])
+        y0 = min([n["pos"][1] - TITLE_HEIGHT for n in self.nodes] + [g["bounding"][1] for g in self.groups])
+        return {"scale": VIEW_SCALE, "offset": [round(VIEW_LEFT / VIEW_SCALE - x0, 2),
+                                                round(VIEW_TOP / VIEW_SCALE - y0, 2)]}
+
     def to_json(self) -> dict[str, Any]:
         for n in self.nodes:
             for i in n["inputs"]:
                 if i["link"] is None:
                     raise ValueError(f"{self.name}: input {n['type']}.{i['name']} is not connected")
+            files = workflow_models.files_of(n["type"], n["widgets_values"])
+            if files:
+                n["properties"]["models"] = [workflow_models.entry(f) for f in files]
+        self._finish_note()
         return {
             "id": str(uuid.uuid5(NAMESPACE, self.name)), "revision": 0,
             "last_node_id": max(self._by_id), "last_link_id": len(self.links),
             "nodes": self.nodes, "links": self.links, "groups": self.groups, "config": {},
-            "extra": {"ds": {"scale": 0.7, "offset": [80, 40]}}, "version": 0.4,
+            "extra": {"ds": self.view()}, "version": 0.4,
         }
 
 
@@ -157,13 +219,9 @@ def vae_loader(wf: Workflow, file: str, pos: tuple[int, int]) -> int:
     return wf.node("VAELoader", [file], pos, (320, 58), outputs=(("VAE", V),))
 
 
-PANEL_HINT = "The 'DiT Cache' tab in ComfyUI's left sidebar shows what the cache skipped after each run."
-FLUX_FILES = ("- diffusion_models/flux1-dev.safetensors  (huggingface.co/black-forest-labs/FLUX.1-dev, gated: "
-              "accept the licence)\n- text_encoders/clip_l.safetensors and text_encoders/t5xxl_fp16.safetensors "
-              "(or t5xxl_fp8_e4m3fn_scaled.safetensors)  (huggingface.co/comfyanonymous/flux_text_encoders)\n"
-              "- vae/ae.safetensors  (from the FLUX.1-dev repository)")
-WAN_FILES_COMMON = ("- text_encoders/umt5_xxl_fp8_e4m3fn_scaled.safetensors\n- vae/wan_2.1_vae.safetensors\n"
-                    "(huggingface.co/Comfy-Org/Wan_2.1_ComfyUI_repackaged, split_files/)")
+PANEL_HINT = "The **DiT Cache** tab in ComfyUI's left sidebar shows what the cache skipped after each run."
+MODEL_FILES = ("**Model files** (click to download, then put each in the folder shown; the page also offers the "
+               "missing ones when it opens this workflow):\n" + FILES)
 PROMPT_IMAGE = "a red fox sitting in a snowy birch forest at dawn, soft golden light, 35mm photo, highly detailed"
 PROMPT_VIDEO = "a red fox trotting through a snowy birch forest at dawn, the camera slowly tracking beside it"
 NEG_WAN = "blurry, low quality, static, overexposed, worst quality, jpeg artifacts, deformed"
@@ -171,6 +229,7 @@ NEG_WAN = "blurry, low quality, static, overexposed, worst quality, jpeg artifac
 
 # Node ids of the cache nodes in the workflows added after the first seven: the panel groups runs by node id,
 # so each gets an id no other workflow's cache node has (the first seven use 3, 4, 5, 7, 8 and 9).
+ID_FBC = 20
 ID_DBCACHE, ID_TAYLORSEER, ID_ADAPTIVE, ID_FASTERCACHE, ID_SMOOTH_CALIBRATE, ID_SMOOTH_APPLY = 21, 22, 23, 24, 25, 26
 ID_SEACACHE = 27
 ID_DEEPCACHE = 28
@@ -200,27 +259,26 @@ def _flux_inputs(wf: Workflow, text_y: int = 420) -> tuple[int, int, int, int, i
 
 def flux_magcache() -> Workflow:
     wf = Workflow("flux-magcache-calibrate-apply")
-    model, vae, guid, neg_t, latent = _flux_inputs(wf, text_y=660)
-    # the page reserves room on the Calibrate node for its result (curve, file name: 150 px) and on every cache
-    # node for the "last run" line (22 px): the sizes the page computes, so nothing moves or overlaps after a run
-    calib = cache_node(wf, "DitCache.MagCacheCalibrate", ["flux-dev"], model, (340, 60), size=(440, 240),
+    model, vae, guid, neg_t, latent = _flux_inputs(wf, text_y=700)  # the prompts below the Apply node
+    # the Calibrate node grows by its curve and saved file after a run: room below it
+    calib = cache_node(wf, "DitCache.MagCacheCalibrate", ["flux-dev"], model, (340, 60), size=(320, 82),
                        title="1. MagCache Calibrate (run once, then mute this branch)")
     apply_ = cache_node(wf, "DitCache.ApplyMagCache", ["preset: flux_dev", 0.12, 3, 0.2, 0.0, 1.0, "schedule"],
-                        model, (340, 350), size=(360, 260), title="2. Apply MagCache (pick your calibration file)")
+                        model, (340, 400), title="2. Apply MagCache (pick your calibration file)")
     s1 = ksampler(wf, calib, guid, neg_t, latent, list(FLUX_KSAMPLER), (1120, 60),
                   title="KSampler (calibration pass: full model)")
     s2 = ksampler(wf, apply_, guid, neg_t, latent, list(FLUX_KSAMPLER), (1120, 360), title="KSampler (cached)")
     decode_save(wf, s1, vae, (1480, 60), "flux-magcache-calibration")
     decode_save(wf, s2, vae, (1940, 60), "flux-magcache")
-    wf.note("Flux.1-dev with MagCache calibrated on your own model (dit-cache).\n\nFiles to download "
-            f"(ComfyUI/models/...):\n{FLUX_FILES}\n\n1. Queue once. The upper branch runs the full model through "
-            "'MagCache Calibrate' and saves the measured ratios to models/magcache/flux-dev_flux_28steps_"
-            "<fingerprint>_00001.safetensors (the node shows the folder; the curve is drawn on the node). The lower "
+    wf.note("### Flux.1-dev with MagCache calibrated on your own model (dit-cache)\n\n"
+            f"{MODEL_FILES}\n\n1. Queue once. The upper branch runs the full model through "
+            "'MagCache Calibrate' and saves the measured ratios to `models/magcache/flux-dev_flux_28steps_"
+            "<fingerprint>_00001.safetensors` (the node shows the folder; the curve is drawn on the node). The lower "
             "branch meanwhile uses the built-in 'preset: flux_dev' ratios (published for FLUX.1-dev, 28 steps).\n"
             "2. In 'Apply MagCache' pick your file in 'calibration' (the list is read afresh when the page "
             "reloads the node list: press R), then mute the calibration branch (select it, Ctrl+M) and queue "
             "again. Calibrate at the step count and sampler you use.\n\nthreshold: 0.12 is the low end the "
-            "MagCache authors use for Flux (0.12-0.24); raise for speed. " + PANEL_HINT, (-40, 500), (360, 460))
+            "MagCache authors use for Flux (0.12-0.24); raise for speed. " + PANEL_HINT)
     return wf
 
 
@@ -228,13 +286,24 @@ def _flux_single(name: str, type_: str, widgets: list[Any], nid: int, size: tupl
                  tip: str) -> Workflow:
     """Flux.1-dev text-to-image with one cache node between the loader and the KSampler."""
     wf = Workflow(name)
-    model, vae, guid, neg_t, latent = _flux_inputs(wf)
+    # the prompts below the cache node, with room for the line the page draws on it after a run
+    model, vae, guid, neg_t, latent = _flux_inputs(wf, text_y=max(420, 60 + size[1] + ON_NODE_ROOM + 40))
     cache = cache_node(wf, type_, widgets, model, (340, 60), size=size, nid=nid)
     s = ksampler(wf, cache, guid, neg_t, latent, list(FLUX_KSAMPLER), (1120, 60))
     decode_save(wf, s, vae, (1480, 60), name)
-    wf.note(f"Flux.1-dev text-to-image with Apply {label} (dit-cache).\n\nFiles to download "
-            f"(ComfyUI/models/...):\n{FLUX_FILES}\n\n{tip} {PANEL_HINT}", (-40, 500), (360, 460))
+    wf.note(f"### Flux.1-dev text-to-image with Apply {label} (dit-cache)\n\n{MODEL_FILES}\n\n{tip}\n\n"
+            f"{PANEL_HINT}")
     return wf
+
+
+def flux_fbc() -> Workflow:
+    # threshold, start_percent, end_percent, max_consecutive_skips, warmup_steps
+    return _flux_single(
+        "flux-firstblockcache", "DitCache.ApplyFirstBlockCache", [0.08, 0.0, 1.0, -1, 0], ID_FBC, (320, 178),
+        "FirstBlockCache",
+        "threshold 0.08 suits 28 steps: while the first block's output changes by less than 8 % from the last "
+        "computed step, the other blocks are skipped and their last change is reused. Raise it for more speed, "
+        "lower it for fidelity.")
 
 
 def flux_dbcache() -> Workflow:
@@ -274,28 +343,28 @@ def flux_smoothcache() -> Workflow:
     # calibration (no file exists before the first run: a placeholder the user replaces), alpha (-1: the
     # schedule saved with the file)
     apply_ = cache_node(wf, "DitCache.ApplySmoothCache", ["(run group 1 once, press R, then pick its file)", -1.0],
-                        model, (1120, 760), size=(320, 82), title="2. Apply SmoothCache (pick your calibration file)",
+                        model, (1120, 800), size=(320, 82), title="2. Apply SmoothCache (pick your calibration file)",
                         nid=ID_SMOOTH_APPLY)
-    s1 = ksampler(wf, calib, guid, neg_t, latent, list(FLUX_KSAMPLER), (1120, 220),
+    s1 = ksampler(wf, calib, guid, neg_t, latent, list(FLUX_KSAMPLER), (1120, 380),
                   title="KSampler (calibration pass: full model)")
-    s2 = ksampler(wf, apply_, guid, neg_t, latent, list(FLUX_KSAMPLER), (1120, 920), title="KSampler (cached)")
+    s2 = ksampler(wf, apply_, guid, neg_t, latent, list(FLUX_KSAMPLER), (1120, 960), title="KSampler (cached)")
     d1, v1 = decode_save(wf, s1, vae, (1480, 60), "flux-smoothcache-calibration")
-    d2, v2 = decode_save(wf, s2, vae, (1480, 760), "flux-smoothcache")
+    d2, v2 = decode_save(wf, s2, vae, (1480, 800), "flux-smoothcache")
     wf.mute(apply_, s2, d2, v2)  # nothing to apply before the first run saved a calibration
-    wf.group("1. Calibrate (queue once, then mute this group)", (1100, -10, 820, 630))
-    wf.group("2. Apply (muted until a calibration file exists)", (1100, 690, 820, 630))
-    wf.note("Flux.1-dev with SmoothCache calibrated on your own model (dit-cache).\n\nFiles to download "
-            f"(ComfyUI/models/...):\n{FLUX_FILES}\n\n1. Queue once. Group 1 runs the full model through "
+    wf.group("1. Calibrate (queue once, then mute this group)", (1100, -10, 820, 700))
+    wf.group("2. Apply (muted until a calibration file exists)", (1100, 730, 820, 700))
+    wf.note("### Flux.1-dev with SmoothCache calibrated on your own model (dit-cache)\n\n"
+            f"{MODEL_FILES}\n\n1. Queue once. Group 1 runs the full model through "
             "'SmoothCache Calibrate', which measures how much each attention and feed-forward output changes "
             "from step to step and saves the errors with the schedule they give at alpha 0.15 to "
-            "models/magcache/smoothcache_flux_28steps_<fingerprint>_00001.safetensors (the server log prints the "
+            "`models/magcache/smoothcache_flux_28steps_<fingerprint>_00001.safetensors` (the server log prints the "
             "schedule). Group 2 is muted (greyed out) until a file exists.\n2. Press R (reloads the node lists), "
             "pick your file in 'Apply SmoothCache' > calibration, then right-click group 1's title > 'Set Group "
             "Nodes to Never' and group 2's title > 'Set Group Nodes to Always', and queue again. Calibrate at the "
             "step count, sampler and scheduler you use.\n\nalpha -1 uses the schedule saved with the file "
             "(0.15, the SmoothCache authors' example); try 0.1 / 0.2 without recalibrating (higher = more reuse, "
             "faster). Extra memory: about 2 GiB at 1024x1024 (the last output of every attention and "
-            "feed-forward module). " + PANEL_HINT, (-40, 500), (360, 520))
+            "feed-forward module). " + PANEL_HINT)
     return wf
 
 
@@ -308,27 +377,27 @@ def flux_stepschedule() -> Workflow:
     # calibration (a placeholder the user replaces), computed_steps, max_error, on_skipped, order
     apply_ = cache_node(wf, "DitCache.ApplyStepSchedule",
                         ["(run group 1 once, press R, then pick its file)", 7, 0.0, "taylor", 1],
-                        model, (1120, 760), size=(320, 154), title="2. Apply StepSchedule (pick your calibration file)",
+                        model, (1120, 800), size=(320, 154), title="2. Apply StepSchedule (pick your calibration file)",
                         nid=ID_STEP_APPLY)
-    s1 = ksampler(wf, calib, guid, neg_t, latent, list(FLUX_KSAMPLER), (1120, 220),
+    s1 = ksampler(wf, calib, guid, neg_t, latent, list(FLUX_KSAMPLER), (1120, 380),
                   title="KSampler (calibration pass: full model)")
-    s2 = ksampler(wf, apply_, guid, neg_t, latent, list(FLUX_KSAMPLER), (1120, 960), title="KSampler (cached)")
+    s2 = ksampler(wf, apply_, guid, neg_t, latent, list(FLUX_KSAMPLER), (1120, 1040), title="KSampler (cached)")
     d1, v1 = decode_save(wf, s1, vae, (1480, 60), "flux-stepschedule-calibration")
-    d2, v2 = decode_save(wf, s2, vae, (1480, 760), "flux-stepschedule")
+    d2, v2 = decode_save(wf, s2, vae, (1480, 800), "flux-stepschedule")
     wf.mute(apply_, s2, d2, v2)  # nothing to apply before the first run saved a calibration
-    wf.group("1. Calibrate (queue once, then mute this group)", (1100, -10, 820, 630))
-    wf.group("2. Apply (muted until a calibration file exists)", (1100, 690, 820, 670))
-    wf.note("Flux.1-dev with a step schedule optimised on your own model (dit-cache).\n\nFiles to download "
-            f"(ComfyUI/models/...):\n{FLUX_FILES}\n\n1. Queue once. Group 1 runs the full model through "
+    wf.group("1. Calibrate (queue once, then mute this group)", (1100, -10, 820, 700))
+    wf.group("2. Apply (muted until a calibration file exists)", (1100, 730, 820, 700))
+    wf.note("### Flux.1-dev with a step schedule optimised on your own model (dit-cache)\n\n"
+            f"{MODEL_FILES}\n\n1. Queue once. Group 1 runs the full model through "
             "'StepSchedule Calibrate', which keeps a small reduced copy of the transformer's output at every step "
-            "and saves it to models/magcache/stepschedule_flux_28steps_<fingerprint>_00001.safetensors. Group 2 "
+            "and saves it to `models/magcache/stepschedule_flux_28steps_<fingerprint>_00001.safetensors`. Group 2 "
             "is muted (greyed out) until a file exists.\n2. Press R (reloads the node lists), pick your file in "
             "'Apply StepSchedule' > calibration, then right-click group 1's title > 'Set Group Nodes to Never' "
             "and group 2's title > 'Set Group Nodes to Always', and queue again.\n\ncomputed_steps 7: the 7 of "
             "the 28 steps that keep the accumulated error smallest compute (chosen by dynamic programming over the "
             "calibration's errors, shown on the node and in the log); the others are forecast from the last two "
             "computed steps (linear Taylor extrapolation). Fewer steps = faster; or set max_error (e.g. 0.05) "
-            "to let the node choose the count. " + PANEL_HINT, (-40, 500), (360, 560))
+            "to let the node choose the count. " + PANEL_HINT)
     return wf
 
 
@@ -373,7 +442,6 @@ def wan21(method: str) -> Workflow:
                "computes. The EasyCache paper reports 2.54x on Wan 2.1 T2V 1.3B (with its own signal).")
     elif method == "fastercache":
         label = "FasterCache"
-        text_y = 600  # below the taller node
         # spatial_skip, temporal_skip, attention window, attention_weight, uncond_skip, uncond window,
         # alpha_low, alpha_high, low_freq window, high_freq window: the node defaults (diffusers' but uncond_skip 3)
         cache = cache_node(wf, "DitCache.ApplyFasterCache",
@@ -390,7 +458,6 @@ def wan21(method: str) -> Workflow:
         # start_percent, end_percent: diffusers' SeaCacheConfig defaults (the node defaults)
         cache = cache_node(wf, "DitCache.ApplySeaCache", [0.25, 1, 1, 1, 2, 3.0, 0.0, 1.0], shifted, (340, 160),
                            size=(340, 270), nid=ID_SEACACHE)
-        text_y = 480  # below the taller node
         tip = ("Apply SeaCache with diffusers' defaults: each step the noisy latent is filtered with a "
                "noise-level-aware spectral filter, and the whole transformer is skipped while the filtered "
                "latent's accumulated relative change stays under threshold 0.25 (higher = faster); a skipped step "
@@ -398,7 +465,6 @@ def wan21(method: str) -> Workflow:
                "compute, and at most 2 steps in a row are skipped.")
     elif method == "adacache":
         label = "AdaCache"
-        text_y = 480  # below the taller node
         # codebook, threshold_scale, motion_regularization, block, start_percent, end_percent,
         # max_consecutive_skips, warmup_steps (the node defaults: the AdaCache authors' 30-step "slow" codebook)
         cache = cache_node(wf, "DitCache.ApplyAdaCache",
@@ -412,35 +478,35 @@ def wan21(method: str) -> Workflow:
                "EasyCache-style Apply AdaptiveCache.")
     else:
         raise ValueError(f"no Wan 2.1 workflow for {method!r}")
+    # the prompts below the cache node, with room for the line the page draws on it after a run
+    text_y = max(text_y, 160 + wf.size_of(cache)[1] + ON_NODE_ROOM + 40)
     pos_t = text(wf, clip, PROMPT_VIDEO, (340, text_y))
     neg_t = text(wf, clip, NEG_WAN, (340, text_y + 180), negative=True)
     latent = wf.node("EmptyHunyuanLatentVideo", [832, 480, 33, 1], (780, text_y), (300, 130),
                      outputs=(("LATENT", L),))
     s = ksampler(wf, cache, pos_t, neg_t, latent, [0, "fixed", 30, 6.0, "uni_pc", "simple", 1.0], (1120, 60))
     decode_save(wf, s, vae, (1480, 60), f"wan21-{method}", video_fps=16.0)
-    wf.note(f"Wan 2.1 text-to-video (1.3B) with Apply {label} "
-            "(dit-cache).\n\nFiles to download (ComfyUI/models/...):\n"
-            "- diffusion_models/wan2.1_t2v_1.3B_fp16.safetensors\n" + WAN_FILES_COMMON + "\n\n" + tip + "\n\n"
-            + PANEL_HINT, (-40, 500), (360, 420))
+    wf.note(f"### Wan 2.1 text-to-video (1.3B) with Apply {label} (dit-cache)\n\n{MODEL_FILES}\n\n{tip}\n\n"
+            f"{PANEL_HINT}")
     return wf
 
 
 def wan22() -> Workflow:
     wf = Workflow("wan22-t2v-high-low")
     high = unet(wf, "wan2.2_t2v_high_noise_14B_fp8_scaled.safetensors", (-40, 60), "Load Diffusion Model (high noise)")
-    low = unet(wf, "wan2.2_t2v_low_noise_14B_fp8_scaled.safetensors", (-40, 170), "Load Diffusion Model (low noise)")
-    clip = clip_loader(wf, "umt5_xxl_fp8_e4m3fn_scaled.safetensors", "wan", (-40, 290))
-    vae = vae_loader(wf, "wan_2.1_vae.safetensors", (-40, 430))
+    low = unet(wf, "wan2.2_t2v_low_noise_14B_fp8_scaled.safetensors", (-40, 200), "Load Diffusion Model (low noise)")
+    clip = clip_loader(wf, "umt5_xxl_fp8_e4m3fn_scaled.safetensors", "wan", (-40, 340))
+    vae = vae_loader(wf, "wan_2.1_vae.safetensors", (-40, 500))
     hs = model_sampling(wf, "ModelSamplingSD3", 8.0, high, (340, 60))
-    ls = model_sampling(wf, "ModelSamplingSD3", 8.0, low, (340, 170))
+    ls = model_sampling(wf, "ModelSamplingSD3", 8.0, low, (340, 200))
     # threshold, start_percent, end_percent, max_consecutive_skips, warmup_steps
     hc = cache_node(wf, "DitCache.ApplyFirstBlockCache", [0.1, 0.0, 1.0, -1, 0], hs, (680, 60),
                     title="Apply FirstBlockCache (high noise)")
-    lc = cache_node(wf, "DitCache.ApplyFirstBlockCache", [0.1, 0.0, 1.0, -1, 0], ls, (680, 300),
+    lc = cache_node(wf, "DitCache.ApplyFirstBlockCache", [0.1, 0.0, 1.0, -1, 0], ls, (680, 340),
                     title="Apply FirstBlockCache (low noise)")
-    pos_t = text(wf, clip, PROMPT_VIDEO, (340, 560))
-    neg_t = text(wf, clip, NEG_WAN, (340, 730), negative=True)
-    latent = wf.node("EmptyHunyuanLatentVideo", [640, 640, 81, 1], (780, 560), (300, 130), outputs=(("LATENT", L),))
+    pos_t = text(wf, clip, PROMPT_VIDEO, (340, 620))
+    neg_t = text(wf, clip, NEG_WAN, (340, 800), negative=True)
+    latent = wf.node("EmptyHunyuanLatentVideo", [640, 640, 81, 1], (780, 620), (300, 130), outputs=(("LATENT", L),))
     adv = (("model", M), ("positive", C), ("negative", C), ("latent_image", L))
     # add_noise, noise_seed, control, steps, cfg, sampler, scheduler, start_at_step, end_at_step, leftover noise
     s1 = wf.node("KSamplerAdvanced", ["enable", 0, "fixed", 20, 3.5, "euler", "simple", 0, 10, "enable"],
@@ -453,15 +519,11 @@ def wan22() -> Workflow:
         wf.link(neg_t, 0, s, "negative")
         wf.link(lat, 0, s, "latent_image")
     decode_save(wf, s2, vae, (1760, 60), "wan22-fbc", video_fps=16.0)
-    wf.note("Wan 2.2 A14B text-to-video: the high-noise expert samples the first half of the steps, the "
-            "low-noise expert the rest, each with its own Apply FirstBlockCache (each model keeps its own cache "
-            "state; one cache node per model).\n\nFiles to download (ComfyUI/models/...):\n"
-            "- diffusion_models/wan2.2_t2v_high_noise_14B_fp8_scaled.safetensors\n"
-            "- diffusion_models/wan2.2_t2v_low_noise_14B_fp8_scaled.safetensors\n"
-            "  (huggingface.co/Comfy-Org/Wan_2.2_ComfyUI_Repackaged, split_files/)\n" + WAN_FILES_COMMON +
-            "\n\nthreshold 0.1 is the usual starting point for video DiTs; with only 10 steps per expert, lower it "
-            "(0.05-0.08) if motion degrades. MagCache works here too: calibrate each expert separately (two "
-            "files). " + PANEL_HINT, (-40, 560), (360, 420))
+    wf.note("### Wan 2.2 A14B text-to-video, two experts (dit-cache)\n\nThe high-noise expert samples the first "
+            "half of the steps, the low-noise expert the rest, each with its own Apply FirstBlockCache (each model "
+            f"keeps its own cache state; one cache node per model).\n\n{MODEL_FILES}\n\nthreshold 0.1 is the "
+            "usual starting point for video DiTs; with only 10 steps per expert, lower it (0.05-0.08) if motion "
+            "degrades. MagCache works here too: calibrate each expert separately (two files).\n\n" + PANEL_HINT)
     return wf
 
 
@@ -479,13 +541,9 @@ def qwen_image() -> Workflow:
     latent = wf.node("EmptySD3LatentImage", [1328, 1328, 1], (780, 420), (300, 106), outputs=(("LATENT", L),))
     s = ksampler(wf, cache, pos_t, neg_t, latent, [0, "fixed", 20, 2.5, "euler", "simple", 1.0], (1120, 60))
     decode_save(wf, s, vae, (1480, 60), "qwen-image-magcache")
-    wf.note("Qwen-Image text-to-image with Apply MagCache (dit-cache).\n\nFiles to download (ComfyUI/models/...):\n"
-            "- diffusion_models/qwen_image_fp8_e4m3fn.safetensors\n"
-            "- text_encoders/qwen_2.5_vl_7b_fp8_scaled.safetensors\n- vae/qwen_image_vae.safetensors\n"
-            "(huggingface.co/Comfy-Org/Qwen-Image_ComfyUI, split_files/)\n\n'preset: qwen_image' holds the "
-            "MagCache authors' ratios (50 steps; other step counts are interpolated). For the best match, "
-            "calibrate your model with 'MagCache Calibrate' at your step count. " + PANEL_HINT, (-40, 500),
-            (360, 380))
+    wf.note(f"### Qwen-Image text-to-image with Apply MagCache (dit-cache)\n\n{MODEL_FILES}\n\n'preset: "
+            "qwen_image' holds the MagCache authors' ratios (50 steps; other step counts are interpolated). For the "
+            "best match, calibrate your model with 'MagCache Calibrate' at your step count.\n\n" + PANEL_HINT)
     return wf
 
 
@@ -510,14 +568,11 @@ def ltxv_pab() -> Workflow:
     s = ksampler(wf, pab, cond, cond, latent, [0, "fixed", 30, 3.0, "euler", "simple", 1.0], (1120, 60),
                  neg_slot=1)
     decode_save(wf, s, ckpt, (1480, 60), "ltxv-pab", video_fps=24.0, vae_slot=2)  # the checkpoint's VAE
-    wf.note("LTX-Video text-to-video with PAB Config (Pyramid Attention Broadcast, dit-cache): attention "
+    wf.note("### LTX-Video text-to-video with PAB Config (dit-cache)\n\nPyramid Attention Broadcast: attention "
             "outputs are reused for a few steps in the middle of sampling, spatial self-attention every "
             "spatial_skip steps, cross-attention every cross_skip steps (temporal_skip 0: off; LTXV has no "
-            "separate temporal attention).\n\nFiles to download (ComfyUI/models/...):\n"
-            "- checkpoints/ltx-video-2b-v0.9.5.safetensors  (huggingface.co/Lightricks/LTX-Video)\n"
-            "- text_encoders/t5xxl_fp16.safetensors  (huggingface.co/comfyanonymous/flux_text_encoders)\n\n"
-            "Starting values 2 / 6 follow the PAB authors' spatial/cross ranges. " + PANEL_HINT,
-            (-40, 380), (360, 380))
+            f"separate temporal attention).\n\n{MODEL_FILES}\n\nStarting values 2 / 6 follow the PAB authors' "
+            "spatial/cross ranges.\n\n" + PANEL_HINT)
     return wf
 
 
@@ -530,15 +585,14 @@ def sd15_deepcache() -> Workflow:
                        nid=ID_DEEPCACHE)
     pos_t = text(wf, ckpt, PROMPT_IMAGE, (340, 300), clip_slot=1)  # the checkpoint's CLIP
     neg_t = text(wf, ckpt, "blurry, low quality, deformed, watermark", (340, 480), negative=True, clip_slot=1)
-    latent = wf.node("EmptyLatentImage", [512, 512, 1], (780, 300), (300, 106), outputs=(("LATENT", L),))
+    latent = wf.node("EmptyLatentImage", [512, 512, 1], (780, 380), (300, 106), outputs=(("LATENT", L),))
     s = ksampler(wf, cache, pos_t, neg_t, latent, [0, "fixed", 25, 7.0, "euler", "normal", 1.0], (780, 60))
     decode_save(wf, s, ckpt, (1140, 60), "sd15-deepcache", vae_slot=2)  # the checkpoint's VAE
-    wf.note("Stable Diffusion 1.5 text-to-image with Apply DeepCache (dit-cache): the full UNet runs on one step "
-            "in every 3; in between only the shallow branch runs and the deep feature is reused (the DeepCache "
-            "paper's SD1.5 setting, 2.3x reported). branch_depth 1 is the fastest; raise it, or lower interval "
-            "to 2, for fidelity. Works the same on SD2 and SDXL checkpoints.\n\nFiles to download "
-            "(ComfyUI/models/...):\n- checkpoints/v1-5-pruned-emaonly-fp16.safetensors  "
-            "(huggingface.co/Comfy-Org/stable-diffusion-v1-5-archive)\n\n" + PANEL_HINT, (-40, 220), (360, 340))
+    wf.note("### Stable Diffusion 1.5 text-to-image with Apply DeepCache (dit-cache)\n\nThe full UNet runs on "
+            "one step in every 3; in between only the shallow branch runs and the deep feature is reused (the "
+            "DeepCache paper's SD1.5 setting, 2.3x reported). branch_depth 1 is the fastest; raise it, or lower "
+            "interval to 2, for fidelity. Works the same on SD2 and SDXL checkpoints.\n\n"
+            f"{MODEL_FILES}\n\n" + PANEL_HINT)
     return wf
 
 
@@ -556,8 +610,15 @@ def flux_promptcache() -> Workflow:
         "result without sampling.")
 
 
-WORKFLOWS = (flux_magcache, *(lambda m=m: wan21(m) for m in WAN21_METHODS), wan22, qwen_image, ltxv_pab,
+WORKFLOWS = (flux_fbc, flux_magcache, *(lambda m=m: wan21(m) for m in WAN21_METHODS), wan22, qwen_image, ltxv_pab,
              flux_dbcache, flux_taylorseer, flux_smoothcache, sd15_deepcache, flux_promptcache, flux_stepschedule)
+
+
+def outputs(wf: Workflow) -> dict[Path, bytes]:
+    """The files one workflow writes: its JSON and its thumbnail."""
+    data = wf.to_json()
+    return {OUT / f"{wf.name}.json": (json.dumps(data, indent=1, ensure_ascii=False) + "\n").encode("utf-8"),
+            OUT / f"{wf.name}.jpg": workflow_thumbnail.draw(data, wf.name)}
 
 
 def main() -> int:
@@ -566,15 +627,18 @@ def main() -> int:
     args = ap.parse_args()
     stale = []
     for make in WORKFLOWS:
-        wf = make()
-        path = OUT / f"{wf.name}.json"
-        text_ = json.dumps(wf.to_json(), indent=1, ensure_ascii=False) + "\n"
-        if args.check:
-            if not path.exists() or path.read_text(encoding="utf-8") != text_:
-                stale.append(path.name)
-        else:
-            path.write_text(text_, encoding="utf-8")
-            print(f"wrote {path}")
+        try:
+            files = outputs(make())
+        except workflow_models.UnknownModelFile as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        for path, data in files.items():
+            if args.check:
+                if not path.exists() or path.read_bytes() != data:
+                    stale.append(path.name)
+            else:
+                path.write_bytes(data)
+                print(f"wrote {path}")
     if stale:
         print(f"out of date: {', '.join(stale)} (run scripts/make_workflows.py)")
         return 1

@@ -99,12 +99,12 @@ def test_workflow_file_is_a_flux_ui_workflow():
     wf = _workflow()
     types = {n["type"] for n in wf["nodes"]}
     assert {"UNETLoader", "DualCLIPLoader", "VAELoader", "CLIPTextEncode", "FluxGuidance", "EmptySD3LatentImage",
-            "KSampler", "VAEDecode", "SaveImage", "Note", FBC_NODE} <= types
+            "KSampler", "VAEDecode", "SaveImage", "MarkdownNote", FBC_NODE} <= types
     by_type = {n["type"]: n for n in wf["nodes"]}
     assert by_type["UNETLoader"]["widgets_values"][0] == "flux1-dev.safetensors"
     assert by_type["VAELoader"]["widgets_values"] == ["ae.safetensors"]
     assert by_type["DualCLIPLoader"]["widgets_values"][:3] == ["clip_l.safetensors", "t5xxl_fp16.safetensors", "flux"]
-    note = by_type["Note"]["widgets_values"][0]
+    note = by_type["MarkdownNote"]["widgets_values"][0]
     for f in ("flux1-dev.safetensors", "clip_l.safetensors", "t5xxl_fp16.safetensors", "ae.safetensors"):
         assert f in note
     # every link is consistent with both ends

@@ -1,6 +1,10 @@
 """Every workflow in ``workflows/`` loads against a real ComfyUI server and runs there with tiny models.
 
-Per workflow: the file is a consistent UI-format graph whose Note names every model file its loaders read;
+Per workflow: the file is a consistent UI-format graph whose MarkdownNote links every model file its loaders
+read, every loader declares its files in ``properties.models`` (name, https URL, a ComfyUI models folder that
+fits the loader, as ComfyUI's templates do), the thumbnail ``<name>.jpg`` lies beside it and the saved view puts
+the top left node below the page's top bar at a readable zoom, and no two nodes overlap once the page has drawn
+on them (``tests/core/test_registry.py`` checks every registered method has a workflow);
 every node type exists in the server's ``/object_info`` and every widget value fits the input it lands on
 (``tests/support/workflow_check.py``); ``workflow_convert.to_tiny`` swaps the loaders for the test-only tiny
 loader (one tiny model per model loader: Wan 2.2's high- and low-noise models are two models), the result is
@@ -32,6 +36,13 @@ import workflow_convert
 from comfy_server import REPO, Server, comfy_server
 
 WORKFLOWS = REPO / "workflows"
+sys.path.insert(0, str(REPO / "scripts"))
+import make_workflows  # noqa: E402
+import workflow_models  # noqa: E402
+
+# the ComfyUI models folder each loader reads its files from
+FOLDER_OF_LOADER = {"UNETLoader": "diffusion_models", "CLIPLoader": "text_encoders",
+                    "DualCLIPLoader": "text_encoders", "VAELoader": "vae", "CheckpointLoaderSimple": "checkpoints"}
 # tiny-model family (tests/support/tiny_models.py) standing in for a workflow's model, by file name prefix
 FAMILY_BY_PREFIX = {
     "flux-": "flux",
@@ -95,17 +106,96 @@ def test_generated_workflows_are_up_to_date():
 
 @pytest.mark.parametrize("path", FILES, ids=[p.stem for p in FILES])
 def test_workflow_file_names_its_model_files(path: Path):
+    import folder_paths
+
     wf = _load(path)
-    notes = [n["widgets_values"][0] for n in wf["nodes"] if n["type"] == "Note"]
-    assert len(notes) == 1, "one Note saying which files to download"
+    notes = [n["widgets_values"][0] for n in wf["nodes"] if n["type"] == "MarkdownNote"]
+    assert len(notes) == 1, "one MarkdownNote saying which files to download"
+    assert not [n for n in wf["nodes"] if n["type"] == "Note"]
     loaders = [n for n in wf["nodes"] if n["type"] in workflow_convert.REPLACED and n["type"].endswith("Loader")
                or n["type"] == "CheckpointLoaderSimple"]
     assert loaders
-    files = [v for n in loaders for v in n["widgets_values"] if isinstance(v, str) and v.endswith(".safetensors")]
-    assert files and all(f in notes[0] for f in files), (files, notes[0])
+    for n in loaders:
+        files = [v for v in n["widgets_values"] if isinstance(v, str) and v.endswith(".safetensors")]
+        models = n["properties"].get("models")
+        assert files and models and [m["name"] for m in models] == files, (n["type"], files, models)
+        for m in models:
+            assert set(m) == {"name", "url", "directory"}
+            assert m["url"].startswith("https://huggingface.co/") and m["url"].split("?")[0].endswith("/" + m["name"])
+            assert m["directory"] == FOLDER_OF_LOADER[n["type"]] and m["directory"] in folder_paths.folder_names_and_paths
+            assert f"[{m['name']}]({m['url']})" in notes[0]  # a markdown link
+            assert f"ComfyUI/models/{m['directory']}/" in notes[0]
+    assert "](https://github.com/dit-cache/dit-cache#" in notes[0]  # and one to the README
+    assert "<" not in re.sub(r"`[^`]*`", "", notes[0]), "markdown drops <...> outside code spans: use backticks"
     assert any(n["type"].startswith("DitCache.") for n in wf["nodes"])
     assert wf["last_node_id"] == max(n["id"] for n in wf["nodes"])
     assert wf["last_link_id"] == max(lk[0] for lk in wf["links"])
+    thumb = path.with_suffix(".jpg")  # the template browser asks for workflows/<name>.jpg
+    assert thumb.is_file() and thumb.read_bytes()[:3] == b"\xff\xd8\xff"  # JPEG
+    from PIL import Image
+    with Image.open(thumb) as im:
+        assert im.format == "JPEG" and im.size == (512, 320)
+
+
+@pytest.mark.parametrize("path", FILES, ids=[p.stem for p in FILES])
+def test_saved_view_starts_at_the_top_left_at_a_readable_zoom(path: Path):
+    """screen = (graph + offset) * scale: the top left of the nodes (titles included) and groups sits just
+    below the top bar and right of the side bar (tests/browser/test_workflows_browser.py checks it in the page)."""
+    wf = _load(path)
+    ds = wf["extra"]["ds"]
+    assert 1.1 <= ds["scale"] <= 1.25
+    left = min([n["pos"][0] for n in wf["nodes"]] + [g["bounding"][0] for g in wf["groups"]])
+    top = min([n["pos"][1] - 30 for n in wf["nodes"]] + [g["bounding"][1] for g in wf["groups"]])
+    assert (left + ds["offset"][0]) * ds["scale"] == pytest.approx(make_workflows.VIEW_LEFT, abs=0.1)
+    assert (top + ds["offset"][1]) * ds["scale"] == pytest.approx(make_workflows.VIEW_TOP, abs=0.1)
+    note = next(n for n in wf["nodes"] if n["type"] == "MarkdownNote")
+    assert note["pos"][0] == left  # the note is the first thing one reads
+
+
+# what the page draws on a node after a run, below its widgets: the last run on a cache node, and a Calibrate
+# node's curve and saved file (issue 20: the Apply node below covered them)
+GROWTH = {"calibrate": 180, "cache": 30}
+
+
+@pytest.mark.parametrize("path", FILES, ids=[p.stem for p in FILES])
+def test_nodes_do_not_overlap_after_a_run(path: Path):
+    def box(n: dict) -> tuple[int, int, int, int]:
+        grow = (GROWTH["calibrate"] if _is_calibrate(n) else GROWTH["cache"] if n["type"].startswith("DitCache.")
+                else 0)
+        return n["pos"][0], n["pos"][1] - 30, n["pos"][0] + n["size"][0], n["pos"][1] + n["size"][1] + grow
+
+    nodes = _load(path)["nodes"]
+    overlaps = []
+    for i, a in enumerate(nodes):
+        for b in nodes[i + 1:]:
+            (ax0, ay0, ax1, ay1), (bx0, by0, bx1, by1) = box(a), box(b)
+            if ax0 < bx1 and bx0 < ax1 and ay0 < by1 and by0 < ay1:
+                overlaps.append((a.get("title", a["type"]), b.get("title", b["type"])))
+    assert overlaps == []
+
+
+def test_an_unknown_model_file_fails_clearly():
+    wf = make_workflows.Workflow("test")
+    make_workflows.unet(wf, "not-in-the-table.safetensors", (0, 0))
+    with pytest.raises(workflow_models.UnknownModelFile, match="scripts/workflow_models.py"):
+        wf.to_json()
+
+
+@pytest.mark.server
+def test_template_browser_lists_the_workflows_with_their_thumbnails(server: Server):
+    """The front end's template browser (Extensions -> the pack) lists GET /workflow_templates and asks for
+    /api/workflow_templates/<pack folder>/<name>.json and <name>.jpg (frontend 1.32-1.35 sources)."""
+    import urllib.request
+
+    listed = server.get("/workflow_templates")
+    (folder,) = [k for k, names in listed.items() if set(names) & {p.stem for p in FILES}]
+    assert sorted(listed[folder]) == sorted(p.stem for p in FILES)  # nothing else (no index.json: it would show)
+    for p in FILES:
+        for suffix, kind in ((".json", "application/json"), (".jpg", "image/jpeg")):
+            with urllib.request.urlopen(f"{server.url}/api/workflow_templates/{folder}/{p.stem}{suffix}",
+                                        timeout=30) as r:
+                assert r.status == 200 and r.headers["Content-Type"].startswith(kind)
+                assert r.read() == p.with_suffix(suffix).read_bytes()
 
 
 def _queue(server: Server, prompt: dict) -> dict:
