@@ -1,7 +1,8 @@
 """Quality of a cached result against the uncached one: PSNR and SSIM on tensors (latents or decoded images).
 
 Used by "DiT Cache Tune" (cache_core/tune.py) to judge a setting, and by the tests and benchmarks
-(tests/support/metrics.py re-exports these). Nothing here imports ComfyUI."""from __future__ import annotations
+(tests/support/metrics.py re-exports these). Nothing here imports ComfyUI."""
+from __future__ import annotations
 
 import math
 
