@@ -16,7 +16,7 @@ from comfy_api.latest import io
 
 from ..cache_core import tune
 from ..cache_core.methods.auto import DEFAULT_LEVEL, LEVELS, SSIM_LEVELS, recommendation
-from ..cache_core.text import plain
+from ..cache_core.text import plain, shown
 from ..hosts.comfy.patch import apply_cache
 from . import calibration_store
 from .base import CacheNode
@@ -44,8 +44,9 @@ def _matches(tf: tune.TuneFile, run: dict[str, Any]) -> bool:
                                                                   run.get("scheduler")) and tf.cfg == run.get("cfg")
 
 
-def from_tune_files(ident: Any, level: str, run: dict[str, Any]) -> tuple[str, dict[str, Any], str] | None:
-    """(method, inputs, why) from this model's tune files, or None. Unreadable files are skipped (logged)."""
+def from_tune_files(ident: Any, level: str, run: dict[str, Any]) -> tuple[str, dict[str, Any], str] | int:
+    """(method, inputs, why) from this model's tune files, or how many of them there are (none meets ``level``).
+    Unreadable files are skipped (logged)."""
     mine = []
     for path in calibration_store.tune_files():
         try:
@@ -69,7 +70,7 @@ def from_tune_files(ident: Any, level: str, run: dict[str, Any]) -> tuple[str, d
                f"({tf.metric} {target:g} + {tf.margin:g} on the worst tuning seed): {method} "
                f"{tf.knobs[method]['input']}={value:g}, {speedup:.2f}x block speedup at {quality:.3g}")
         return method, tune.point_inputs(tf, method, value), why
-    return None
+    return len(mine)
 
 
 class ApplyAuto(CacheNode):
@@ -102,29 +103,32 @@ class ApplyAuto(CacheNode):
     def execute(cls, model: Any, choice: str = DEFAULT_LEVEL) -> io.NodeOutput:
         cls.reject_bad_inputs({"choice": choice})
         label = cls.label()
+        if choice not in LEVELS:  # a linked or API value ComfyUI did not check against the list
+            raise ValueError(f"{label}: choice {shown(choice)} is not one of {', '.join(LEVELS)}")
         ident = cls.identify(model)
         if ident is None:
             return io.NodeOutput(model)
         node_id = cls.node_id()
         run = sampler_fed(cls.hidden.prompt if cls.hidden is not None else None, node_id)
         picked = from_tune_files(ident, choice, run)
-        if picked is None:
-            rec, listed = recommendation(ident.layout.family, choice)
+        if isinstance(picked, int):
+            rec, in_table = recommendation(ident.layout.family, choice)
             family = ident.layout.family
-            why = (f"no tune file of this model meets {choice}; "
-                   + (f"the {family} family's measured {choice} setting" if listed
+            why = ((f"none of this model's {picked} tune files measured a point meeting {choice}; " if picked
+                    else "no tune file of this model; ")
+                   + (f"the {family} family's measured {choice} setting" if in_table
                       else f"no measured table for {family}: the setting that passes on every trained family")
                    + f" (docs/bench-trained.csv {rec.measured})")
             picked = (rec.method, dict(rec.inputs), why)
         method, given, why = picked
         ncls = node_class(method)
         built = build(ncls, model, node_inputs(ncls, given))
-        shown = ", ".join(f"{k}={v:g}" if isinstance(v, (int, float)) else f"{k}={v}" for k, v in given.items())
+        listed = ", ".join(f"{k}={v:g}" if isinstance(v, (int, float)) else f"{k}={v}" for k, v in given.items())
         if built is None:
             log.warning("[dit-cache] %s: %s (%s) does not apply to this model (%s); model unchanged", label,
-                        ncls.label(), shown, why)
+                        ncls.label(), listed, why)
             return io.NodeOutput(model)
-        text = f"{choice}: {ncls.label()} {shown} — {why}"
+        text = f"{choice}: {ncls.label()} {listed} — {why}"
         log.info("[dit-cache] %s: %s", label, text)
         chosen = {"method": method, "node": ncls.label(), "inputs": given, "choice": choice}
         out = apply_cache(model, built[1], label, node_id, details={"chosen_because": why, "chosen": chosen})

@@ -117,7 +117,7 @@ def test_tune_file_round_trip_and_start_here_uses_it(store):
     tune.write(store / "other.json", other)
     ApplyAuto.execute(m.patcher, choice="balanced")
     sample(m, ApplyAuto.execute(m.patcher, choice="balanced").result[0], 1.0, 0)
-    assert "no tune file" in run_log.last()["details"]["chosen_because"]
+    assert "no tune file of this model" in run_log.last()["details"]["chosen_because"]
     # a broken file is skipped with a warning, never an error
     (store / "broken.json").write_text("{", encoding="utf-8")
     assert ApplyAuto.execute(m.patcher, choice="fast").result[0] is not m.patcher
