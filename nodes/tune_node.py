@@ -149,8 +149,8 @@ class DitCacheTune(CacheNode):
                 out = comfy.sample.sample(m, noise, steps, cfg, sampler_name, scheduler, positive, negative, lat,
                                           denoise=denoise, noise_mask=latent_image.get("noise_mask"),
                                           disable_pbar=True, seed=s)
-            if vae is not None:
-                out = vae.decode(out)
+            if vae is not None:  # ComfyUI's IMAGE layout (frames, H, W, RGB) -> channels first: SSIM reads H, W
+                out = vae.decode(out).movedim(-1, 1)
             pbar.update(1)
             return tune.Measured(out.detach().float().cpu(), counter.rows)
 

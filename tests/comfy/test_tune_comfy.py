@@ -154,3 +154,26 @@ def test_bad_inputs_fail_before_sampling(store):
     assert "cannot tune" in DitCacheTune.validate_inputs(methods="nope")
     with pytest.raises(ValueError, match="choice"):
         ApplyAuto.execute(m.patcher, choice="fastest")
+
+
+def test_with_a_vae_the_decoded_image_is_judged(store):
+    """A real ComfyUI VAE (comfy.sd.VAE from a TAESD state dict with 16 latent channels, random weights: the
+    decoder is not the point, that the tuner judges its decoded images is) and SSIM."""
+    import comfy.sd
+    from comfy.taesd.taesd import TAESD
+
+    m = trained_models.load("flux")
+    torch.manual_seed(0)
+    taesd = TAESD(latent_channels=m.noise(1, seed=0).shape[1])
+    for p in taesd.parameters():  # comfy.ops layers are created without initialising their weights
+        torch.nn.init.normal_(p, std=0.1) if p.ndim > 1 else torch.nn.init.zeros_(p)
+    taesd.vae_scale.data.fill_(1.0)
+    vae = comfy.sd.VAE(sd=taesd.state_dict())
+    out = DitCacheTune.execute(m.patcher, **tune_inputs(m, 1.0, metric="SSIM", target=0.9, seeds=1,
+                                                         methods="teacache"), vae=vae)
+    tf = tune.read(calibration_store.tune_files()[0])
+    assert tf.measured_on == "image" and tf.metric == "SSIM" and tf.margin == 0.01
+    assert tf.quality >= 0.91 and tf.quality <= 1.0 and tf.speedup > 1.0
+    assert out.ui["dit_cache_tune"][0]["winner"]["quality"] == tf.quality
+    # the SSIM levels of the start-here node read the same file
+    assert ApplyAuto.execute(m.patcher, choice="fast").result[0] is not m.patcher
