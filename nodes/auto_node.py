@@ -96,6 +96,19 @@ class ApplyAuto(CacheNode):
         )
 
     @classmethod
+    def fingerprint_inputs(cls, **inputs: Any) -> str:
+        """The tune files present (names, sizes, times): ComfyUI runs the node again when one is added, changed
+        or removed, instead of reusing the choice it made before."""
+        seen = []
+        for p in calibration_store.tune_files():
+            try:
+                st = p.stat()
+            except OSError:
+                continue
+            seen.append(f"{p.name}:{st.st_size}:{st.st_mtime_ns}")
+        return "|".join(seen)
+
+    @classmethod
     def validate_inputs(cls, choice: str | None = None) -> bool | str:
         return cls.check_inputs(locals())  # every float, combo and text input, by name
 

@@ -140,13 +140,15 @@ def tune_files() -> list[Path]:
     """DiT Cache Tune's files (``*.json`` directly in the calibration folders; read by ``cache_core/tune.py``),
     newest first. Only these folders' own entries are listed: a name is never turned into a path."""
     register()
-    found: list[Path] = []
+    found: list[tuple[int, Path]] = []
     for folder in folder_paths.get_folder_paths(FOLDER):
         try:
-            found += [p for p in Path(folder).iterdir() if p.suffix == TUNE_EXTENSION and p.is_file()]
-        except OSError:
+            for p in Path(folder).iterdir():
+                if p.suffix == TUNE_EXTENSION and p.is_file():
+                    found.append((p.stat().st_mtime_ns, p))
+        except OSError:  # a folder or file removed meanwhile
             continue
-    return sorted(found, key=lambda p: p.stat().st_mtime_ns, reverse=True)
+    return [p for _, p in sorted(found, key=lambda t: t[0], reverse=True)]
 
 
 register()

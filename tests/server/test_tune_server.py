@@ -1,7 +1,7 @@
 """DiT Cache Tune queued through a real ComfyUI server on the small trained Flux-class model: the tune file lands
 in the server's calibration store (``<base directory>/models/magcache``), the node's UI output carries the curve
-the page draws, the panel's run log holds the tune record, and "Cache (DiT, start here)" queued next uses the
-file (its run record says so)."""
+the page draws, the panel's run log holds the tune record, and "Cache (DiT, start here)", queued before (the family's table)
+and again after, now uses the file: ComfyUI does not reuse its earlier choice."""
 from __future__ import annotations
 
 import json
@@ -41,7 +41,13 @@ def _runs(server: Server, client_id: str, prompt_id: str) -> list[dict]:
 def test_tune_saves_its_file_in_the_store_and_start_here_uses_it(server: Server):
     prefix = f"srv{uuid.uuid4().hex[:6]}"
     created: list[Path] = []
+    auto = _tune_prompt(prefix)
+    auto["2"] = {"class_type": "DitCache.ApplyAuto", "inputs": {"model": ["1", 0], "choice": "balanced"}}
     try:
+        # before any tune file of this model: the family's measured table
+        _, log = _run(server, auto)
+        assert "Cache (DiT, start here): balanced: Apply TeaCache rel_l1_threshold=0.6" in log
+        assert "no tune file of this model" in log
         client = uuid.uuid4().hex
         status, body = server.post("/prompt", {"prompt": _tune_prompt(prefix), "client_id": client})
         assert status == 200 and body["node_errors"] == {}, body
@@ -62,9 +68,8 @@ def test_tune_saves_its_file_in_the_store_and_start_here_uses_it(server: Server)
         assert [r["node_id"] for r in runs] == ["2", "2"] and runs[1]["calls"] == 20
         assert runs[1]["details"]["chosen_because"].startswith("tuned here")
 
-        prompt = _tune_prompt(prefix)
-        prompt["2"] = {"class_type": "DitCache.ApplyAuto", "inputs": {"model": ["1", 0], "choice": "balanced"}}
-        entry, log = _run(server, prompt)
+        # the same prompt again: the node runs again (its fingerprint is the tune files present) and uses the file
+        _, log = _run(server, auto)
         assert "Cache (DiT, start here): balanced: Apply TeaCache" in log and f"tune file {path.name}" in log
     finally:
         for p in created:
