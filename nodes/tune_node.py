@@ -60,9 +60,9 @@ class DitCacheTune(CacheNode):
                 io.Conditioning.Input("negative"),
                 io.Latent.Input("latent_image", tooltip="An empty latent of the size you sample at (smaller is "
                                                         "faster to tune; the setting transfers roughly)."),
-                # no "control after generate": a new seed per queue would tune again every time
-                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF,
-                             tooltip="First tuning seed; the others follow it (seed + 1, ...)."),
+                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True,
+                             tooltip="First tuning seed; the others follow it (seed + 1, ...). Set 'control after "
+                                     "generate' to fixed: a new seed per queue tunes again every time."),
                 io.Int.Input("steps", default=20, min=1, max=10000),
                 io.Float.Input("cfg", default=1.0, min=0.0, max=100.0, step=0.1),
                 io.Combo.Input("sampler_name", options=comfy.samplers.KSampler.SAMPLERS, default="euler"),

@@ -576,8 +576,9 @@ def flux_tune() -> Workflow:
     model, vae, guid, neg_t, latent = _flux_inputs(wf)
     small = wf.node("EmptySD3LatentImage", [512, 512, 1], (780, 660), (300, 106), outputs=(("LATENT", L),),
                     title="Tuning latent (small: faster to tune)")
-    # seed, steps, cfg, sampler, scheduler, denoise, metric, target, seeds, methods, filename_prefix
-    tuner = wf.node("DitCache.Tune", [0, 28, 1.0, "euler", "simple", 1.0, "PSNR", 30.0, 1,
+    # seed, control ("fixed": the same seeds each queue), steps, cfg, sampler, scheduler, denoise, metric, target,
+    # seeds, methods, filename_prefix
+    tuner = wf.node("DitCache.Tune", [0, "fixed", 28, 1.0, "euler", "simple", 1.0, "PSNR", 30.0, 1,
                                       "teacache, taylorseer, fbc", "tune"],
                     (340, 60), (340, 400),
                     inputs=(("model", M), ("positive", C), ("negative", C), ("latent_image", L)),
