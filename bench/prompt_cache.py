@@ -1,5 +1,5 @@
 """Benchmark of the Prompt Cache (Nirvana): replay a stream of prompts with repeats and near-duplicates through
-"Apply Prompt Cache" on a trained tiny model and report the steps saved and the quality of the hits.
+"Apply PromptCache" on a trained tiny model and report the steps saved and the quality of the hits.
 
     .venv/bin/python bench/prompt_cache.py [--family flux] [--requests 100] [--seed 0] [--threshold 0.95]
 

@@ -89,8 +89,8 @@ METHODS: tuple[SweepMethod, ...] = (
                 prepared=_magcache_inputs,
                 note="calibrated on the bench model first (MagCache Calibrate, same steps)"),
     # Wan and Qwen-Image read TeaCache's signal without a published rescaling polynomial ("raw"): its scale is
-    # not Flux's, and the node's 0.4 (a Flux value) falls below 30 dB on both trained models; 0.1 is the value
-    # docs/nodes.md gives for raw coefficients
+    # not Flux's, and 0.4 (a Flux value, the node's default before "auto") falls below 30 dB on both trained
+    # models; 0.1 is what the node's default -1 ("auto") now runs with raw coefficients, named here explicitly
     SweepMethod("teacache", "TeaCache", "DitCache.ApplyTeaCache", "rel_l1_threshold",
                 {"tiny": (0.25, 0.6, 1.0), "medium": (0.25, 0.4, 0.6), "trained": (0.1, 0.15, 0.25, 0.4, 0.6, 1.0)},
                 recommended_by_family={"wan21": {"rel_l1_threshold": 0.1}, "qwen_image": {"rel_l1_threshold": 0.1}}),
@@ -134,7 +134,7 @@ METHODS: tuple[SweepMethod, ...] = (
     SweepMethod("stepschedule", "Step Schedule (DP, calibrated)", "DitCache.ApplyStepSchedule", "computed_steps",
                 {"tiny": (5, 8), "medium": (5, 8), "trained": (3, 4, 5, 6, 8, 10)},
                 prepared=_stepschedule_inputs,
-                note="calibrated on the bench model first (Step Schedule Calibrate, same steps); the schedule "
+                note="calibrated on the bench model first (StepSchedule Calibrate, same steps); the schedule "
                      "is the DP's for the budget with the node's default on_skipped"),
     SweepMethod("deepcache", "DeepCache (UNets)", "DitCache.ApplyDeepCache", "interval",
                 {"tiny": (2, 3, 5), "medium": (2, 3, 5)}, family="sd15",

@@ -6,6 +6,7 @@ from comfy_api.latest import io
 from ..cache_core.methods.adacache import FAST_30, SLOW_30, STEPS_100, AdaCacheConfig, parse_codebook
 from .base import CacheNode
 from .common_inputs import gate_inputs
+from .naming import STEPS
 
 
 class ApplyAdaCache(CacheNode):
@@ -16,6 +17,7 @@ class ApplyAdaCache(CacheNode):
         return cls.schema(
             node_id="DitCache.ApplyAdaCache",
             display_name="Apply AdaCache",
+            category=STEPS, advanced=("motion_regularization", "block"),
             description=(
                 "AdaCache (content-adaptive caching for video DiTs): after every computed step it measures how much "
                 "a middle block's residual changed since the last computed step and looks up in a codebook how many "

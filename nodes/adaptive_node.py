@@ -1,4 +1,4 @@
-"""The "Apply Adaptive Cache" node (EasyCache-style)."""
+"""The "Apply AdaptiveCache" node (EasyCache-style)."""
 from __future__ import annotations
 
 from comfy_api.latest import io
@@ -6,6 +6,7 @@ from comfy_api.latest import io
 from ..cache_core.methods.adaptive import AdaptiveCacheConfig
 from .base import CacheNode
 from .common_inputs import gate_inputs
+from .naming import STEPS
 
 
 class ApplyAdaptiveCache(CacheNode):
@@ -15,7 +16,8 @@ class ApplyAdaptiveCache(CacheNode):
     def define_schema(cls) -> io.Schema:
         return cls.schema(
             node_id="DitCache.ApplyAdaptiveCache",
-            display_name="Apply Adaptive Cache",
+            display_name="Apply AdaptiveCache",
+            category=STEPS,
             description=(
                 "Adaptive cache (EasyCache-style): estimates from the change of the transformer's input, scaled by "
                 "how strongly the transformer last turned input changes into output changes, how much its result "

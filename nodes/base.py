@@ -44,10 +44,11 @@ from ..cache_core.text import described, plain, shown
 from ..hosts.comfy.patch import apply_cache
 from . import calibration_store
 from .common_inputs import validate_windows
+from .naming import ROOT, alias_options, mark_advanced
 
 log = logging.getLogger("dit_cache")
 
-CATEGORY = "dit-cache"
+CATEGORY = ROOT  # the pack's root category; nodes pass their group (nodes/naming.py)
 
 _labels: dict[Any, str] = {}  # define_schema function -> display name (ComfyUI runs a fresh class clone per run)
 
@@ -105,11 +106,16 @@ class CacheNode(io.ComfyNode):
     # ------------------------------------------------------------------ schema and identity
     @classmethod
     def schema(cls, node_id: str, display_name: str, description: str, inputs: list, output: str,
-               hidden: tuple[io.Hidden, ...] = (io.Hidden.unique_id,), **options: Any) -> io.Schema:
-        """The node's schema: category "dit-cache", one MODEL output (tooltip ``output``), the hidden unique id
-        (the statistics panel shows runs per node) unless ``hidden`` says otherwise."""
-        return io.Schema(node_id=node_id, display_name=display_name, category=CATEGORY, description=description,
-                         inputs=inputs, outputs=[io.Model.Output(tooltip=output)], hidden=list(hidden), **options)
+               hidden: tuple[io.Hidden, ...] = (io.Hidden.unique_id,), category: str = CATEGORY,
+               advanced: tuple[str, ...] = (), face: tuple[str, ...] = (), aliases: tuple[str, ...] = (),
+               **options: Any) -> io.Schema:
+        """The node's schema: its ``category`` (a group of nodes/naming.py), one MODEL output (tooltip ``output``),
+        the hidden unique id (the statistics panel shows runs per node) unless ``hidden`` says otherwise. Inputs
+        named in ``advanced`` (and the shared window / skip-limit / warm-up inputs unless named in ``face``) are
+        hidden until "Show Advanced"; ``aliases`` are search aliases where the host's schema has them."""
+        return io.Schema(node_id=node_id, display_name=display_name, category=category, description=description,
+                         inputs=mark_advanced(inputs, advanced, face), outputs=[io.Model.Output(tooltip=output)],
+                         hidden=list(hidden), **alias_options(aliases), **options)
 
     @classmethod
     def label(cls) -> str:

@@ -21,6 +21,7 @@ from ..cache_core.text import plain
 from ..hosts.comfy import stats_server
 from . import calibration_store
 from .base import CacheNode
+from .naming import CALIBRATE
 
 log = logging.getLogger("dit_cache")
 
@@ -113,7 +114,7 @@ class CalibrateNode(CacheNode):
                 *inputs,
             ],
             output="The model, measuring while it samples (connect to the KSampler).",
-            hidden=(io.Hidden.unique_id, io.Hidden.prompt),
+            hidden=(io.Hidden.unique_id, io.Hidden.prompt), category=CALIBRATE,
             not_idempotent=True,
         )
 

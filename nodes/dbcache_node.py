@@ -8,6 +8,7 @@ from ..cache_core.methods.dbcache import DBCacheConfig
 from ..hosts.comfy.patch import block_count
 from .base import CacheNode
 from .common_inputs import window_inputs
+from .naming import BLOCKS
 
 
 class ApplyDBCache(CacheNode):
@@ -18,6 +19,7 @@ class ApplyDBCache(CacheNode):
         return cls.schema(
             node_id="DitCache.ApplyDBCache",
             display_name="Apply DBCache",
+            category=BLOCKS, advanced=("max_cached_steps", "max_consecutive_cached_steps", "calibrator"),
             description=(
                 "DBCache (cache-dit's dual block cache): always runs the first Fn and the last Bn transformer "
                 "blocks; while the first Fn blocks' result changes less than the threshold, the blocks in "
@@ -25,10 +27,10 @@ class ApplyDBCache(CacheNode):
             ),
             inputs=[
                 io.Model.Input("model", tooltip="The diffusion model (Flux, Wan, Qwen-Image, ...) to speed up."),
-                io.Int.Input("Fn", default=8, min=1, max=200,
+                io.Int.Input("Fn", display_name="front blocks (Fn)", default=8, min=1, max=200,
                              tooltip="Front blocks that always run; the decision reads their result. More = "
                                      "better decisions and quality, less saved. Must leave blocks to cache."),
-                io.Int.Input("Bn", default=0, min=0, max=200,
+                io.Int.Input("Bn", display_name="back blocks (Bn)", default=0, min=0, max=200,
                              tooltip="Back blocks that always run after the cached middle blocks (they correct "
                                      "the reused result). 0 = none."),
                 io.Float.Input("threshold", default=0.08, min=0.0, max=1.0, step=0.005,

@@ -8,6 +8,7 @@ from comfy_api.latest import io
 from ..cache_core.methods.deepcache import MAX_DEPTH, DeepCacheConfig
 from .base import CacheNode
 from .common_inputs import window_inputs
+from .naming import BLOCKS
 
 
 DESCRIPTION = (
@@ -21,7 +22,7 @@ class ApplyDeepCache(CacheNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         return cls.schema(
-            node_id="DitCache.ApplyDeepCache", display_name="Apply DeepCache", description=DESCRIPTION,
+            node_id="DitCache.ApplyDeepCache", display_name="Apply DeepCache", description=DESCRIPTION, category=BLOCKS,
             inputs=[
                 io.Model.Input("model", tooltip="A UNet model (SD1.5, SD2, SDXL) to speed up."),
                 io.Int.Input(

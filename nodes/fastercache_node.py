@@ -7,6 +7,7 @@ from ..cache_core.config import CacheWindow
 from ..cache_core.methods.fastercache import FasterCacheConfig
 from .base import CacheNode
 from .common_inputs import named_window_inputs
+from .naming import ATTENTION
 
 _WINDOWS = ("attention", "uncond", "low_freq", "high_freq")
 
@@ -19,6 +20,7 @@ class ApplyFasterCache(CacheNode):
         return cls.schema(
             node_id="DitCache.ApplyFasterCache",
             display_name="Apply FasterCache",
+            category=ATTENTION, advanced=("temporal_skip", "attention_weight", "alpha_low", "alpha_high"),
             description=(
                 "FasterCache: inside a window, attention outputs are extrapolated from the last two computed ones "
                 "(F1 + (F1 - F2) * weight), and on most CFG steps the unconditional branch is not run but rebuilt "

@@ -6,6 +6,7 @@ from comfy_api.latest import io
 from ..cache_core.methods.fbc import FirstBlockCacheConfig
 from .base import CacheNode
 from .common_inputs import gate_inputs
+from .naming import STEPS
 
 
 class ApplyFirstBlockCache(CacheNode):
@@ -16,6 +17,7 @@ class ApplyFirstBlockCache(CacheNode):
         return cls.schema(
             node_id="DitCache.ApplyFirstBlockCache",
             display_name="Apply FirstBlockCache",
+            category=STEPS,
             description=(
                 "First Block Cache: runs the first transformer block every step and, while its output changes "
                 "less than the threshold since the last full step, reuses the cached result of all other blocks."

@@ -12,10 +12,14 @@ from . import calibration_store
 from .base import CacheNode
 from .calibrate import CalibrateNode, CalibrationRun
 from .common_inputs import window_inputs
+from .naming import STEPS
 
 log = logging.getLogger("dit_cache")
 
 CALIBRATED_EVENT = "dit_cache.magcache_calibrated"  # websocket message sent after a calibration is saved
+
+
+DEFAULT_PRESET = cal_io.PRESET_PREFIX + "flux_dev"  # the dropdown's default (presets are listed by name)
 
 
 def calibration_choices() -> list[str]:
@@ -42,6 +46,7 @@ class ApplyMagCache(CacheNode):
         return cls.schema(
             node_id="DitCache.ApplyMagCache",
             display_name="Apply MagCache",
+            category=STEPS, advanced=("retention_ratio", "interpolation"),
             description=(
                 "MagCache: skips the whole transformer while the calibrated per-step magnitude ratios say the "
                 "result changes little (accumulated error under the threshold, at most K skips in a row)."
@@ -49,7 +54,8 @@ class ApplyMagCache(CacheNode):
             inputs=[
                 io.Model.Input("model", tooltip="The diffusion model (Flux, Wan, Qwen-Image, ...) to speed up."),
                 io.Combo.Input(
-                    "calibration", options=options, default=options[0] if options else None,
+                    "calibration", options=options,
+                    default=DEFAULT_PRESET if DEFAULT_PRESET in options else (options[0] if options else None),
                     tooltip="Magnitude ratios: a file saved by 'MagCache Calibrate' (models/magcache) or a "
                             "built-in preset of published ratios. Must match the model's family (and, for "
                             "files, its block shapes). Other step counts are interpolated.",

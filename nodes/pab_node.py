@@ -8,6 +8,7 @@ from ..cache_core.config import CacheWindow
 from ..cache_core.methods.pab import PABConfig
 from .base import CacheNode
 from .common_inputs import named_window_inputs
+from .naming import ATTENTION
 
 # (kind, default N, what it is); windows default to diffusers' timesteps (100, 800) = 0.2-0.9 of the schedule
 _KINDS = (("spatial", 2, "self/joint attention"), ("temporal", 0, "temporal attention"),
@@ -33,6 +34,7 @@ class PABConfigNode(CacheNode):
         return cls.schema(
             node_id="DitCache.PABConfig",
             display_name="PAB Config",
+            category=ATTENTION, advanced=("temporal_skip",),
             description=(
                 "Pyramid Attention Broadcast: attention outputs change little between neighbouring steps (cross-"
                 "attention least, then temporal, then spatial). Inside a window, each attention is computed once "

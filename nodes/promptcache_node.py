@@ -1,4 +1,4 @@
-"""Apply Prompt Cache (Nirvana): reuse across prompts (``cache_core/methods/promptcache.py``,
+"""Apply PromptCache (Nirvana's approximate caching): reuse across prompts (``cache_core/methods/promptcache.py``,
 ``hosts/comfy/prompt_cache.py``)."""
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from comfy_api.latest import io
 from ..cache_core.methods.promptcache import PromptCacheConfig
 from ..hosts.comfy import prompt_cache
 from .base import CacheNode
+from .naming import PROMPTS
 
 log = logging.getLogger("dit_cache")
 
@@ -34,7 +35,8 @@ class ApplyPromptCache(CacheNode):
     def define_schema(cls) -> io.Schema:
         return cls.schema(
             node_id="DitCache.ApplyPromptCache",
-            display_name="Apply Prompt Cache (Nirvana)",
+            display_name="Apply PromptCache",
+            category=PROMPTS, advanced=("levels", "max_entries", "max_mb", "disk"),
             description="Reuses work across prompts: a finished generation leaves its intermediate latents in a "
                         "cache; a later generation with similar conditioning (same model, LoRAs, size, batch, "
                         "sampler and schedule) starts from one of them and skips the first steps. A hit reuses "

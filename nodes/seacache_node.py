@@ -7,6 +7,7 @@ from comfy_api.latest import io
 from ..cache_core.methods.seacache import SeaCacheConfig
 from .base import CacheNode
 from .common_inputs import window_inputs
+from .naming import STEPS
 
 
 class ApplySeaCache(CacheNode):
@@ -17,6 +18,8 @@ class ApplySeaCache(CacheNode):
         return cls.schema(
             node_id="DitCache.ApplySeaCache",
             display_name="Apply SeaCache",
+            category=STEPS,
+            advanced=("residual_order", "retention_steps", "cache_end_steps", "max_consecutive_cached", "power_exp"),
             description=(
                 "SeaCache: filters the noisy latent with a noise-level-aware spectral filter every step and, while "
                 "the filtered latent's accumulated relative change stays under the threshold, skips the whole "

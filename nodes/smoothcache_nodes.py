@@ -13,6 +13,7 @@ from ..cache_core.text import plain
 from . import calibration_store
 from .base import CacheNode
 from .calibrate import CalibrateNode, CalibrationRun
+from .naming import BLOCKS
 
 log = logging.getLogger("dit_cache")
 
@@ -76,6 +77,7 @@ class ApplySmoothCache(CacheNode):
         return cls.schema(
             node_id="DitCache.ApplySmoothCache",
             display_name="Apply SmoothCache",
+            category=BLOCKS,
             description=(
                 "SmoothCache: a static schedule per component type (self/joint attention, cross-attention, "
                 "feed-forward) from a 'SmoothCache Calibrate' run. On the scheduled steps those components "

@@ -1,4 +1,4 @@
-"""The "Apply Step Schedule" and "Step Schedule Calibrate" nodes."""
+"""The "Apply StepSchedule" and "StepSchedule Calibrate" nodes."""
 from __future__ import annotations
 
 import logging
@@ -15,6 +15,7 @@ from ..cache_core.text import plain
 from . import calibration_store
 from .base import CacheNode
 from .calibrate import CalibrateNode, CalibrationRun
+from .naming import STEPS
 
 log = logging.getLogger("dit_cache")
 
@@ -34,16 +35,17 @@ class ApplyStepSchedule(CacheNode):
         options = calibration_store.choices(cal_io.FORMAT)  # read on every /object_info: new files show at once
         return cls.schema(
             node_id="DitCache.ApplyStepSchedule",
-            display_name="Apply Step Schedule",
+            display_name="Apply StepSchedule",
+            category=STEPS, advanced=("order",),
             description=(
                 "Computes a fixed set of steps, chosen per CFG stream by dynamic programming over the errors "
-                "measured in one 'Step Schedule Calibrate' run so that the accumulated error is the smallest for "
+                "measured in one 'StepSchedule Calibrate' run so that the accumulated error is the smallest for "
                 "the budget; the other steps reuse the last computed result or forecast it. Fixed work per run."
             ),
             inputs=[
                 io.Model.Input("model", tooltip="The diffusion model (Flux, Wan, Qwen-Image, ...) to speed up."),
                 io.Combo.Input("calibration", options=options, default=options[0] if options else None,
-                               tooltip="A file saved by 'Step Schedule Calibrate' (models/magcache). Must match the "
+                               tooltip="A file saved by 'StepSchedule Calibrate' (models/magcache). Must match the "
                                        "model's family and block shapes. Other step counts and samplers are "
                                        "mapped by schedule position."),
                 io.Int.Input("computed_steps", default=8, min=0, max=1000,
@@ -81,7 +83,7 @@ class ApplyStepSchedule(CacheNode):
         if ident is None:
             return None
         if not calibration:
-            raise ValueError(f"{cls.label()}: no calibration file; run 'Step Schedule Calibrate' once first")
+            raise ValueError(f"{cls.label()}: no calibration file; run 'StepSchedule Calibrate' once first")
         cal = calibration_store.load(calibration, cal_io.FORMAT, "Step Schedule")  # CalibrationError names it
         check_model(cal, ident.layout.family, ident.block_hash, method="Step Schedule")
         if on_skipped not in ON_SKIPPED:
@@ -113,11 +115,11 @@ class StepScheduleCalibrate(CalibrateNode):
     def define_schema(cls) -> io.Schema:
         return cls.calibrate_schema(
             node_id="DitCache.StepScheduleCalibrate",
-            display_name="Step Schedule Calibrate",
+            display_name="StepSchedule Calibrate",
             description=(
                 "Put between the model and your KSampler and run the workflow once: the full model runs while a "
                 "small reduced copy (at most 4096 values per step and CFG stream) of the transformer's output "
-                "residual is kept; it is saved to models/magcache for 'Apply Step Schedule', which computes from "
+                "residual is kept; it is saved to models/magcache for 'Apply StepSchedule', which computes from "
                 "it the error of every skipped step and the best steps to compute for a budget."
             ),
             prefix="stepschedule",

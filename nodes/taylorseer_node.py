@@ -6,6 +6,7 @@ from comfy_api.latest import io
 from ..cache_core.forecasters import FORECASTERS
 from ..cache_core.methods.taylorseer import FACTOR_DTYPES, PREDICT_TARGETS, TaylorSeerConfig
 from .base import CacheNode
+from .naming import BLOCKS
 
 
 class ApplyTaylorSeer(CacheNode):
@@ -14,6 +15,8 @@ class ApplyTaylorSeer(CacheNode):
         return cls.schema(
             node_id="DitCache.ApplyTaylorSeer",
             display_name="Apply TaylorSeer",
+            category=BLOCKS, advanced=("final_full_steps", "predict", "factor_dtype", "forecaster", "check_blocks",
+                                       "check_threshold", "uncond_interval"),
             description=(
                 "TaylorSeer: computes the transformer on a fixed schedule (one step in every 'cache_interval') "
                 "and, on the steps in between, predicts its result from the last computed steps with a Taylor "

@@ -303,11 +303,11 @@ def flux_stepschedule() -> Workflow:
     model, vae, guid, neg_t, latent = _flux_inputs(wf)
     # filename_prefix
     calib = cache_node(wf, "DitCache.StepScheduleCalibrate", ["stepschedule"], model, (1120, 60),
-                       size=(320, 58), title="1. Step Schedule Calibrate (run once)", nid=ID_STEP_CALIBRATE)
+                       size=(320, 58), title="1. StepSchedule Calibrate (run once)", nid=ID_STEP_CALIBRATE)
     # calibration (a placeholder the user replaces), computed_steps, max_error, on_skipped, order
     apply_ = cache_node(wf, "DitCache.ApplyStepSchedule",
                         ["(run group 1 once, press R, then pick its file)", 7, 0.0, "taylor", 1],
-                        model, (1120, 760), size=(320, 154), title="2. Apply Step Schedule (pick your calibration file)",
+                        model, (1120, 760), size=(320, 154), title="2. Apply StepSchedule (pick your calibration file)",
                         nid=ID_STEP_APPLY)
     s1 = ksampler(wf, calib, guid, neg_t, latent, list(FLUX_KSAMPLER), (1120, 220),
                   title="KSampler (calibration pass: full model)")
@@ -319,10 +319,10 @@ def flux_stepschedule() -> Workflow:
     wf.group("2. Apply (muted until a calibration file exists)", (1100, 690, 820, 670))
     wf.note("Flux.1-dev with a step schedule optimised on your own model (dit-cache).\n\nFiles to download "
             f"(ComfyUI/models/...):\n{FLUX_FILES}\n\n1. Queue once. Group 1 runs the full model through "
-            "'Step Schedule Calibrate', which keeps a small reduced copy of the transformer's output at every step "
+            "'StepSchedule Calibrate', which keeps a small reduced copy of the transformer's output at every step "
             "and saves it to models/magcache/stepschedule_flux_28steps_<fingerprint>_00001.safetensors. Group 2 "
             "is muted (greyed out) until a file exists.\n2. Press R (reloads the node lists), pick your file in "
-            "'Apply Step Schedule' > calibration, then right-click group 1's title > 'Set Group Nodes to Never' "
+            "'Apply StepSchedule' > calibration, then right-click group 1's title > 'Set Group Nodes to Never' "
             "and group 2's title > 'Set Group Nodes to Always', and queue again.\n\ncomputed_steps 7: the 7 of "
             "the 28 steps that keep the accumulated error smallest compute (chosen by dynamic programming over the "
             "calibration's errors, shown on the node and in the log); the others are forecast from the last two "
@@ -361,11 +361,11 @@ def wan21(method: str) -> Workflow:
                "pick 'preset: wan21_t2v_14b', or calibrate your own with 'MagCache Calibrate' (see the Flux "
                "MagCache workflow). threshold: higher = faster.")
     elif method == "adaptivecache":
-        label = "Adaptive Cache"
+        label = "AdaptiveCache"
         # threshold, start_percent, end_percent, max_consecutive_skips, warmup_steps (the node defaults)
         cache = cache_node(wf, "DitCache.ApplyAdaptiveCache", [0.2, 0.15, 1.0, -1, 0], shifted, (340, 160),
                            nid=ID_ADAPTIVE)
-        tip = ("Apply Adaptive Cache (EasyCache-style) skips the whole transformer while the change of its "
+        tip = ("Apply AdaptiveCache (EasyCache-style) skips the whole transformer while the change of its "
                "result, estimated from the change of its input, adds up to less than threshold (per CFG stream); "
                "the last step always computes. threshold 0.2 is the node default (= ComfyUI's EasyCache "
                "default): 0.1 careful, 0.3-0.4 fast. start_percent 0.15: the first 15 % of the schedule always "
@@ -408,7 +408,7 @@ def wan21(method: str) -> Workflow:
                "(threshold:rate; the default is the authors' 30-step 'slow' codebook). motion_regularization lowers "
                "the rate for videos with more motion. threshold_scale above 1 = faster; the authors' 'fast' "
                "codebook 0.08:6, 0.16:5, 0.24:4, 0.32:3, 0.40:2, 1.00:1 skips more. Not the "
-               "EasyCache-style Apply Adaptive Cache.")
+               "EasyCache-style Apply AdaptiveCache.")
     else:
         raise ValueError(f"no Wan 2.1 workflow for {method!r}")
     pos_t = text(wf, clip, PROMPT_VIDEO, (340, text_y))
@@ -545,7 +545,7 @@ def flux_promptcache() -> Workflow:
     # threshold, max_skip, levels, max_entries, max_mb, same_seed, disk (the node defaults)
     return _flux_single(
         "flux-promptcache", "DitCache.ApplyPromptCache", [0.95, 0.5, 5, 64, 1024.0, False, False], ID_PROMPTCACHE,
-        (320, 250), "Prompt Cache (Nirvana)",
+        (320, 250), "PromptCache",
         "Reuse across prompts (Nirvana, NSDI 2024): every finished generation leaves its latents at 5 steps "
         "(up to half the schedule) in a cache; queue again with the prompt edited slightly, or another seed, and "
         "the run starts from the most similar cached generation, skipping up to half the steps (more similar: "

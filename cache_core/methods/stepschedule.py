@@ -1,7 +1,7 @@
 """Step Schedule: compute a fixed set of steps chosen offline, for a budget, by dynamic programming over the
 errors measured in one calibration run; every other step reuses the whole stack's last residual or forecasts it.
 
-Calibration (:class:`StepScheduleCalibratePolicy`, "Step Schedule Calibrate") computes every step and keeps per
+Calibration (:class:`StepScheduleCalibratePolicy`, "StepSchedule Calibrate") computes every step and keeps per
 CFG stream a bounded reduction of the block stack's residual (``stepschedule_calibration.py``). From it
 :func:`plan` builds the error table for the chosen way of filling skipped steps (reuse or a forecaster of
 ``cache_core/forecasters.py``, the apply nodes' own classes) and picks, per stream, the computed steps that

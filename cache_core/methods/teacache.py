@@ -25,28 +25,30 @@ from ..policy import Policy, Probe, RunInfo, StreamCall
 from ..registry import MethodSpec, TuneKnob, register
 from ..text import shown
 
-# Published rescaling polynomials (ali-vilab/TeaCache; highest power first).
+# Published rescaling polynomials (ali-vilab/TeaCache; highest power first), for the families TeaCache acts on
+# here (methods/teacache_signals.py: Flux / Flux Kontext / Chroma, Wan, Qwen-Image; docs/support-matrix.md).
+# TeaCache's sets for HunyuanVideo, LTX-Video, Mochi, Lumina 2, HiDream and Cosmos are not offered: no signal of
+# those families is read, so TeaCache does nothing there (RETIRED: saved workflows naming them still load).
 COEFFICIENTS: dict[str, tuple[float, ...]] = {
     "flux": (4.98651651e2, -2.83781631e2, 5.58554382e1, -3.82021401, 2.64230861e-1),  # TeaCache4FLUX
-    "hunyuan_video": (7.33226126e2, -4.01131952e2, 6.75869174e1, -3.14987800, 9.61237896e-2),
-    "ltx_video": (2.14700694e1, -1.28016453e1, 2.31279151, 7.92487521e-1, 9.69274326e-3),
-    "mochi": (-3.51241319e3, 8.11675948e2, -6.09400215e1, 2.42429681, 3.05291719e-3),
-    "lumina2": (393.76566581, -603.50993606, 209.10239044, -23.00726601, 0.86377344),
-    "hidream": (-3.13605009e4, -7.12425503e2, 4.91363285e1, 8.26515490, 1.08053901e-1),
-    "cosmos": (2.71156237e2, -9.19775607e1, 2.24437250, 2.08355751, 1.41776330e-1),
 }
 # "auto": which published set fits a layout family's signal. Our Wan signal is e0 (the block's modulation
 # input); the Wan 2.1 sets in methods.md were fitted on e, so Wan gets "raw". Qwen-Image and Chroma have
 # no published set in our sources.
-AUTO_BY_FAMILY: dict[str, str] = {"flux": "flux", "hunyuan_video": "hunyuan_video", "ltxv": "ltx_video",
-                                  "mochi": "mochi", "lumina2": "lumina2", "hidream": "hidream",
-                                  "cosmos_predict2": "cosmos"}
-CHOICES = ("auto", "raw", *COEFFICIENTS)
+AUTO_BY_FAMILY: dict[str, str] = {"flux": "flux"}
+CHOICES = ("auto", "flux", "raw")
+# choices offered before issue 20 (coefficient sets of families TeaCache does not act on): a saved workflow with
+# one of them loads, and the node runs "auto" after a warning
+RETIRED = ("hunyuan_video", "ltx_video", "mochi", "lumina2", "hidream", "cosmos")
+# rel_l1_threshold -1 ("auto"): the starting value for the coefficients in use. Flux-scale (published
+# coefficients): TeaCache4FLUX's 0.4 (about 1.8x); raw relative L1 has a smaller scale: 0.1 (docs/benchmarks.md:
+# 1.8-2.9x at 35-44 dB on the trained Wan- and Qwen-Image-class models, where 0.4 fell below 30 dB)
+AUTO_THRESHOLD: dict[str, float] = {"flux": 0.4, "raw": 0.1}
 
 
 def resolve_coefficients(choice: str, family: str) -> tuple[str, tuple[float, ...] | None]:
-    """(name, coefficients or None for raw) for a node choice and a layout family."""
-    if choice == "auto":
+    """(name, coefficients or None for raw) for a node choice and a layout family (a RETIRED choice: as "auto")."""
+    if choice == "auto" or choice in RETIRED:
         name = AUTO_BY_FAMILY.get(family, "raw")
     else:
         name = choice
@@ -55,6 +57,11 @@ def resolve_coefficients(choice: str, family: str) -> tuple[str, tuple[float, ..
     if name not in COEFFICIENTS:
         raise ValueError(f"unknown TeaCache coefficients {shown(choice)}; choose one of {', '.join(CHOICES)}")
     return name, COEFFICIENTS[name]
+
+
+def auto_threshold(coefficients_name: str) -> float:
+    """The threshold "auto" (-1) stands for with these coefficients."""
+    return AUTO_THRESHOLD.get(coefficients_name, AUTO_THRESHOLD["raw"])
 
 
 @dataclass(frozen=True)

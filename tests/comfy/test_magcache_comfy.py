@@ -169,3 +169,22 @@ def test_calibration_folder_that_is_a_file_fails_before_sampling(tmp_path):
             MagCacheCalibrate.execute(tiny_models.build("flux").patcher, filename_prefix="x")
     finally:
         paths.remove(str(blocker))
+
+
+def test_default_preset_stays_flux_dev():
+    spec = next(i for i in ApplyMagCache.define_schema().inputs if i.id == "calibration")
+    assert spec.default == "preset: flux_dev" and spec.options[0] != spec.default  # listed by name, chroma first
+
+
+@pytest.mark.parametrize("family,preset,cfg", [
+    ("chroma", "chroma", 4.0), ("flux_kontext", "flux_kontext", 1.0), ("hunyuan_video15", "hunyuan_video15_20steps", 4.0),
+    ("wan21_i2v", "wan21_i2v_480p_14b", 4.0), ("wan21_vace", "wan21_vace_1.3b", 4.0), ("wan22_5b", "wan22_ti2v_5b", 4.0),
+    ("wan21", "wan22_t2v_14b_low", 4.0),
+])
+def test_new_presets_run_on_their_family(family, preset, cfg):
+    """Issue 20 item 8: each new preset passes the family check and skips steps through the real sampler."""
+    tiny = tiny_models.build(family)
+    out = ksample(apply_mag(tiny.patcher, f"preset: {preset}", threshold=0.5), tiny, cfg=cfg)
+    run = run_log.last()
+    assert run["method"] == "MagCache" and run["skipped_calls"] > 0, run["skipped_calls"]
+    assert torch.isfinite(out).all()

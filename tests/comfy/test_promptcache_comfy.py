@@ -1,4 +1,4 @@
-"""Apply Prompt Cache (Nirvana) through ComfyUI's real sampler on the trained tiny Flux (tests/support/
+"""Apply PromptCache through ComfyUI's real sampler on the trained tiny Flux (tests/support/
 trained_models.py): reuse across prompts, keyed by the conditioning's similarity and the exact run setting."""
 from __future__ import annotations
 

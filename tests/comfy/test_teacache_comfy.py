@@ -10,7 +10,8 @@ import tiny_models
 from metrics import psnr
 from sampling import ksample
 
-from dit_cache.cache_core.methods.teacache import COEFFICIENTS, TeaCacheConfig, resolve_coefficients
+from dit_cache.cache_core.methods.teacache import (AUTO_THRESHOLD, CHOICES, COEFFICIENTS, RETIRED, TeaCacheConfig,
+                                                   resolve_coefficients)
 from dit_cache.hosts.comfy import run_log
 from dit_cache.nodes.teacache_node import ApplyTeaCache
 
@@ -81,7 +82,8 @@ def test_window_limits_threshold_zero_and_raw_choice():
 def test_coefficients_and_config():
     assert resolve_coefficients("auto", "flux") == ("flux", COEFFICIENTS["flux"])
     assert resolve_coefficients("auto", "wan") == ("raw", None)
-    assert resolve_coefficients("hunyuan_video", "wan")[0] == "hunyuan_video"
+    assert resolve_coefficients("hunyuan_video", "flux")[0] == "flux"  # retired choices run "auto"
+    assert resolve_coefficients("raw", "flux") == ("raw", None)
     with pytest.raises(ValueError):
         resolve_coefficients("nope", "flux")
     c = TeaCacheConfig(coefficients=[1.0, 2.0, 3.0])
@@ -89,3 +91,35 @@ def test_coefficients_and_config():
     assert TeaCacheConfig().rescale(0.3) == 0.3
     with pytest.raises(ValueError):
         TeaCacheConfig(coefficients=[float("nan")])
+
+
+def test_only_applicable_coefficients_offered():
+    """Issue 20 item 9: the node offers the sets of families TeaCache acts on (Flux's; raw elsewhere)."""
+    options = next(i for i in ApplyTeaCache.define_schema().inputs if i.id == "coefficients").options
+    assert list(options) == list(CHOICES) == ["auto", "flux", "raw"]
+    assert not set(RETIRED) & set(options)
+
+
+@pytest.mark.parametrize("family,coeffs", [("flux", "flux"), ("wan21", "raw"), ("qwen_image", "raw")])
+def test_auto_threshold_follows_the_coefficients(family, coeffs):
+    """rel_l1_threshold -1 (the default) runs 0.4 with Flux's coefficients and 0.1 raw, and skips."""
+    default = next(i for i in ApplyTeaCache.define_schema().inputs if i.id == "rel_l1_threshold").default
+    assert default == -1
+    tiny = tiny_models.build(family)
+    ksample(apply_tea(tiny.patcher, -1.0), tiny, cfg=CASES[family][0])
+    run = run_log.last()
+    assert run["settings"]["coefficients"] == coeffs
+    assert run["settings"]["threshold"] == AUTO_THRESHOLD[coeffs]
+    assert run["skipped_calls"] > 0
+
+
+def test_retired_choice_from_a_saved_workflow_warns_and_runs_auto(caplog):
+    assert ApplyTeaCache.validate_inputs(rel_l1_threshold=-1.0, coefficients="hunyuan_video") is True
+    assert "not one of the listed choices" in ApplyTeaCache.validate_inputs(coefficients="nope")
+    assert "-1 (auto)" in ApplyTeaCache.validate_inputs(rel_l1_threshold=-0.5, coefficients="auto")
+    tiny = tiny_models.build("flux")
+    with caplog.at_level(logging.WARNING, logger="dit_cache"):
+        ksample(apply_tea(tiny.patcher, -1.0, coeffs="mochi"), tiny)
+    assert run_log.last()["settings"]["coefficients"] == "flux"
+    assert any("'mochi' are no longer offered" in r.getMessage() and "using 'auto'" in r.getMessage()
+               for r in caplog.records)

@@ -108,12 +108,41 @@ def test_presets_load_and_cite_their_source():
     assert {"flux_dev", "wan21_t2v_1.3b", "wan21_t2v_14b"} <= set(names)
     for n in names:
         p = cal_io.load_preset(n)
-        assert p.source and p.family and p.steps >= 20
+        assert p.source and p.family and p.steps >= 10  # a Wan 2.2 expert's part of the schedule: 14-26 steps
+        assert all(r[0] == 1.0 and all(0.5 < x < 2.0 for x in r) for r in p.ratios.values()), n
     assert cal_io.load_preset("flux_dev").ratios["cond"] == pytest.approx(FLUX_MAG_RATIOS.tolist())
     wan = cal_io.load_preset("wan21_t2v_14b")
     assert set(wan.ratios) == {"cond", "uncond"} and wan.steps == 50
     with pytest.raises(cal_io.CalibrationError, match="does not exist"):
         cal_io.load_preset("nope")
+
+
+def test_presets_for_every_family_with_published_ratios():
+    """Issue 20 item 8: ComfyUI-MagCache's ratio table (wzgrx/ComfyUI-MagCache nodes.py, commit 6f93dbd) gives
+    presets for Chroma, Flux Kontext, HunyuanVideo 1.5, Wan I2V, VACE and the Wan 2.2 experts; spot values are the
+    source's (first, a middle and the last entries of its lists)."""
+    presets = {n: cal_io.load_preset(n) for n in cal_io.preset_names()}
+    families = {"chroma": "chroma", "flux_kontext": "flux", "hunyuan_video15_20steps": "hunyuan_video",
+                "hunyuan_video15_40steps": "hunyuan_video", "wan21_i2v_480p_14b": "wan", "wan21_i2v_720p_14b": "wan",
+                "wan21_vace_1.3b": "wan", "wan22_ti2v_5b": "wan", "wan22_t2v_14b_high": "wan",
+                "wan22_t2v_14b_low": "wan", "wan22_i2v_14b_high": "wan", "wan22_i2v_14b_low": "wan"}
+    for name, family in families.items():
+        assert presets[name].family == family and "ComfyUI-MagCache" in presets[name].source, name
+    assert len(presets) == 6 + len(families)
+    steps = {"chroma": 26, "flux_kontext": 20, "hunyuan_video15_20steps": 20, "hunyuan_video15_40steps": 40,
+             "wan21_i2v_480p_14b": 40, "wan21_vace_1.3b": 50, "wan22_ti2v_5b": 50}
+    for name, n in steps.items():
+        assert presets[name].steps == n, name
+    assert set(presets["flux_kontext"].ratios) == {"cond"} and presets["flux_kontext"].ratios["cond"][-1] == 0.88672
+    assert presets["chroma"].ratios["cond"][1:3] == [1.00781, 1.03906]
+    assert presets["chroma"].ratios["uncond"][1:3] == [1.01562, 1.03906]
+    assert presets["wan21_i2v_720p_14b"].ratios["uncond"][-1] == 0.86768
+    # Wan 2.2: one list for both experts, split at the step where the low-noise expert takes over
+    t2v_high, t2v_low = presets["wan22_t2v_14b_high"], presets["wan22_t2v_14b_low"]
+    assert t2v_high.steps + t2v_low.steps == 40 and t2v_high.ratios["cond"][-1] == 0.99125
+    assert t2v_low.ratios["cond"][:2] == [1.0, 0.98808] and t2v_low.ratios["uncond"][-1] == 0.80181
+    i2v_high, i2v_low = presets["wan22_i2v_14b_high"], presets["wan22_i2v_14b_low"]
+    assert (i2v_high.steps, i2v_low.steps) == (15, 25) and i2v_low.ratios["cond"][1] == 0.98931
 
 
 def test_a_preset_is_a_name_never_a_path(tmp_path):

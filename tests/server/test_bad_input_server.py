@@ -40,7 +40,7 @@ QUICK = 2  # sampler steps of the probes that are accepted and run
 
 
 def _nodes(server: Server) -> dict[str, dict]:
-    return {k: v for k, v in server.get("/object_info").items() if v.get("category") == "dit-cache"}
+    return {k: v for k, v in server.get("/object_info").items() if k.startswith("DitCache.")}
 
 
 def _defaults(info: dict) -> dict:
@@ -115,7 +115,7 @@ def test_bad_text_in_every_text_and_choice_input_of_every_node(server: Server):
                 assert status == 400, (node, name, kind, body)
                 # "<input> - <message>", once per input the node's validate_inputs names: one message, made of
                 # "; "-joined parts, one per bad input: the probed one, and at most a calibration choice left at
-                # its default where none is listed yet (Apply Step Schedule before any calibration run)
+                # its default where none is listed yet (Apply StepSchedule before any calibration run)
                 messages = {d.split(" - ", 1)[1] for d in _errors(body)}
                 assert len(messages) == 1, messages
                 (message,) = messages

@@ -67,7 +67,7 @@ def test_object_info_lists_nodes_and_pack_imports_cleanly(server: Server):
     assert LOADER_NODE in info
     assert FBC_NODE in info
     node = info[FBC_NODE]
-    assert node["category"] == "dit-cache"
+    assert node["category"] == "dit-cache/step skipping"
     assert node["description"]
     required = node["input"]["required"]
     assert tuple(node["input_order"]["required"]) == FBC_INPUTS

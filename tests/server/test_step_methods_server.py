@@ -19,7 +19,7 @@ def test_nodes_listed_with_tooltips(server: Server):
     for node, (_, inputs) in NODES.items():
         assert node in info, node
         spec = info[node]
-        assert spec["category"] == "dit-cache" and spec["description"] and spec["output"] == ["MODEL"]
+        assert spec["category"].startswith("dit-cache/") and spec["description"] and spec["output"] == ["MODEL"]
         assert tuple(spec["input_order"]["required"]) == ("model", *inputs)
         for name in inputs:
             assert spec["input"]["required"][name][1].get("tooltip"), (node, name)

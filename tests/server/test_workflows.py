@@ -42,7 +42,7 @@ FAMILY_BY_PREFIX = {
     "sd15-": "sd15",
 }
 FILES = sorted(WORKFLOWS.glob("*.json"))
-SAVED = re.compile(r"\[dit-cache\] (?:MagCache|SmoothCache|Step Schedule) Calibrate: saved (.+\.safetensors)")
+SAVED = re.compile(r"\[dit-cache\] (?:MagCache|SmoothCache|StepSchedule) Calibrate: saved (.+\.safetensors)")
 MUTED = workflow_convert.MUTED
 # the Apply node that reads each calibrate node's files
 APPLY_OF = {"DitCache.MagCacheCalibrate": "DitCache.ApplyMagCache",

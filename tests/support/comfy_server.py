@@ -127,8 +127,9 @@ def _stop(proc: subprocess.Popen) -> None:
 
 
 @contextlib.contextmanager
-def comfy_server(root: Path) -> Iterator[Server]:
-    """Start ComfyUI with its writable folders under ``root``; stop it (and its whole process group) on exit."""
+def comfy_server(root: Path, env: dict[str, str] | None = None) -> Iterator[Server]:
+    """Start ComfyUI with its writable folders under ``root`` (``env``: extra environment variables of the server
+    process); stop it (and its whole process group) on exit."""
     dirs = {name: root / name for name in ("output", "temp", "input", "user", "custom_nodes")}
     for d in dirs.values():
         d.mkdir()
@@ -156,7 +157,7 @@ def comfy_server(root: Path) -> Iterator[Server]:
         "--extra-model-paths-config", str(extra_config),
     ]
     # Unbuffered, so that a log line written during a prompt is in the file once the prompt is done.
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    env = dict(os.environ, PYTHONUNBUFFERED="1", **(env or {}))
     log_path = root / "server.log"
     with open(log_path, "wb") as log_file:
         proc = subprocess.Popen(cmd, cwd=COMFY_DIR, stdout=log_file, stderr=subprocess.STDOUT, env=env,
