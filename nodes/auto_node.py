@@ -93,6 +93,7 @@ class ApplyAuto(CacheNode):
             ],
             output="The model with the chosen cache attached.",
             hidden=(io.Hidden.unique_id, io.Hidden.prompt),
+            aliases=("cache", "speed up", "auto cache", "teacache", "start here"),
         )
 
     @classmethod

@@ -29,6 +29,7 @@ from ..hosts.comfy.patch import apply_cache
 from . import calibration_store
 from .base import CacheNode
 from .method_apply import build, node_class, node_inputs
+from .naming import ROOT, alias_options, mark_advanced
 
 log = logging.getLogger("dit_cache")
 
@@ -46,7 +47,8 @@ class DitCacheTune(CacheNode):
     def define_schema(cls) -> io.Schema:
         keys = ", ".join(tune.tunable())
         return io.Schema(
-            node_id="DitCache.Tune", display_name="DiT Cache Tune", category="dit-cache",
+            node_id="DitCache.Tune", display_name="DiT Cache Tune", category=ROOT,
+            **alias_options(("tune cache", "cache auto tune", "find cache settings")),
             description=(
                 "Finds the fastest cache setting that meets a quality target for this model and these sampler "
                 "settings: samples the uncached model once per tuning seed, then bisects each method's knob "
@@ -54,7 +56,7 @@ class DitCacheTune(CacheNode):
                 "winner (and the measured curve) as a tune file in models/magcache that 'Cache (DiT, start "
                 "here)' picks up, and outputs the model with the winner applied."
             ),
-            inputs=[
+            inputs=mark_advanced([
                 io.Model.Input("model", tooltip="The diffusion model (Flux, Wan, Qwen-Image, ...) to tune for."),
                 io.Conditioning.Input("positive"),
                 io.Conditioning.Input("negative"),
@@ -83,7 +85,7 @@ class DitCacheTune(CacheNode):
                                         "fingerprint and a counter follow."),
                 io.Vae.Input("vae", optional=True,
                              tooltip="Connect to judge the decoded image (what you see) instead of the latent."),
-            ],
+            ], advanced=("denoise", "methods")),
             outputs=[io.Model.Output(tooltip="The model with the winning method applied.")],
             hidden=[io.Hidden.unique_id],
         )
