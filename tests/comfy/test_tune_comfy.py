@@ -1,8 +1,8 @@
 """DiT Cache Tune and "Cache (DiT, start here)" through ComfyUI's sampler on the small trained models.
 
 The tuner (tuning seeds 0 and 1, target PSNR 30 dB of the final latent + its 1 dB margin on the worst seed) meets
-its target within 2 dB on held-out seeds (mean over four others) on the trained Flux- and Wan-class models at CFG
-1 and 3.5; the tune file it saves round-trips and the start-here node uses it (and says so in the run record),
+its target within 2 dB on held-out seeds (mean over four others) on the trained Flux-, Wan- and Qwen-Image-class
+models at CFG 1 and 3.5; the tune file it saves round-trips and the start-here node uses it (and says so in the run record),
 falls back to the family's measured table without one, and an interrupt stops the tuner before its next run
 with nothing saved."""
 from __future__ import annotations
@@ -51,7 +51,7 @@ def sample(m, model, cfg: float, seed: int) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("cfg", [1.0, 3.5])
-@pytest.mark.parametrize("family", ["flux", "wan21"])
+@pytest.mark.parametrize("family", ["flux", "wan21", "qwen_image"])
 def test_tuner_meets_its_target_on_held_out_seeds(store, family, cfg):
     m = trained_models.load(family)
     out = DitCacheTune.execute(m.patcher, **tune_inputs(m, cfg))
