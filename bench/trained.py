@@ -39,34 +39,11 @@ BAR_MEAN, BAR_MIN = 30.0, 27.0
 FAMILY_LABELS = {"flux": "Flux-class", "qwen_image": "Qwen-Image-class", "wan21": "Wan-class video"}
 
 
-class BlockCounter:
-    """Counts transformer-block work of a diffusion model: batch rows x calls of every block module the
-    family's layout names (forward pre-hooks; they fire for blocks run through ComfyUI's block patches too)."""
+def BlockCounter(diffusion_model: Any) -> Any:  # noqa: N802 - the class moved to the pack (the tuner counts too)
+    """``cache_core/block_counter.py``'s counter (imported when used: the pack is loaded by then)."""
+    from dit_cache.cache_core.block_counter import BlockCounter as Counter
 
-    def __init__(self, diffusion_model: Any) -> None:
-        from dit_cache.cache_core.layout import COMFY_LAYOUTS, layout_for_module
-
-        layout = layout_for_module(diffusion_model, COMFY_LAYOUTS)
-        if layout is None:
-            raise ValueError(f"no block layout for {type(diffusion_model).__name__}")
-        self.blocks = [b for seg in layout.segments for b in getattr(diffusion_model, seg.attr)]
-        self.rows = 0
-        self._handles: list[Any] = []
-
-    def _hook(self, module: Any, args: tuple, kwargs: dict) -> None:
-        import torch
-
-        first = next((a for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)), None)
-        self.rows += 1 if first is None else int(first.shape[0])
-
-    def __enter__(self) -> "BlockCounter":
-        self._handles = [b.register_forward_pre_hook(self._hook, with_kwargs=True) for b in self.blocks]
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        for h in self._handles:
-            h.remove()
-        self._handles.clear()
+    return Counter(diffusion_model)
 
 
 @dataclass

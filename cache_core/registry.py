@@ -17,7 +17,29 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 HOSTS = ("comfy", "diffusers")
-SCOPES = ("run", "prompts")
+# "chooser": not a method of its own but nodes that pick another method and its setting (DiT Cache Tune, the
+# start-here node): no support-matrix or sweep entry, see tests/core/test_registry.py
+SCOPES = ("run", "prompts", "chooser")
+
+
+@dataclass(frozen=True)
+class TuneKnob:
+    """The one input of a method's apply node that "DiT Cache Tune" searches (cache_core/tune.py): every other
+    input stays at the node's default, so the tuner needs no per-method code."""
+
+    input: str  # the apply node's input ("rel_l1_threshold", "cache_interval", ...)
+    low: float  # the range searched
+    high: float
+    larger_is_faster: bool = True  # direction: does a larger value skip more?
+    integer: bool = False  # whole numbers only (an Int input)
+    steps: int = 5  # bisection steps (float knobs; integer knobs stop when the bracket is one apart)
+    fixed: tuple[tuple[str, Any], ...] = ()  # other inputs held at a value other than the node's default
+
+    def __post_init__(self) -> None:
+        if not self.low < self.high:
+            raise ValueError(f"tune knob {self.input!r}: low ({self.low}) must be below high ({self.high})")
+        if self.steps < 1:
+            raise ValueError(f"tune knob {self.input!r}: steps must be at least 1")
 
 
 @dataclass(frozen=True)
@@ -34,6 +56,9 @@ class MethodSpec:
     # Nirvana): one run alone skips nothing, so the support matrix and the knob sweep (which judge single runs)
     # do not apply to it; tests/core/test_registry.py asks it for its own benchmark instead
     scope: str = "run"
+    # the knob "DiT Cache Tune" searches on the method's first node; None: not tuned (calibrated methods, methods
+    # that skip no block)
+    tune: TuneKnob | None = None
 
     def __post_init__(self) -> None:
         unknown = set(self.hosts) - set(HOSTS)

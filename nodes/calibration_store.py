@@ -120,16 +120,35 @@ def identify(model: Any) -> ModelIdentity | None:
     return ModelIdentity(layout, type(dm).__name__, calibration_files.block_shape_hash(shapes), hint)
 
 
-def new_file_path(prefix: str, family: str, steps: int, hint: str) -> Path:
-    """A free file name ``<prefix>_<family>_<steps>steps_<weights hint>_<counter>.safetensors``: two models
-    of one family (Wan 2.2 high/low noise) differ in the hint, repeated runs in the counter."""
+def new_file_path(prefix: str, family: str, steps: int, hint: str, extension: str = EXTENSION) -> Path:
+    """A free file name ``<prefix>_<family>_<steps>steps_<weights hint>_<counter>.safetensors`` (or another
+    ``extension``: DiT Cache Tune's ``.json``): two models of one family (Wan 2.2 high/low noise) differ in the
+    hint, repeated runs in the counter."""
     safe = re.sub(r"[^A-Za-z0-9._-]+", "_", prefix).strip("._") or "calibration"
     folder = save_dir()
     stem = f"{safe}_{family}_{steps}steps_{hint}"
     n = 1
-    while (folder / f"{stem}_{n:05d}{EXTENSION}").exists() or (folder / f"{stem}_{n:05d}{EXTENSION}.part").exists():
+    while (folder / f"{stem}_{n:05d}{extension}").exists() or (folder / f"{stem}_{n:05d}{extension}.part").exists():
         n += 1
-    return folder / f"{stem}_{n:05d}{EXTENSION}"
+    return folder / f"{stem}_{n:05d}{extension}"
+
+
+TUNE_EXTENSION = ".json"
+
+
+def tune_files() -> list[Path]:
+    """DiT Cache Tune's files (``*.json`` directly in the calibration folders; read by ``cache_core/tune.py``),
+    newest first. Only these folders' own entries are listed: a name is never turned into a path."""
+    register()
+    found: list[tuple[int, Path]] = []
+    for folder in folder_paths.get_folder_paths(FOLDER):
+        try:
+            for p in Path(folder).iterdir():
+                if p.suffix == TUNE_EXTENSION and p.is_file():
+                    found.append((p.stat().st_mtime_ns, p))
+        except OSError:  # a folder or file removed meanwhile
+            continue
+    return [p for _, p in sorted(found, key=lambda t: t[0], reverse=True)]
 
 
 register()

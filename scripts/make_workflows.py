@@ -236,6 +236,7 @@ ID_DEEPCACHE = 28
 ID_ADACACHE = 29
 ID_PROMPTCACHE = 30
 ID_STEP_CALIBRATE, ID_STEP_APPLY = 31, 32
+ID_AUTO, ID_TUNE = 33, 34
 FLUX_KSAMPLER = [0, "fixed", 28, 1.0, "euler", "simple", 1.0]  # seed, control, steps, cfg, sampler, scheduler, denoise
 
 
@@ -610,8 +611,48 @@ def flux_promptcache() -> Workflow:
         "result without sampling.")
 
 
+def flux_start_here() -> Workflow:
+    """The README's two-minute start: one node, one choice."""
+    return _flux_single(
+        "flux-start-here", "DitCache.ApplyAuto", ["balanced"], ID_AUTO, (320, 58), "'Cache (DiT, start here)'",
+        "Queue. choice: fast / balanced / high quality. The node uses a 'DiT Cache Tune' file of this model when "
+        "one is in `models/magcache` (see flux-tune.json), else the setting measured best for Flux (balanced: "
+        "TeaCache 0.6). The server log and the panel say what it chose and why.")
+
+
+def flux_tune() -> Workflow:
+    """DiT Cache Tune on a small latent, its tuned model sampled at full size."""
+    wf = Workflow("flux-tune")
+    model, vae, guid, neg_t, latent = _flux_inputs(wf, text_y=60 + 400 + ON_NODE_ROOM + 40)
+    small = wf.node("EmptySD3LatentImage", [512, 512, 1], (780, 60 + 400 + ON_NODE_ROOM + 300), (300, 106),
+                    outputs=(("LATENT", L),), title="Tuning latent (small: faster to tune)")
+    # seed, control ("fixed": the same seeds each queue), steps, cfg, sampler, scheduler, denoise, metric, target,
+    # seeds, methods, filename_prefix
+    tuner = wf.node("DitCache.Tune", [0, "fixed", 28, 1.0, "euler", "simple", 1.0, "PSNR", 30.0, 1,
+                                      "teacache, taylorseer, fbc", "tune"],
+                    (340, 60), (340, 400),
+                    inputs=(("model", M), ("positive", C), ("negative", C), ("latent_image", L)),
+                    outputs=(("MODEL", M),), nid=ID_TUNE)
+    wf.link(model, 0, tuner, "model")
+    wf.link(guid, 0, tuner, "positive")
+    wf.link(neg_t, 0, tuner, "negative")
+    wf.link(small, 0, tuner, "latent_image")
+    s = ksampler(wf, tuner, guid, neg_t, latent, list(FLUX_KSAMPLER), (1120, 60), title="KSampler (tuned)")
+    decode_save(wf, s, vae, (1480, 60), "flux-tune")
+    wf.note("### Flux.1-dev: tune the cache to a quality target once (dit-cache)\n\n"
+            f"{MODEL_FILES}\n\nQueue once. 'DiT Cache Tune' samples the uncached model, then bisects TeaCache's "
+            "threshold, TaylorSeer's interval and First Block Cache's threshold for the fastest setting whose result "
+            "stays within PSNR 30 dB (+1 dB margin) of the uncached one, draws the curve it measured on the node, "
+            "saves the winner to `models/magcache/tune_flux_28steps_<fingerprint>_00001.json` and feeds the "
+            "KSampler the model with it. It takes about 20 samplings of the small latent (more seeds or methods: "
+            "longer; connect the VAE to judge the decoded image). Afterwards 'Cache (DiT, start here)' uses the "
+            "file for this model (flux-start-here.json). " + PANEL_HINT)
+    return wf
+
+
 WORKFLOWS = (flux_fbc, flux_magcache, *(lambda m=m: wan21(m) for m in WAN21_METHODS), wan22, qwen_image, ltxv_pab,
-             flux_dbcache, flux_taylorseer, flux_smoothcache, sd15_deepcache, flux_promptcache, flux_stepschedule)
+             flux_dbcache, flux_taylorseer, flux_smoothcache, sd15_deepcache, flux_promptcache, flux_stepschedule,
+             flux_start_here, flux_tune)
 
 
 def outputs(wf: Workflow) -> dict[Path, bytes]:

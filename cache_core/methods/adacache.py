@@ -41,7 +41,7 @@ import torch
 from .. import distributed
 from ..config import HIDDEN, GatedConfig, check_int, check_range
 from ..policy import Policy, Probe, RunInfo, StreamCall
-from ..registry import MethodSpec, register
+from ..registry import MethodSpec, TuneKnob, register
 from ..text import shown
 from .magcache import schedule_position
 
@@ -286,4 +286,5 @@ class AdaCachePolicy(Policy):
 
 register(MethodSpec(
     key="adacache", label="AdaCache", config=AdaCacheConfig, policy=AdaCachePolicy,
-    nodes=("adacache_node:ApplyAdaCache",)))
+    nodes=("adacache_node:ApplyAdaCache",),
+    tune=TuneKnob("threshold_scale", 0.25, 4.0)))

@@ -25,7 +25,7 @@ import torch
 from .. import distributed
 from ..config import GatedConfig, check_int, check_range
 from ..policy import Policy, Probe, RunInfo, StreamCall
-from ..registry import MethodSpec, register
+from ..registry import MethodSpec, TuneKnob, register
 
 
 @dataclass(frozen=True)
@@ -153,4 +153,5 @@ class AdaptiveCachePolicy(Policy):
 
 register(MethodSpec(
     key="adaptive", label="Adaptive Cache", config=AdaptiveCacheConfig, policy=AdaptiveCachePolicy,
-    nodes=("adaptive_node:ApplyAdaptiveCache",)))
+    nodes=("adaptive_node:ApplyAdaptiveCache",),
+    tune=TuneKnob("threshold", 0.05, 1.5)))

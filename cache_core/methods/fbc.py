@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from ..config import GatedConfig, check_range
 from ..policy import Probe, ResidualChangePolicy
-from ..registry import MethodSpec, register
+from ..registry import MethodSpec, TuneKnob, register
 from ..unet_runner import UNetPlan
 
 
@@ -49,4 +49,5 @@ class FirstBlockCachePolicy(ResidualChangePolicy):
 
 register(MethodSpec(
     key="fbc", label="First Block Cache", config=FirstBlockCacheConfig, policy=FirstBlockCachePolicy,
-    nodes=("fbc_node:ApplyFirstBlockCache",)))
+    nodes=("fbc_node:ApplyFirstBlockCache",),
+    tune=TuneKnob("threshold", 0.02, 0.8)))

@@ -28,7 +28,7 @@ import torch
 from ..config import HIDDEN, CacheWindow, Gate, check_int, check_range
 from ..forecast import TaylorForecaster
 from ..policy import Policy, Probe, RunInfo, StreamCall, schedule_step
-from ..registry import MethodSpec, register
+from ..registry import MethodSpec, TuneKnob, register
 from .seacache_signals import relative_l1, sea_indicator
 
 log = logging.getLogger("dit_cache")
@@ -164,4 +164,5 @@ class SeaCachePolicy(Policy):
 
 register(MethodSpec(
     key="seacache", label="SeaCache", config=SeaCacheConfig, policy=SeaCachePolicy,
-    nodes=("seacache_node:ApplySeaCache",)))
+    nodes=("seacache_node:ApplySeaCache",),
+    tune=TuneKnob("threshold", 0.05, 2.0)))

@@ -22,7 +22,7 @@ import torch
 from .. import distributed
 from ..config import HIDDEN, SETTING, GatedConfig, check_range
 from ..policy import Policy, Probe, RunInfo, StreamCall
-from ..registry import MethodSpec, register
+from ..registry import MethodSpec, TuneKnob, register
 from ..text import shown
 
 # Published rescaling polynomials (ali-vilab/TeaCache; highest power first), for the families TeaCache acts on
@@ -149,4 +149,5 @@ class TeaCachePolicy(Policy):
 
 register(MethodSpec(
     key="teacache", label="TeaCache", config=TeaCacheConfig, policy=TeaCachePolicy,
-    nodes=("teacache_node:ApplyTeaCache",), hosts=("comfy",)))
+    nodes=("teacache_node:ApplyTeaCache",), hosts=("comfy",),
+    tune=TuneKnob("rel_l1_threshold", 0.05, 1.5)))

@@ -50,9 +50,12 @@ class CacheSpec:
 
     def __init__(self, policy: Policy | ComponentPolicy, layout: BlockLayout, block_counts: list[int], model_name: str,
                  node_label: str, node_id: str | None = None, runner: str | None = None,
-                 settings: dict[str, Any] | None = None) -> None:
+                 settings: dict[str, Any] | None = None, details: dict[str, Any] | None = None,
+                 publish: bool = True) -> None:
         self.policy = policy
         self.settings = dict(settings or {})  # the node's own settings a run record shows first (its calibration)
+        self.details = dict(details or {})  # added to every run record's details (the start-here node's reason)
+        self.publish = publish  # False: runs are not recorded nor sent to the page (DiT Cache Tune's trial runs)
         self.runner = runner  # the runner kind the model needs instead of the policy's ("unet"), or None
         self.layout = layout
         self.block_counts = block_counts
@@ -76,8 +79,11 @@ def block_count(model: Any) -> int | None:
 
 
 def apply_cache(model: Any, policy: Policy | ComponentPolicy, node_label: str, node_id: str | None = None,
-                settings: dict[str, Any] | None = None) -> Any:
-    """A clone of ``model`` whose blocks run through ``policy``; ``model`` itself is left untouched.
+                settings: dict[str, Any] | None = None, details: dict[str, Any] | None = None,
+                publish: bool = True) -> Any:
+    """A clone of ``model`` whose blocks run through ``policy``; ``model`` itself is left untouched. ``details``:
+    added to every run record's details; ``publish`` False: the runs are neither kept in the run log nor sent to
+    the page (a tuner's trial runs).
 
     An unsupported model logs a warning and is returned unchanged. A model that already carries a dit-cache
     method raises ValueError (before sampling): two block caches on one model cannot both decide.
@@ -108,7 +114,7 @@ def apply_cache(model: Any, policy: Policy | ComponentPolicy, node_label: str, n
     if node_id is None:  # nodes without the hidden unique_id input: the node ComfyUI is executing
         node_id = stats_server.executing_node_id()
     spec = CacheSpec(policy, layout, counts, type(dm).__name__, node_label, node_id, "unet" if is_unet else None,
-                     settings)
+                     settings, details, publish)
     m.model_options.setdefault("transformer_options", {})[SPEC_KEY] = spec
     head_signal = _head_signal(policy, layout, dm)  # raises (before sampling) if the family has no signal
     if is_unet:
@@ -336,6 +342,7 @@ def _outer_sample(executor: Any, guider: Any, orig_options: Any, spec: "CacheSpe
                   args: tuple, kwargs: dict) -> Any:
     stats = RunStats(method=spec.policy.name, settings={**spec.settings, **spec.policy.settings()},
                      model=spec.model_name)
+    stats.details.update(spec.details)
     sigmas = args[3] if len(args) > 3 else kwargs.get("sigmas")  # CFGGuider.outer_sample(noise, latent, sampler, sigmas, ...)
     run_info = RunInfo(tuple(float(x) for x in sigmas.reshape(-1)) if sigmas is not None else None)
     spec.policy.check_run(run_info)  # e.g. a calibration that needs more steps: an error before sampling
@@ -367,8 +374,9 @@ def _outer_sample(executor: Any, guider: Any, orig_options: Any, spec: "CacheSpe
         run = stats.to_dict()
         run.update(node=spec.node_label, node_id=spec.node_id, spec_id=spec.id, completed=ok,
                    run_wall_s=time.perf_counter() - t0)
-        stats_server.publish(run)  # run_log.record + push to the page that queued the prompt
-        log.info("[dit-cache] %s%s", stats.summary(), "" if ok else " (run interrupted)")
+        if spec.publish:
+            stats_server.publish(run)  # run_log.record + push to the page that queued the prompt
+        (log.info if spec.publish else log.debug)("[dit-cache] %s%s", stats.summary(), "" if ok else " (run interrupted)")
         if runner.model_calls and not stats.calls:
             feedback.warn(f"the model ran {runner.model_calls} times but none of its blocks went through the cache "
                           f"({spec.model_name}'s forward bypassed the block patches, or another node replaced them "
@@ -443,5 +451,6 @@ def _model_call_wrapper(executor: Any, *args: Any, **kwargs: Any) -> Any:
             out = executor(*args, **kwargs)
         finally:
             _ACTIVE.reset(token)
-    stats_server.publish_step(spec, runner.stats, first_record)  # live panel; no-op without a page
+    if spec is None or spec.publish:
+        stats_server.publish_step(spec, runner.stats, first_record)  # live panel; no-op without a page
     return out

@@ -64,7 +64,9 @@ def test_method_is_complete(key):
 
     matrix = _import(REPO / "tests" / "support", "methods_registry")
     sweep = _import(REPO / "bench", "sweep_methods")
-    if spec.scope == "prompts":
+    if spec.scope == "chooser":  # picks another method (DiT Cache Tune, the start-here node): nothing to sweep
+        assert key not in matrix.METHODS and key not in sweep.BY_KEY, f"{key}: single-run checks do not apply"
+    elif spec.scope == "prompts":
         assert key in CROSS_RUN_BENCH and (REPO / CROSS_RUN_BENCH[key]).is_file(), f"{key}: no benchmark script"
         assert key not in matrix.METHODS and key not in sweep.BY_KEY, f"{key}: single-run checks do not apply"
     else:

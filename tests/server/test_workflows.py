@@ -272,7 +272,8 @@ def test_workflow_loads_and_runs_on_the_server(server: Server, object_info: dict
         # models at a user's threshold)
         for n in wf["nodes"]:
             if n["type"].startswith("DitCache.") and n["type"] != "DitCache.MagCacheCalibrate" and _active(n):
-                assert all(r["calls"] > 0 for r in runs[str(n["id"])])
+                # DiT Cache Tune's own record (the curve) samples nothing itself: its tuned model's runs do
+                assert all(r["calls"] > 0 for r in runs[str(n["id"])] if not r.get("tune"))
         if path.stem == "wan22-t2v-high-low":
             high, low = (runs[str(n["id"])][0] for n in wf["nodes"] if n["type"] == "DitCache.ApplyFirstBlockCache")
             assert high["spec_id"] != low["spec_id"]  # two models, two cache states

@@ -288,8 +288,54 @@ function calibrationCard(cal) {
     ratioChart(cal.ratios || {}));
 }
 
+// DiT Cache Tune's record (nodes/tune_node.py): the measured curve, quality against block speedup per method,
+// the bar (target + margin) dashed, the winner ringed.
+function tuneCard(run) {
+  const d = run.details || {}, st = run.settings || {}, curve = d.tune_curve || {}, win = d.tune_winner;
+  const W = 272, H = 110, L = 30, R = 4, T = 6, B = 14;
+  const bar = (st.target ?? 0) + (st.margin ?? 0);
+  const pts = Object.values(curve).flat();
+  const xmax = Math.max(1.5, ...pts.map((p) => p[1])), cap = (q) => Math.min(q, 60);
+  const ymin = Math.min(bar - 2, ...pts.map((p) => cap(p[2]))), ymax = Math.max(bar + 2, ...pts.map((p) => cap(p[2])));
+  const x = (v) => L + ((v - 1) / (xmax - 1)) * (W - L - R);
+  const y = (v) => T + (1 - (cap(v) - ymin) / (ymax - ymin || 1)) * (H - T - B);
+  const s = svg("svg", { width: W, height: H, class: "dit-cache-tune-curve", viewBox: `0 0 ${W} ${H}` });
+  s.append(svg("line", { x1: L, y1: H - B, x2: W - R, y2: H - B, stroke: COLORS.grid }));
+  s.append(svg("line", { x1: L, x2: W - R, y1: y(bar), y2: y(bar), stroke: COLORS.threshold, "stroke-dasharray": "4 3" }));
+  const xl = svg("text", { x: W - R, y: H - 2, "text-anchor": "end", fill: "currentColor", "font-size": 9 });
+  xl.textContent = `block speedup → ${xmax.toFixed(1)}x`;
+  s.append(xl);
+  let k = 0;
+  for (const [method, list] of Object.entries(curve)) {
+    const color = STREAM_COLORS[k++ % STREAM_COLORS.length];
+    s.append(svg("polyline", { points: list.map((p) => `${x(p[1])},${y(p[2])}`).join(" "), fill: "none",
+      stroke: color, "stroke-width": 1.2, "data-method": method, "data-points": list.length }));
+    for (const [v, sp, q] of list) {
+      const c = svg("circle", { cx: x(sp), cy: y(q), r: win && win.method === method && win.value === v ? 4 : 2.2,
+        stroke: color, fill: q >= bar ? color : "none" });
+      const tip = svg("title");
+      tip.textContent = `${method} ${v}: ${sp.toFixed(2)}x, ${st.metric} ${q.toFixed(3)}`;
+      c.append(tip);
+      s.append(c);
+    }
+  }
+  return el("div", { class: "dit-cache-run dit-cache-tune", "data-node-id": run.node_id ?? "",
+    "data-prompt-id": run.prompt_id ?? "", "data-file": d.tune_file ?? "",
+    style: "border:1px solid var(--border-color,#444);border-radius:6px;padding:6px 8px;margin:6px 0;" },
+    el("div", { style: "font-weight:600" }, `${run.method}${run.model ? " · " + run.model : ""}`),
+    el("div", { style: "opacity:.8;font-size:11px;margin:2px 0 4px" },
+      `${st.metric} ≥ ${st.target} + ${st.margin} · ${st.steps} steps ${st.sampler}/${st.scheduler} cfg ${st.cfg}`),
+    el("div", { style: "font-size:12px" }, win
+      ? `winner: ${win.method} ${win.input}=${win.value}: ${win.speedup.toFixed(2)}x, ${st.metric} ${win.quality}` : "no setting met the target"),
+    d.tune_file ? el("div", { class: "dit-cache-saved", style: "font-size:12px;word-break:break-all" }, `saved ${d.tune_file}`) : null,
+    el("div", { style: "font-size:11px;opacity:.8;margin-top:4px" }, "worst-seed quality vs block speedup (dashed: the bar) · ",
+      ...Object.keys(curve).map((m, i) => el("span", { style: `color:${STREAM_COLORS[i % STREAM_COLORS.length]};margin-right:6px` }, m))),
+    s);
+}
+
 // ------------------------------------------------------------------------------------------------ panel
 function runCard(run, live = false) {
+  if (run.tune) return tuneCard(run); // DiT Cache Tune's record: its curve, not a sampling run's timeline
   const calls = run.calls, skipped = run.skipped_calls, computed = calls - skipped;
   const speedup = computed ? calls / computed : 1;
   const settings = Object.entries(run.settings || {}).map(([k, v]) => `${k}: ${fmtVal(v)}`).join(" · ");
