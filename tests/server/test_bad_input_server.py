@@ -39,8 +39,17 @@ BAD_TEXT = {"surrogate": SURROGATE, "control": CONTROL, "long": LONG}
 QUICK = 2  # sampler steps of the probes that are accepted and run
 
 
+# Nodes whose graph these probes cannot build from a model alone (DiT Cache Tune also takes conditioning and a
+# latent, like a KSampler): their bad input is tested in tests/comfy/test_tune_comfy.py.
+NOT_PROBED = {"DitCache.Tune"}
+
+
 def _nodes(server: Server) -> dict[str, dict]:
-    return {k: v for k, v in server.get("/object_info").items() if k.startswith("DitCache.")}
+    nodes = {k: v for k, v in server.get("/object_info").items() if k.startswith("DitCache.")}
+    linked = {k for k, v in nodes.items()
+              if any(spec[0] in ("CONDITIONING", "LATENT") for spec in v["input"]["required"].values())}
+    assert linked == NOT_PROBED, f"nodes taking more than a model: {sorted(linked)}"
+    return {k: v for k, v in nodes.items() if k not in NOT_PROBED}
 
 
 def _defaults(info: dict) -> dict:
