@@ -17,7 +17,7 @@ from typing import Iterator
 
 import pytest
 
-from browser_run import require_browser, run_driver
+from browser_drive import drive as run_driver, require_browser
 from comfy_server import REPO, Server, comfy_server
 
 WORKFLOWS = sorted((REPO / "workflows").glob("*.json"))
