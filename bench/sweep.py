@@ -352,24 +352,11 @@ def node_classes(pack: Any) -> dict[str, Any]:
 
 
 def node_inputs(cls: Any, given: dict[str, Any]) -> dict[str, Any]:
-    """Keyword inputs for ``cls.execute`` (all but the model): ``given`` ones, every other at the node's default.
-    Int inputs take integral numbers only (knob values come in as floats); an unknown name raises ValueError."""
-    from comfy_api.latest import io
+    """Keyword inputs for ``cls.execute`` (all but the model): the pack's own (nodes/method_apply.py), which the
+    tuner and the start-here node use too."""
+    from dit_cache.nodes.method_apply import node_inputs as pack_node_inputs
 
-    schema = cls.define_schema()
-    inputs = [i for i in schema.inputs if i.id != "model"]
-    unknown = set(given) - {i.id for i in inputs}
-    if unknown:
-        raise ValueError(f"{schema.node_id} has no input {', '.join(sorted(map(repr, unknown)))}")
-    kwargs: dict[str, Any] = {}
-    for inp in inputs:
-        value = given.get(inp.id, getattr(inp, "default", None))
-        if isinstance(inp, io.Int.Input) and isinstance(value, float):
-            if not value.is_integer():
-                raise ValueError(f"{schema.node_id}: {inp.id} takes whole numbers, got {value:g}")
-            value = int(value)
-        kwargs[inp.id] = value
-    return kwargs
+    return pack_node_inputs(cls, given)
 
 
 def apply_node(cls: Any, model: Any, knob: str, value: float, prepared: dict[str, Any],
